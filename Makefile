@@ -1,0 +1,31 @@
+# The two set-up commands of INTERFACE.md: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py store/_index.pyx
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/mailctl -c etc/dev init --demo
+	exec $(BIN)/master -c etc/dev/master.cf
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(BIN)/python -m pytest -q bench --benchmark-only
+
+clean:
+	rm -rf $(VENV) build *.egg-info store/*.so store/_index.c

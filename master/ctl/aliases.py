@@ -1,0 +1,5 @@
+"""mailctl aliases: (being built)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""mailctl logs: (being built)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""mailctl queue: (being built)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""mailctl setup: (being built)."""
+
+
+def register(sub) -> None:
+    pass

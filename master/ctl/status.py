@@ -1,0 +1,5 @@
+"""mailctl status: (being built)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""mailctl store: (being built)."""
+
+
+def register(sub) -> None:
+    pass

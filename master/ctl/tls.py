@@ -1,0 +1,5 @@
+"""mailctl tls: (being built)."""
+
+
+def register(sub) -> None:
+    pass

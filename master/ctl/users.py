@@ -1,0 +1,5 @@
+"""mailctl users: (being built)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,40 @@
+"""Worker-side logging: one line per event on stderr, which is a pipe to the master.
+
+Log(name) with name in server | smtp | imap | pop; .error() / .info() / .debug() map to the
+levels low / medium / high of `log_level`. A line on the wire is `<L> <name> <text>` with L
+one of E, M, H; the master's logwriter (the single writer of the files) adds the time and
+`service[pid]:` prefix, filters by level and rotates. Anything else a worker prints
+(a traceback) is logged by the master as an error in server.log.
+Standalone tools (mailctl, sendmail) have no master pipe: their Log writes straight to the file.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+LOG_NAMES = ("server", "smtp", "imap", "pop")
+LEVEL_CODES = {"E": "low", "M": "medium", "H": "high"}
+
+
+class Log:
+    def __init__(self, name: str):
+        if name not in LOG_NAMES:
+            raise ValueError(f"unknown log {name!r}")
+        self.name = name
+
+    def _emit(self, code: str, text: str) -> None:
+        # One write per line keeps lines whole in the pipe (< PIPE_BUF for sane lines).
+        line = f"{code} {self.name} {text}".replace("\n", " ")[:3900] + "\n"
+        try:
+            os.write(sys.stderr.fileno(), line.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+    def error(self, text: str) -> None:
+        self._emit("E", text)
+
+    def info(self, text: str) -> None:
+        self._emit("M", text)
+
+    def debug(self, text: str) -> None:
+        self._emit("H", text)
