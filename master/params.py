@@ -93,6 +93,17 @@ def _enum(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _words(*choices: str) -> Callable[[str], list[str]]:
+    """A list whose every item is one of choices (case-insensitive)."""
+    def parse(text: str) -> list[str]:
+        items = [item.lower() for item in parse_list(text)]
+        for item in items:
+            if item not in choices:
+                raise ValueError(f"unknown item {item!r} (use: {', '.join(choices)})")
+        return items
+    return parse
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -137,10 +148,12 @@ PARAMS: tuple[Param, ...] = (
     Param("mail_owner", _text, "mail"),
     # relay control
     Param("mynetworks", parse_networks, "127.0.0.0/8, [::1]/128"),
-    Param("smtpd_relay_restrictions", parse_list,
+    Param("smtpd_relay_restrictions",
+          _words("permit_mynetworks", "permit_sasl_authenticated", "reject_unauth_destination", "reject"),
           "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"),
     Param("smtpd_refused_hosts", parse_networks, ""),
     Param("smtpd_rbl_servers", parse_list, ""),
+    Param("smtpd_rbl_timeout", parse_duration, "5s", 0.1, 60),
     Param("dns_resolver", parse_hostport, ""),
     Param("relayhost", parse_hostport, ""),
     # authentication

@@ -6,13 +6,13 @@
         ms.add_unix_service("qmgr", wakeup=300)
         ms.start()
         ms.mailctl("user", "add", "bob", "--password", "pw")
+        ms.status()["services"]          # the master's status answer (= mailctl status --json)
         with smtplib.SMTP("127.0.0.1", ms.port(smtp)) as s: ...
 
 Every MailSystem is stopped (SIGTERM, then SIGKILL) at the end of the test.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -104,13 +104,20 @@ class MailSystem:
             if self.proc and self.proc.poll() is not None:
                 out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
                 raise RuntimeError(f"master exited with {self.proc.returncode}:\n{out}")
-            result = self.mailctl("status", "--json", check=False)
-            if result.returncode == 0:
-                last = json.loads(result.stdout)
-                if all(svc.get("ready") for svc in last.get("services", [])):
-                    return last
-            time.sleep(0.1)
+            last = self.status()
+            if last is not None and all(svc.get("ready") for svc in last.get("services", [])):
+                return last
+            time.sleep(0.05)
         raise TimeoutError(f"master not ready: {last}")
+
+    def status(self) -> dict | None:
+        """The master's answer to `status` (as `mailctl status --json`), None while it does not answer."""
+        from master.status import MasterNotRunning, request
+        run_directory = Path(self.main.get("run_directory", self.var / "run"))
+        try:
+            return request(str(run_directory), "status", timeout=5)
+        except (MasterNotRunning, OSError, ValueError):
+            return None
 
     def mailctl(self, *args: str, check: bool = True, input: str | bytes | None = None,
                 timeout: float = 60) -> subprocess.CompletedProcess:

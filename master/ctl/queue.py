@@ -1,5 +1,128 @@
-"""mailctl queue: (being built)."""
+"""mailctl queue: look at and act on the mail queue (store/queue.py); `mailq` = queue list.
+
+    queue list [--json]    every queued message: id, queue, arrival, size, sender,
+                           recipients still pending (with the last deferral reason)
+    queue show ID          the envelope, the delivery state and the message headers
+    queue flush            every deferred message is due now; the queue manager is woken
+    queue delete ID|ALL    ALL = every message in every queue
+    queue hold ID          keep it until released;  queue release ID   due now
+A message being delivered right now is held or deleted when its attempt ends.
+Diagnostics: exit 1 with one line for an id that is not queued or malformed.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from master.ctl import Refused
+from store.fsio import StorageError
+from store.queue import NotQueued, Queue, QueueCorrupt, QueueItem, is_queue_id, wake_qmgr
+
+HEADER_LIMIT = 64 * 1024        # bytes of a message shown by `queue show`
 
 
 def register(sub) -> None:
-    pass
+    queue = sub.add_parser("queue", help="list, show, flush, delete, hold and release queued mail")
+    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list the queue (mailq)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_list)
+    actions.add_parser("flush", help="retry deferred mail now").set_defaults(handler=cmd_flush)
+    for name, handler, text in (("show", cmd_show, "show one message"),
+                                ("delete", cmd_delete, "delete a message (ID or ALL)"),
+                                ("hold", cmd_hold, "put a message on hold"),
+                                ("release", cmd_release, "release a held message")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("id", metavar="ID")
+        action.set_defaults(handler=handler)
+
+
+def _queue(config) -> Queue:
+    return Queue.from_params(config.params)
+
+
+def _id(text: str) -> str:
+    queue_id = text.strip().upper()
+    if not is_queue_id(queue_id):
+        raise Refused(f"{text!r} is not a queue id")
+    return queue_id
+
+
+def describe(item: QueueItem) -> dict:
+    envelope, state = item.envelope, item.state
+    return {
+        "id": item.queue_id, "queue": item.queue, "arrival": round(envelope.arrival, 3),
+        "size": envelope.size, "sender": envelope.sender,
+        "recipients": [{"address": r.address, "reason": state.reasons.get(key, "")} for key, r in item.pending()],
+        "done": len(state.done), "attempts": state.attempts,
+        "next_try": round(state.next_try, 3) if item.queue == "deferred" else None,
+    }
+
+
+def cmd_list(args, config) -> int:
+    rows = [describe(item) for item in _queue(config).list_all()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("Mail queue is empty")
+        return 0
+    for row in rows:
+        arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(row["arrival"]))
+        mark = {"active": "*", "hold": "!"}.get(row["queue"], " ")
+        print(f"{row['id']}{mark} {row['size']:>8} {arrival}  {row['sender'] or '<>'}  ({row['queue']})")
+        for rcpt in row["recipients"]:
+            if rcpt["reason"]:
+                print(f"    ({rcpt['reason']})")
+            print(f"    {rcpt['address']}")
+    print(f"-- {sum(r['size'] for r in rows) // 1024} Kbytes in {len(rows)} messages.")
+    return 0
+
+
+def cmd_show(args, config) -> int:
+    queue = _queue(config)
+    queue_id = _id(args.id)
+    try:
+        item = queue.load(queue_id)
+        with queue.message_file(queue_id, item.queue) as f:
+            head = f.read(HEADER_LIMIT).split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    except (NotQueued, QueueCorrupt) as e:
+        raise Refused(str(e)) from None
+    print(json.dumps(describe(item), indent=2))
+    print(head.decode("utf-8", "replace"))
+    return 0
+
+
+def cmd_flush(args, config) -> int:
+    count = _queue(config).flush()
+    wake_qmgr(config.params)
+    print(f"{count} deferred messages are due now")
+    return 0
+
+
+def _act(args, config, action) -> int:
+    queue = _queue(config)
+    try:
+        outcome = action(queue, _id(args.id))
+    except (NotQueued, StorageError) as e:
+        raise Refused(str(e)) from None
+    print(f"{args.id.upper()}: {outcome}")
+    return 0
+
+
+def cmd_delete(args, config) -> int:
+    if args.id.upper() != "ALL":
+        return _act(args, config, Queue.delete)
+    deleted, requested = _queue(config).delete_all()
+    print(f"{deleted} messages deleted" + (f"; {requested} in delivery will be deleted when it ends" if requested else ""))
+    return 0
+
+
+def cmd_hold(args, config) -> int:
+    return _act(args, config, Queue.hold)
+
+
+def cmd_release(args, config) -> int:
+    result = _act(args, config, Queue.release)
+    wake_qmgr(config.params)
+    return result

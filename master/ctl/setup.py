@@ -1,5 +1,162 @@
-"""mailctl setup: (being built)."""
+"""mailctl init: prepare the data directories of a configuration (used by `make run`).
+
+    mailctl init [--demo]
+
+Creates what is missing and keeps what is there (running it again changes nothing):
+the queue (with its layout), store, index, log, run and tls directories, a self-signed
+certificate for myhostname, and with --demo the user `demo` (password `demo`). Then it
+prints how to start the master and connect to each inet service of master.cf.
+When run as root, the directories the workers write to, the user database and the TLS
+key are given to mail_owner, since workers drop to that user after the master has bound
+the ports.
+Diagnostics: a directory or file that cannot be created is refused with its path (exit 1);
+a bad master.cf is refused with file:line.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+
+from master.cf import ServiceSpec, parse_master_cf
+from master.ctl import Refused
+from master.ctl.tls import ensure_certificate, fingerprint
+from master.params import Params
+from store.fsio import StorageError
+from store.queue import Queue
+from store.users import UserDB, UserError
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"
+
+# (command, TLS from the first byte) -> what the service is to a client
+_KINDS = {
+    ("smtpd", False): "SMTP", ("smtpd", True): "SMTPS",
+    ("imapd", False): "IMAP", ("imapd", True): "IMAPS",
+    ("pop3d", False): "POP3", ("pop3d", True): "POP3S",
+}
 
 
 def register(sub) -> None:
-    pass
+    init = sub.add_parser("init", help="create the data directories, a certificate and (--demo) a demo user")
+    init.add_argument("--demo", action="store_true", help=f"add the user {DEMO_USER!r} (password {DEMO_PASSWORD!r})")
+    init.set_defaults(handler=cmd_init)
+
+
+def data_directories(params: Params) -> list[str]:
+    return [params.queue_directory, params.mail_store_directory, params.index_directory,
+            params.log_directory, params.run_directory,
+            os.path.dirname(params.tls_cert_file), os.path.dirname(params.tls_key_file)]
+
+
+def create_directories(params: Params) -> None:
+    tls_dirs = {os.path.dirname(params.tls_cert_file), os.path.dirname(params.tls_key_file)}
+    for path in data_directories(params):
+        try:
+            os.makedirs(path, mode=0o700 if path in tls_dirs else 0o750, exist_ok=True)
+        except OSError as e:
+            raise Refused(f"cannot create {path}: {e.strerror}") from None
+    try:
+        Queue.from_params(params).ensure_layout()
+    except OSError as e:
+        raise Refused(f"cannot create the queue in {params.queue_directory}: {e.strerror}") from None
+
+
+def give_to_mail_owner(params: Params) -> None:
+    """As root: the workers' directories and the key belong to mail_owner (not recursive)."""
+    try:
+        owner = pwd.getpwnam(params.mail_owner)
+    except KeyError:
+        raise Refused(f"mail_owner {params.mail_owner!r} is not a user on this system") from None
+    queue = Queue.from_params(params)
+    users = UserDB.from_params(params)              # opening it creates the database files
+    paths = [params.queue_directory, *(queue.path(name) for name in os.listdir(params.queue_directory)),
+             params.mail_store_directory, params.index_directory, params.run_directory,
+             os.path.dirname(params.tls_key_file), params.tls_key_file,
+             users.env_path, *(os.path.join(users.env_path, name) for name in os.listdir(users.env_path))]
+    if os.path.exists(users.key_path):              # made with the first password
+        paths.append(users.key_path)
+    for path in paths:
+        try:
+            os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+        except OSError as e:
+            raise Refused(f"cannot give {path} to {params.mail_owner}: {e.strerror}") from None
+
+
+def ensure_demo_user(params: Params) -> bool:
+    """The demo user, unless it exists; -> True when it was created now."""
+    try:
+        with UserDB.open(params) as users:
+            if users.get(DEMO_USER) is not None:
+                return False
+            users.add(DEMO_USER, password=DEMO_PASSWORD)
+    except (UserError, StorageError) as e:
+        raise Refused(f"cannot add the demo user: {e}") from None
+    return True
+
+
+def describe_service(spec: ServiceSpec, params: Params) -> str:
+    """One line telling a client what this inet service offers."""
+    effective = params.override(spec.overrides, spec.where)
+    if spec.command == "smtpd":
+        wrapped = effective.smtpd_tls_wrappermode
+        level = effective.smtpd_tls_security_level
+        needs_auth = "reject" in effective.smtpd_relay_restrictions and \
+            "permit_mynetworks" not in effective.smtpd_relay_restrictions
+    else:
+        wrapped = effective.tls_wrappermode
+        level = effective.imap_pop_tls_security_level
+        needs_auth = False
+    kind = _KINDS.get((spec.command, wrapped), spec.command)
+    if spec.command == "smtpd" and needs_auth and not wrapped:
+        kind = "submission"
+    if wrapped:
+        security = "TLS from the first byte"
+    else:
+        starttls = {"smtpd": "STARTTLS", "imapd": "STARTTLS", "pop3d": "STLS"}.get(spec.command, "STARTTLS")
+        security = {"none": "no TLS", "may": f"{starttls} offered", "encrypt": f"{starttls} required"}[level]
+    if needs_auth:
+        security += ", AUTH required to relay"
+    host = spec.host or "*"
+    address = f"[{host}]:{spec.port}" if ":" in host else f"{host}:{spec.port}"
+    return f"  {kind:<11} {address:<22} {security}"
+
+
+def cmd_init(args, config) -> int:
+    params = config.params
+    specs = parse_master_cf(config.master_cf)        # a bad table is refused before anything is made
+    create_directories(params)
+    cert = ensure_certificate(params)
+    created_user = ensure_demo_user(params) if args.demo else False
+    if os.geteuid() == 0:
+        give_to_mail_owner(params)
+
+    print(f"mailhouse data in {params.data_directory}")
+    if cert is not None:
+        print(f"  certificate {params.tls_cert_file}: new, self-signed for {params.myhostname}")
+        print(f"              SHA-256 {fingerprint(cert)}")
+    else:
+        print(f"  certificate {params.tls_cert_file}: kept")
+    if args.demo:
+        state = "created" if created_user else "already there"
+        print(f"  demo user   {DEMO_USER} / password {DEMO_PASSWORD} ({state}); "
+              f"mail to {DEMO_USER}@{params.mydomain} lands in its INBOX")
+    print(f"\nStart:  master -c {config.master_cf}")
+    services = [spec for spec in specs if spec.kind == "inet"]
+    if services:
+        print("Connect (the certificate is self-signed: tell the client to accept it):")
+        for spec in services:
+            print(describe_service(spec, params))
+    smtp = next((s for s in services if s.command == "smtpd" and not s.overrides), None)
+    if smtp is not None and args.demo:
+        host = spec_host(smtp)
+        print(f"Try:    swaks --server {host}:{smtp.port} --to {DEMO_USER}@{params.mydomain}")
+    pop = next((s for s in services if s.command == "pop3d" and not s.overrides), None)
+    if pop is not None and args.demo:
+        print(f"        curl -k --ssl-reqd pop3://{spec_host(pop)}:{pop.port}/1 -u {DEMO_USER}:{DEMO_PASSWORD}")
+    return 0
+
+
+def spec_host(spec: ServiceSpec) -> str:
+    if not spec.host:
+        return "localhost"
+    return f"[{spec.host}]" if ":" in spec.host else spec.host

@@ -1,5 +1,68 @@
-"""mailctl store: (being built)."""
+"""mailctl accounts / reconstruct: quota usage and index repair.
+
+    mailctl accounts [--json]       user, quota_bytes, used_bytes, percent_free
+    mailctl reconstruct [USER ...]  rebuild index entries from the message files
+
+accounts lists the accounts that have used the store (they have mailboxes in the index);
+quota_bytes is the user's quota or default_quota, 0 meaning unlimited (percent_free is
+then empty: null in JSON). reconstruct runs while the server runs (store/reconstruct.py)
+and prints one line per repair and a summary line per user.
+Diagnostics: a user name that is neither on disk nor in the index is refused (exit 1).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from master.ctl import Refused
+from store.mailstore import MailStore, quota_limits
+from store.users import UserDB
 
 
 def register(sub) -> None:
-    pass
+    accounts = sub.add_parser("accounts", help="quota and usage per account")
+    accounts.add_argument("--json", action="store_true", help="print JSON")
+    accounts.set_defaults(handler=cmd_accounts)
+    reconstruct = sub.add_parser("reconstruct", help="rebuild the index from the message files")
+    reconstruct.add_argument("users", nargs="*", metavar="USER", help="only these users (default: all)")
+    reconstruct.set_defaults(handler=cmd_reconstruct)
+
+
+def _store(params, users: UserDB) -> MailStore:
+    return MailStore(params.mail_store_directory, params.index_directory, quota_limits(params, users))
+
+
+def account_rows(store: MailStore) -> list[dict]:
+    rows = []
+    for name in store.index.users():
+        quota, used = store.quota_limit(name), store.usage(name)
+        free = round(max(quota - used, 0) * 100 / quota, 1) if quota else None
+        rows.append({"user": name, "quota_bytes": quota, "used_bytes": used, "percent_free": free})
+    return rows
+
+
+def cmd_accounts(args, config) -> int:
+    with UserDB.from_params(config.params) as users, _store(config.params, users) as store:
+        rows = account_rows(store)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'USER':<24} {'QUOTA':>14} {'USED':>14} {'FREE':>7}")
+    for row in rows:
+        quota = str(row["quota_bytes"]) if row["quota_bytes"] else "unlimited"
+        free = "-" if row["percent_free"] is None else f"{row['percent_free']:.1f}%"
+        print(f"{row['user']:<24} {quota:>14} {row['used_bytes']:>14} {free:>7}")
+    return 0
+
+
+def cmd_reconstruct(args, config) -> int:
+    with UserDB.from_params(config.params) as users, _store(config.params, users) as store:
+        known = set(store.index.users())
+        for name in args.users:
+            if name not in known and not os.path.isdir(store.user_dir(name)):
+                raise Refused(f"no mail store for user {name!r}")
+        reports = [r for name in args.users for r in store.reconstruct(name)] if args.users else store.reconstruct()
+    for report in reports:
+        for line in report.lines():
+            print(line)
+    return 0

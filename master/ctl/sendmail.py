@@ -1,0 +1,246 @@
+"""sendmail: the sendmail-compatible submission command that scripts and cron use.
+
+    sendmail [-t] [-i] [-f SENDER] [-F NAME] [-c PATH] [RCPT ...] < message
+
+Reads the message on stdin and writes it durably into the `maildrop` queue, then pokes
+qmgr (if it is not running, the mail waits there and is delivered when the master starts).
+-t takes the recipients from To/Cc/Bcc (Resent-To/-Cc/-Bcc when the message has Resent-
+headers) in addition to those on the command line; Bcc headers are removed. Without -i
+(or -oi) a line holding a single dot ends the message, as in sendmail. Unqualified
+addresses get `@myhostname`. From, Date and Message-ID are added when missing.
+Accepted and ignored, because cron and scripts pass them: -bm, -oXXX, -odb/-odi, -v,
+-N DSN, -R RET, -V ENVID, -B TYPE, -L LABEL, -em/-ep/-eq.
+Exit codes (sysexits): 0 queued, 64 usage, 65 bad message (too big, no recipients,
+bad address), 75 temporary (queue not writable, disk full), 78 configuration.
+"""
+from __future__ import annotations
+
+import email.utils
+import getpass
+import os
+import pwd
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+
+from master.cf import resolve_config_path
+from master.params import ConfigError, Params, load_main_cf
+from store.fsio import StorageError
+from store.queue import Envelope, Queue, Recipient, wake_qmgr
+
+EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
+
+MAX_HEADER_LINE = 64 * 1024      # a header line longer than this is not a header line
+MAX_RECIPIENTS = 10_000
+# Options that take an argument (attached, `-fbob`, or separate, `-f bob`).
+_WITH_ARG = set("fFcCNRVBLOhpqrX")
+_IGNORED_FLAGS = {"-bm", "-v", "-odb", "-odi", "-em", "-ep", "-eq", "-ew", "-Am", "-Ac"}
+
+USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F full name] [-c config] [recipient ...]"
+
+
+class UsageError(Exception):
+    pass
+
+
+class MessageError(Exception):
+    """The message or its addresses cannot be queued (EX_DATAERR)."""
+
+
+@dataclass
+class Options:
+    config: str = "etc"
+    sender: str | None = None          # None: the invoking user; "" the null sender
+    full_name: str = ""
+    extract: bool = False               # -t
+    dot_ends: bool = True               # cleared by -i / -oi
+    recipients: list[str] = field(default_factory=list)
+
+
+def parse_options(argv: list[str]) -> Options:
+    opts = Options()
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            opts.recipients += args
+            break
+        if not arg.startswith("-") or arg == "-":
+            opts.recipients.append(arg)
+            continue
+        letter = arg[1]
+        if letter in _WITH_ARG and letter != "o":
+            value = arg[2:]
+            if not value:
+                if not args:
+                    raise UsageError(f"option -{letter} needs a value")
+                value = args.pop(0)
+            if letter in "fr":
+                opts.sender = value
+            elif letter == "F":
+                opts.full_name = value
+            elif letter in "cC":
+                opts.config = value
+            continue
+        if letter == "o":
+            if arg in ("-oi", "-oitrue"):
+                opts.dot_ends = False
+            elif arg == "-o" and args:
+                args.pop(0)            # -o with a separate value: nothing we use
+            continue
+        if arg == "-t":
+            opts.extract = True
+        elif arg == "-i":
+            opts.dot_ends = False
+        elif arg.startswith("-b") and arg != "-bm":
+            raise UsageError(f"mode {arg} is not supported (only -bm, the default)")
+        elif arg not in _IGNORED_FLAGS:
+            raise UsageError(f"unknown option {arg}")
+    return opts
+
+
+def read_message(stream, dot_ends: bool, limit: int) -> bytes:
+    """stdin up to EOF (or a lone "." line unless -i), as CRLF lines; MessageError over limit."""
+    lines: list[bytes] = []
+    size = 0
+    for line in iter(lambda: stream.readline(MAX_HEADER_LINE), b""):
+        body = line.rstrip(b"\r\n")
+        if dot_ends and body == b".":
+            break
+        lines.append(body + b"\r\n")
+        size += len(body) + 2
+        if limit and size > limit:
+            raise MessageError(f"message is larger than message_size_limit ({limit} bytes)")
+    return b"".join(lines)
+
+
+def split_message(raw: bytes) -> tuple[list[bytes], bytes]:
+    """(header lines, each with continuations joined keeping their CRLF; the rest)."""
+    headers: list[bytes] = []
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n", pos)
+        end = len(raw) if end < 0 else end + 2
+        line = raw[pos:end]
+        if line in (b"\r\n", b""):
+            return headers, raw[pos:]
+        if line[:1] in (b" ", b"\t") and headers:
+            headers[-1] += line
+        elif re.match(rb"[!-9;-~]+:", line):
+            headers.append(line)
+        else:                           # not a header: the body starts here
+            return headers, b"\r\n" + raw[pos:]
+        pos = end
+    return headers, b""
+
+
+def _name(line: bytes) -> str:
+    return line.split(b":", 1)[0].decode("ascii", "replace").strip().lower()
+
+
+def _value(line: bytes) -> str:
+    return line.split(b":", 1)[1].decode("utf-8", "replace")
+
+
+def extract_recipients(headers: list[bytes]) -> list[str]:
+    names = {_name(h) for h in headers}
+    wanted = ("resent-to", "resent-cc", "resent-bcc") if names & {"resent-to", "resent-cc", "resent-bcc"} \
+        else ("to", "cc", "bcc")
+    values = [_value(h) for h in headers if _name(h) in wanted]
+    return [addr for _, addr in email.utils.getaddresses(values) if addr]
+
+
+def qualify(address: str, domain: str) -> str:
+    address = address.strip().strip("<>").strip()
+    if not address:
+        raise MessageError("empty recipient address")
+    if len(address) > 320 or any(c.isspace() or ord(c) < 32 for c in address) or address.count("@") > 1 \
+            or address.endswith("@") or address.startswith("@"):
+        raise MessageError(f"bad address {address!r}")
+    return address if "@" in address else f"{address}@{domain}"
+
+
+def login_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
+
+
+def complete_headers(headers: list[bytes], sender: str, full_name: str, hostname: str,
+                     queue_id: str, now: float) -> list[bytes]:
+    """Drop Bcc, add From/Date/Message-ID when missing, put a Received: line on top."""
+    kept = [h for h in headers if _name(h) not in ("bcc", "resent-bcc")]
+    names = {_name(h) for h in kept}
+    added: list[str] = []
+    if "from" not in names:
+        author = sender or f"MAILER-DAEMON@{hostname}"
+        added.append(f"From: {email.utils.formataddr((full_name, author)) if full_name else author}")
+    if "date" not in names:
+        added.append(f"Date: {email.utils.formatdate(now, localtime=True)}")
+    if "message-id" not in names:
+        added.append(f"Message-ID: <{queue_id}@{hostname}>")
+    received = (f"Received: by {hostname} (mailhouse sendmail, from userid {os.getuid()})\r\n"
+                f"\tid {queue_id}; {email.utils.formatdate(now, localtime=True)}")
+    return [received.encode() + b"\r\n", *kept, *(a.encode("utf-8") + b"\r\n" for a in added)]
+
+
+def queue_message(params: Params, opts: Options, raw: bytes) -> str:
+    """Build the envelope, complete the header and commit into maildrop; returns the queue id."""
+    hostname = params.myhostname
+    headers, body = split_message(raw)
+    wanted = list(opts.recipients)
+    if opts.extract:
+        wanted += extract_recipients(headers)
+    recipients = list(dict.fromkeys(qualify(a, hostname) for a in wanted))
+    if not recipients:
+        raise MessageError("no recipients (give addresses or use -t with To/Cc/Bcc headers)")
+    if len(recipients) > MAX_RECIPIENTS:
+        raise MessageError(f"more than {MAX_RECIPIENTS} recipients")
+    if opts.sender is None:
+        sender = f"{login_name()}@{hostname}"
+    else:
+        sender = opts.sender.strip().strip("<>").strip()
+        sender = qualify(sender, hostname) if sender else ""
+    queue = Queue.from_params(params)
+    queue.ensure_layout()
+    now = time.time()
+    writer = queue.writer("maildrop")
+    label = f"{int(now)}.{secrets.token_hex(6).upper()}"
+    for line in complete_headers(headers, sender, opts.full_name, hostname, label, now):
+        writer.write(line)
+    writer.write(body if body else b"\r\n")
+    envelope = Envelope(sender=sender, recipients=[Recipient(r) for r in recipients],
+                        client={"protocol": "sendmail", "user": login_name()})
+    queue_id = writer.commit(envelope)
+    wake_qmgr(params)
+    return queue_id
+
+
+def run(argv: list[str], stdin=None) -> int:
+    try:
+        opts = parse_options(argv)
+    except UsageError as e:
+        print(f"sendmail: {e}\n{USAGE}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        params = load_main_cf(resolve_config_path(opts.config)[1])
+    except ConfigError as e:
+        print(f"sendmail: {e}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        raw = read_message(stdin or sys.stdin.buffer, opts.dot_ends, params.message_size_limit)
+        queue_message(params, opts, raw)
+    except MessageError as e:
+        print(f"sendmail: {e}", file=sys.stderr)
+        return EX_DATAERR
+    except StorageError as e:
+        print(f"sendmail: cannot queue the message, try again later: {e}", file=sys.stderr)
+        return EX_TEMPFAIL
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

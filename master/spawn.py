@@ -1,0 +1,226 @@
+"""Worker birth and death: the master's table of services and their processes.
+
+Service(spec, params) is one master.cf line at run time: its listener, its workers
+(pid -> Worker), connection counters and the crash throttle. Worker is one child process:
+its end of the control socketpair, its stderr pipe, the sessions it holds, its state.
+
+spawn(svc) forks and execs `python -m <module> <args>` (subprocess with pass_fds, so the
+child is a fresh interpreter: no LMDB handle, no master state) with the control socket in
+MAILHOUSE_CONTROL_FD and the service's settings in MAILHOUSE_PARAMS / MAILHOUSE_BASE_DIR.
+When the master runs as root and the service's unpriv is y or -, the child runs as
+mail_owner. hand_over(worker, sock, conn_id, refuse) passes an accepted socket (SCM_RIGHTS);
+send_op(worker, message) sends a control message; read_messages / read_log_lines collect
+what the worker said. describe_exit(status) reads a waitpid status.
+
+Throttle: a worker that dies abnormally before it has proven itself (served a client, or
+stayed up STARTUP_GRACE seconds after reporting ready) throttles its own service only
+(1 s, doubling up to 60 s, lifted once a worker of the service proves itself; Dovecot's
+rule), so a broken imapd does not take SMTP down and a crash loop does not spin the CPU.
+Diagnostics: OSError from spawn()/hand_over() is left to the loop, which logs it.
+"""
+from __future__ import annotations
+
+import array
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from master.cf import ServiceSpec
+from master.params import Params
+from workers import _server
+
+STARTUP_GRACE = 5.0            # seconds a ready worker must live to count as working without a client
+THROTTLE_FIRST = 1.0
+THROTTLE_MAX = 60.0
+LOG_LINE_MAX = 8192             # a worker's stderr line longer than this is cut into pieces
+# The folder holding the master/ and workers/ packages: workers run the same code as the master.
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Worker:
+    pid: int
+    popen: subprocess.Popen
+    control: socket.socket
+    log_fd: int
+    service: "Service"
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    protocol: str = ""                                   # as the worker reported it when ready
+    draining: bool = False
+    sessions: set[int] = field(default_factory=set)     # connection ids it holds
+    handed: int = 0                                      # connections handed over in total
+    idle_since: float = field(default_factory=time.monotonic)
+    log_buffer: bytearray = field(default_factory=bytearray)
+
+    def proven(self, now: float) -> bool:
+        """Has it worked once: served a client, or stayed up a while after reporting ready?"""
+        return self.handed > 0 or (self.ready and now - self.started >= STARTUP_GRACE)
+
+
+@dataclass
+class Service:
+    spec: ServiceSpec
+    params: Params
+    listener: socket.socket | None = None
+    workers: dict[int, Worker] = field(default_factory=dict)
+    open: int = 0                 # client sessions open now (refused ones not counted)
+    served: int = 0               # sessions handed to workers since start
+    refused: int = 0              # connections refused over maxproc since start
+    throttled_until: float = 0.0
+    throttle_delay: float = 0.0
+    next_wakeup: float = 0.0
+    accept_paused_until: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def client_limit(self) -> int:
+        return self.params.worker_client_limit
+
+    def active_workers(self) -> list[Worker]:
+        return [w for w in self.workers.values() if not w.draining]
+
+    @property
+    def ready(self) -> bool:
+        return any(w.ready for w in self.active_workers())
+
+    def throttled(self, now: float) -> bool:
+        return now < self.throttled_until
+
+    def throttle(self, now: float) -> float:
+        """A worker failed before its first use: hold back the next one; returns the delay."""
+        self.throttle_delay = min(THROTTLE_MAX, self.throttle_delay * 2 or THROTTLE_FIRST)
+        self.throttled_until = now + self.throttle_delay
+        return self.throttle_delay
+
+    def unthrottle(self) -> None:
+        """A worker proved itself, or the configuration changed."""
+        self.throttle_delay = 0.0
+        self.throttled_until = 0.0
+
+
+def _privileges(svc: Service) -> dict:
+    if os.geteuid() != 0 or not svc.spec.unpriv:
+        return {}
+    owner = pwd.getpwnam(svc.params.mail_owner)     # KeyError: no such user, logged by the caller
+    return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+
+
+def _environment(svc: Service, control_fd: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        _server.ENV_PARAMS: json.dumps(svc.params.to_env()),
+        _server.ENV_BASE_DIR: svc.params.base_dir,
+        _server.ENV_CONTROL_FD: str(control_fd),
+        _server.ENV_SERVICE: svc.spec.name,
+        _server.ENV_COMMAND: svc.spec.command,
+    })
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if CODE_ROOT not in path:
+        env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *path])
+    return env
+
+
+def spawn(svc: Service) -> Worker:
+    master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    log_read, log_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", svc.spec.module, *svc.spec.args],
+            stdin=subprocess.DEVNULL, stdout=log_write, stderr=log_write,
+            pass_fds=(worker_end.fileno(),), env=_environment(svc, worker_end.fileno()),
+            **_privileges(svc))
+    except BaseException:
+        master_end.close()
+        os.close(log_read)
+        raise
+    finally:
+        worker_end.close()
+        os.close(log_write)
+    master_end.setblocking(False)
+    os.set_blocking(log_read, False)
+    worker = Worker(pid=popen.pid, popen=popen, control=master_end, log_fd=log_read, service=svc)
+    svc.workers[worker.pid] = worker
+    return worker
+
+
+def hand_over(worker: Worker, sock: socket.socket, conn_id: int, refuse: bool) -> None:
+    header = json.dumps({"conn": conn_id, "refuse": refuse}).encode()
+    fds = array.array("i", [sock.fileno()])
+    worker.control.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+
+
+def send_op(worker: Worker, message: dict) -> bool:
+    """False when the worker cannot be told (it is dying; the reaper deals with it)."""
+    try:
+        worker.control.send(json.dumps(message).encode())
+    except OSError:
+        return False
+    return True
+
+
+def read_messages(worker: Worker) -> list[dict] | None:
+    """Every pending control message; None once the worker closed its end."""
+    messages = []
+    while True:
+        try:
+            data = worker.control.recv(4096)
+        except BlockingIOError:
+            return messages
+        except OSError:
+            return None
+        if not data:
+            return None if not messages else messages
+        try:
+            messages.append(json.loads(data))
+        except ValueError:
+            messages.append({"op": "invalid", "data": data[:200].decode("utf-8", "replace")})
+
+
+def read_log_lines(worker: Worker, final: bool = False) -> tuple[list[bytes], bool]:
+    """Complete lines from the worker's stderr, and whether the pipe reached its end."""
+    eof = False
+    while True:
+        try:
+            chunk = os.read(worker.log_fd, 65536)
+        except BlockingIOError:
+            break
+        except OSError:
+            eof = True
+            break
+        if not chunk:
+            eof = True
+            break
+        worker.log_buffer += chunk
+    lines = []
+    buf = worker.log_buffer
+    while (end := buf.find(b"\n")) >= 0 or len(buf) > LOG_LINE_MAX:
+        cut = end + 1 if 0 <= end < LOG_LINE_MAX else LOG_LINE_MAX
+        lines.append(bytes(buf[:cut]))
+        del buf[:cut]
+    if (eof or final) and buf:
+        lines.append(bytes(buf))
+        buf.clear()
+    return lines, eof
+
+
+def describe_exit(status: int) -> tuple[bool, str]:
+    """(clean, text) for a waitpid status: clean means exit code 0."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        return False, f"killed by signal {signum} ({name})"
+    code = os.waitstatus_to_exitcode(status)
+    return code == 0, f"exit status {code}"

@@ -1,0 +1,515 @@
+"""The mail index on LMDB: the pure-Python reference implementation.
+
+Index owns the LMDB layout and transactions for both implementations: store/_index.pyx
+subclasses it and swaps in its compiled View and Kernels (class attributes view_class and
+kernels); here they are the pure-Python ones of store/_index_view.py. Tests run on both
+and compare them on random operation sequences; bench/ measures one against the other.
+
+LMDB layout (one environment under index_directory, one writer / many readers):
+  mailboxes   user\\0name              -> MAILBOX header + special-use \\0 keywords...
+  messages    >II mailbox_id,first_uid -> a chunk: <= CHUNK packed RECORDs sorted by uid
+  expunged    >IQ mailbox_id,modseq    -> packed <I uids expunged at that modseq
+  deliveries  user\\0delivery_id       -> DELIVERY (mailbox_id, uid, time, done)
+  usage       user                     -> USAGE (bytes, messages): quota usage, kept exact
+  meta        b"mailbox_id"            -> last mailbox id handed out
+Chunks keep appends cheap (only the last chunk is rewritten) and flag updates a C loop per
+chunk; opening a mailbox concatenates its chunks into one buffer for the View.
+
+Interface: Index(path, durable=True) — open_view(user, mailbox) -> View (a consistent
+snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idempotent per
+delivery id: the id is recorded in the same transaction as the entry); append_many;
+store_flags over UID ranges; expunge; expunged_since / changes_since(modseq); usage(user),
+recount_usage; prune_deliveries. The environment opens lazily in the process that uses it
+(after exec; a fork reopens it). A full map is grown and the write retried once.
+Diagnostics: NoSuchMailbox, MailboxExists, TooManyKeywords, ValueError (store/_index_view.py);
+StorageError (store.fsio) when LMDB cannot grow or write.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import replace
+from typing import Iterable, Iterator, Sequence
+
+import lmdb
+
+from store._index_view import (  # noqa: F401  (re-exported: the reference's whole interface)
+    DELETED, MAX_KEYWORDS, MAX_UID, RECORD, RECORD_SIZE, SEEN, SYSTEM_FLAGS, Kernels, MailboxExists,
+    MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation, TooManyKeywords, View, normalise_ranges,
+    flag_mask, flag_names, known_flag_mask, parse_sequence_set, ranges_from_values,
+)
+from store.fsio import StorageError
+
+MAILBOX = struct.Struct("<IIIQIIQB")  # id, uidvalidity, uidnext, highestmodseq, count, unseen, total_size, subscribed
+DELIVERY = struct.Struct("<IIdB")
+USAGE = struct.Struct("<QQ")
+CHUNK_KEY = struct.Struct(">II")
+EXPUNGE_KEY = struct.Struct(">IQ")
+CHUNK = 1024
+INITIAL_MAP_SIZE = 64 << 20
+MAP_GROWTH = 64 << 20  # at least this much more on a full map (address space, not disk)
+
+
+def _mailbox_key(user: str, name: str) -> bytes:
+    return user.encode() + b"\0" + name.encode()
+
+
+def _decode_mailbox(user: str, name: str, value: bytes) -> MailboxInfo:
+    fixed = MAILBOX.unpack_from(value)
+    tail = bytes(value[MAILBOX.size:]).decode().split("\0")
+    return MailboxInfo(user, name, fixed[0], fixed[1], fixed[2], fixed[3], fixed[4], fixed[5], fixed[6],
+                       bool(fixed[7]), tail[0], tuple(k for k in tail[1:] if k))
+
+
+def _encode_mailbox(info: MailboxInfo) -> bytes:
+    fixed = MAILBOX.pack(info.mailbox_id, info.uidvalidity, info.uidnext, info.highestmodseq, info.count,
+                         info.unseen, info.total_size, info.subscribed)
+    return fixed + "\0".join((info.special_use, *info.keywords)).encode()
+
+
+class Index:
+    """The LMDB index of every user's mailboxes. Opens its environment lazily, per process."""
+
+    view_class = View
+    kernels = Kernels
+
+    def __init__(self, path: str | os.PathLike, map_size: int = INITIAL_MAP_SIZE, durable: bool = True):
+        """durable=False skips LMDB's fsync at commit: for tests and benchmarks only."""
+        self.path = os.fspath(path)
+        self._map_size = map_size
+        self._durable = durable
+        self._env: lmdb.Environment | None = None
+        self._pid = 0
+
+    # -- environment and transactions
+    def _open(self) -> lmdb.Environment:
+        if self._env is None or self._pid != os.getpid():
+            os.makedirs(self.path, exist_ok=True)
+            self._env = lmdb.open(self.path, map_size=self._map_size, max_dbs=8, readahead=False,
+                                  sync=self._durable, metasync=self._durable)
+            self._pid = os.getpid()
+            self._db = {name: self._env.open_db(name.encode()) for name in
+                        ("mailboxes", "messages", "expunged", "deliveries", "usage", "meta")}
+        return self._env
+
+    def close(self) -> None:
+        if self._env is not None and self._pid == os.getpid():
+            self._env.close()
+        self._env = None
+
+    def _read(self, action):
+        env = self._open()
+        try:
+            with env.begin(buffers=True) as txn:
+                return action(txn)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # another process grew the map: adopt its size
+            with env.begin(buffers=True) as txn:
+                return action(txn)
+
+    def _write(self, action):
+        """Run action(txn) in one write transaction; a full map is grown once and retried."""
+        env = self._open()
+        grown = False
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    return action(txn)
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)  # another process grew it: adopt its size, then retry
+            except lmdb.MapFullError:
+                if grown:
+                    raise StorageError("index map is full and could not grow") from None
+                grown = True
+                size = env.info()["map_size"]
+                env.set_mapsize(size + max(size, MAP_GROWTH))
+            except lmdb.Error as e:
+                raise StorageError(f"index write failed: {e}") from e
+
+    # -- mailboxes
+    def _header(self, txn, user: str, name: str) -> MailboxInfo:
+        value = txn.get(_mailbox_key(user, name), db=self._db["mailboxes"])
+        if value is None:
+            raise NoSuchMailbox(f"{user}: no mailbox {name!r}")
+        return _decode_mailbox(user, name, value)
+
+    def _put_header(self, txn, info: MailboxInfo) -> None:
+        txn.put(_mailbox_key(info.user, info.name), _encode_mailbox(info), db=self._db["mailboxes"])
+
+    def mailbox(self, user: str, name: str) -> MailboxInfo | None:
+        try:
+            return self._read(lambda txn: self._header(txn, user, name))
+        except NoSuchMailbox:
+            return None
+
+    def mailboxes(self, user: str) -> list[MailboxInfo]:
+        """The user's mailboxes, sorted by name."""
+        return self._read(lambda txn: self._mailboxes_in(txn, user))
+
+    def users(self) -> list[str]:
+        """Every user that has mailboxes or usage recorded."""
+        def collect(txn):
+            boxes = txn.cursor(db=self._db["mailboxes"]).iternext(values=False)
+            names = {bytes(k).partition(b"\0")[0].decode() for k in boxes}
+            names.update(bytes(k).decode() for k in txn.cursor(db=self._db["usage"]).iternext(values=False))
+            return sorted(names)
+        return self._read(collect)
+
+    def create_mailbox(self, user: str, name: str, uidvalidity: int | None = None, uidnext: int = 1,
+                       special_use: str = "", subscribed: bool = False) -> MailboxInfo:
+        def create(txn):
+            key = _mailbox_key(user, name)
+            if txn.get(key, db=self._db["mailboxes"]) is not None:
+                raise MailboxExists(f"{user}: mailbox {name!r} exists")
+            last = txn.get(b"mailbox_id", db=self._db["meta"])
+            mailbox_id = (struct.unpack("<I", last)[0] if last else 0) + 1
+            txn.put(b"mailbox_id", struct.pack("<I", mailbox_id), db=self._db["meta"])
+            validity = uidvalidity or _new_uidvalidity()
+            info = MailboxInfo(user, name, mailbox_id, validity, max(uidnext, 1), 1, 0, 0, 0, subscribed,
+                               special_use, ())
+            self._put_header(txn, info)
+            return info
+        return self._write(create)
+
+    def set_mailbox_attributes(self, user: str, name: str, subscribed: bool | None = None,
+                               special_use: str | None = None) -> MailboxInfo:
+        def update(txn):
+            info = self._header(txn, user, name)
+            changes = {}
+            if subscribed is not None:
+                changes["subscribed"] = subscribed
+            if special_use is not None:
+                changes["special_use"] = special_use
+            info = replace(info, **changes)
+            self._put_header(txn, info)
+            return info
+        return self._write(update)
+
+    def delete_mailbox(self, user: str, name: str) -> MailboxInfo:
+        """Remove the mailbox and its messages from the index (usage is reduced); returns its
+        last header. The caller removes the files afterwards."""
+        def delete(txn):
+            info = self._header(txn, user, name)
+            self._drop_messages(txn, info.mailbox_id)
+            txn.delete(_mailbox_key(user, name), db=self._db["mailboxes"])
+            self._add_usage(txn, user, -info.total_size, -info.count)
+            return info
+        return self._write(delete)
+
+    def _drop_messages(self, txn, mailbox_id: int) -> None:
+        for db, key_struct in ((self._db["messages"], CHUNK_KEY), (self._db["expunged"], EXPUNGE_KEY)):
+            cursor = txn.cursor(db=db)
+            prefix = struct.pack(">I", mailbox_id)
+            if cursor.set_range(prefix):
+                while bytes(cursor.key()).startswith(prefix):
+                    if not cursor.delete():
+                        break
+
+    def rename_mailbox(self, user: str, old: str, new: str, separator: str = "/") -> list[tuple[str, str]]:
+        """Rename old and every mailbox below it; returns the (old, new) name pairs."""
+        def rename(txn):
+            db = self._db["mailboxes"]
+            if txn.get(_mailbox_key(user, new), db=db) is not None:
+                raise MailboxExists(f"{user}: mailbox {new!r} exists")
+            self._header(txn, user, old)
+            pairs = [(old, new)] + [(m.name, new + m.name[len(old):]) for m in self._mailboxes_in(txn, user)
+                                    if m.name.startswith(old + separator)]
+            for source, target in pairs:
+                if source != old and txn.get(_mailbox_key(user, target), db=db) is not None:
+                    raise MailboxExists(f"{user}: mailbox {target!r} exists")
+            for source, target in pairs:
+                value = txn.pop(_mailbox_key(user, source), db=db)
+                txn.put(_mailbox_key(user, target), value, db=db)
+            return pairs
+        return self._write(rename)
+
+    def _mailboxes_in(self, txn, user: str) -> list[MailboxInfo]:
+        prefix = user.encode() + b"\0"
+        found = []
+        cursor = txn.cursor(db=self._db["mailboxes"])
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                found.append(_decode_mailbox(user, key[len(prefix):].decode(), value))
+        return found
+
+    # -- usage
+    def _add_usage(self, txn, user: str, size_delta: int, count_delta: int) -> None:
+        key = user.encode()
+        value = txn.get(key, db=self._db["usage"])
+        size, count = USAGE.unpack(value) if value is not None else (0, 0)
+        txn.put(key, USAGE.pack(max(size + size_delta, 0), max(count + count_delta, 0)), db=self._db["usage"])
+
+    def usage(self, user: str) -> tuple[int, int]:
+        """(bytes, messages) stored for user, over all mailboxes."""
+        value = self._read(lambda txn: txn.get(user.encode(), db=self._db["usage"]))
+        return USAGE.unpack(value) if value is not None else (0, 0)
+
+    def recount_usage(self, user: str) -> tuple[int, int]:
+        """Recompute usage from the mailbox headers (reconstruct); returns it."""
+        def recount(txn):
+            boxes = self._mailboxes_in(txn, user)
+            usage = (sum(m.total_size for m in boxes), sum(m.count for m in boxes))
+            txn.put(user.encode(), USAGE.pack(*usage), db=self._db["usage"])
+            return usage
+        return self._write(recount)
+
+    # -- delivery
+    def reserve_uid(self, user: str, name: str, delivery_id: str | None = None,
+                    fresh: bool = False) -> Reservation:
+        """Set aside the next UID. With a delivery id seen before, returns that delivery's UID
+        and state ("pending": file may exist, append not done; "done": nothing to do);
+        fresh=True hands a pending delivery a new UID instead."""
+        def reserve(txn):
+            info = self._header(txn, user, name)
+            if delivery_id is not None and not fresh:
+                known = txn.get(_delivery_key(user, delivery_id), db=self._db["deliveries"])
+                if known is not None:
+                    mailbox_id, uid, _, done = DELIVERY.unpack(known)
+                    if mailbox_id == info.mailbox_id:
+                        return Reservation(uid, info.uidvalidity, "done" if done else "pending")
+            uid = info.uidnext
+            self._put_header(txn, replace(info, uidnext=uid + 1))
+            if delivery_id is not None:
+                self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, False)
+            return Reservation(uid, info.uidvalidity, "new")
+        return self._write(reserve)
+
+    def _record_delivery(self, txn, user, delivery_id, mailbox_id, uid, done) -> None:
+        txn.put(_delivery_key(user, delivery_id), DELIVERY.pack(mailbox_id, uid, time.time(), done),
+                db=self._db["deliveries"])
+
+    def append(self, user: str, name: str, uid: int, size: int, internal_date: int,
+               flags: Iterable[str] = (), delivery_id: str | None = None) -> bool:
+        """Add message uid (its file is already durable). Returns False if uid was already in
+        the index (a retried or reconstructed delivery): nothing changes then but the
+        delivery id's done-mark, recorded in the same transaction."""
+        def add(txn):
+            info = self._header(txn, user, name)
+            if delivery_id is not None:
+                self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, True)
+            return self._add_messages(txn, info, [(uid, size, internal_date, flags)]) == 1
+        return self._write(add)
+
+    def append_many(self, user: str, name: str, messages: Iterable[tuple[int, int, int, Iterable[str]]]) -> int:
+        """Add (uid, size, internal_date, flags) messages in one transaction (reconstruct,
+        bulk loads); returns how many were new."""
+        messages = sorted(messages, key=lambda m: m[0])
+        return self._write(lambda txn: self._add_messages(txn, self._header(txn, user, name), messages))
+
+    def _add_messages(self, txn, info: MailboxInfo, messages) -> int:
+        if not messages:
+            return 0
+        modseq = info.highestmodseq + 1
+        keywords = info.keywords
+        records = []
+        for uid, size, internal_date, flags in messages:
+            mask, keywords = flag_mask(flags, keywords)
+            records.append(RECORD.pack(uid, size, mask, int(internal_date), modseq))
+        added = self._append_at_end(txn, info.mailbox_id, records)
+        if added is None:
+            added = [r for r in records if self._insert_record(txn, info.mailbox_id, RECORD.unpack(r)[0], r)]
+        if not added:
+            return 0
+        size = sum(RECORD.unpack(r)[1] for r in added)
+        unseen = sum(1 for r in added if not RECORD.unpack(r)[2] & SEEN)
+        last_uid = max(RECORD.unpack(r)[0] for r in added)
+        self._put_header(txn, replace(
+            info, uidnext=max(info.uidnext, last_uid + 1), highestmodseq=modseq, count=info.count + len(added),
+            unseen=info.unseen + unseen, total_size=info.total_size + size, keywords=keywords))
+        self._add_usage(txn, info.user, size, len(added))
+        return len(added)
+
+    def _append_at_end(self, txn, mailbox_id: int, records: list[bytes]) -> list[bytes] | None:
+        """Fast path: records (sorted, distinct) all above the mailbox's last UID fill up its
+        last chunk and then new ones. None when that does not apply."""
+        uids = [RECORD.unpack_from(r)[0] for r in records]
+        if any(a >= b for a, b in zip(uids, uids[1:])):
+            return None
+        db = self._db["messages"]
+        key, chunk = self._chunk_holding(txn.cursor(db=db), mailbox_id, MAX_UID)
+        if chunk and RECORD.unpack_from(chunk, len(chunk) - RECORD_SIZE)[0] >= uids[0]:
+            return None
+        if key is None:
+            key = CHUNK_KEY.pack(mailbox_id, uids[0])
+        room = CHUNK - len(chunk) // RECORD_SIZE
+        txn.put(key, chunk + b"".join(records[:room]), db=db)
+        for start in range(room, len(records), CHUNK):
+            piece = records[start:start + CHUNK]
+            txn.put(CHUNK_KEY.pack(mailbox_id, uids[start]), b"".join(piece), db=db)
+        return records
+
+    def _insert_record(self, txn, mailbox_id: int, uid: int, record: bytes) -> bool:
+        """Put record into its chunk in UID order (False if uid is there already). A full
+        chunk is split in two; a chunk is keyed by its first UID."""
+        db = self._db["messages"]
+        key, chunk = self._chunk_holding(txn.cursor(db=db), mailbox_id, uid)
+        position = self._position(chunk, uid)
+        if position < len(chunk) and RECORD.unpack_from(chunk, position)[0] == uid:
+            return False
+        chunk = chunk[:position] + record + chunk[position:]
+        if key is not None and position == 0:
+            txn.delete(key, db=db)  # the first UID changes, so does the key
+        pieces = [chunk]
+        if len(chunk) > CHUNK * RECORD_SIZE:
+            half = (len(chunk) // RECORD_SIZE // 2) * RECORD_SIZE
+            pieces = [chunk[:half], chunk[half:]]
+        for piece in pieces:
+            txn.put(CHUNK_KEY.pack(mailbox_id, RECORD.unpack_from(piece)[0]), piece, db=db)
+        return True
+
+    @staticmethod
+    def _position(chunk: bytes, uid: int) -> int:
+        lo, hi = 0, len(chunk) // RECORD_SIZE
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if RECORD.unpack_from(chunk, mid * RECORD_SIZE)[0] < uid:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo * RECORD_SIZE
+
+    @staticmethod
+    def _chunk_holding(cursor, mailbox_id: int, uid: int) -> tuple[bytes | None, bytes]:
+        """The chunk to hold uid: the last one starting at or below uid, else the mailbox's
+        first chunk; (None, b"") for an empty mailbox."""
+        target = CHUNK_KEY.pack(mailbox_id, uid)
+        prefix = target[:4]
+        found = cursor.set_range(target)
+        if found and bytes(cursor.key()) == target:
+            return target, bytes(cursor.value())
+        if (cursor.prev() if found else cursor.last()) and bytes(cursor.key())[:4] == prefix:
+            return bytes(cursor.key()), bytes(cursor.value())
+        if cursor.set_range(prefix) and bytes(cursor.key())[:4] == prefix:
+            return bytes(cursor.key()), bytes(cursor.value())
+        return None, b""
+
+    def _chunks(self, txn, mailbox_id: int) -> Iterator[tuple[bytes, bytes]]:
+        prefix = struct.pack(">I", mailbox_id)
+        cursor = txn.cursor(db=self._db["messages"])
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if bytes(key[:4]) != prefix:
+                    break
+                yield bytes(key), value
+
+    # -- flags and expunge
+    def store_flags(self, user: str, name: str, uid_ranges: Sequence[tuple[int, int]], mode: str,
+                    flags: Iterable[str], unchanged_since: int | None = None) -> "Records":
+        """+FLAGS ("+"), -FLAGS ("-") or FLAGS ("=") on the messages in uid_ranges (sorted,
+        merged). CONDSTORE: with unchanged_since, messages modified after it are left alone
+        and reported in .conflicts."""
+        if mode not in ("+", "-", "="):
+            raise ValueError(f"bad flag mode {mode!r}")
+        flags = list(flags)
+        ranges = normalise_ranges(list(uid_ranges))
+
+        def store(txn):
+            info = self._header(txn, user, name)
+            if mode == "-":
+                mask, keywords = known_flag_mask(flags, info.keywords, strict=False), info.keywords
+            else:
+                mask, keywords = flag_mask(flags, info.keywords)
+            modseq = info.highestmodseq + 1
+            changed, conflicts, unseen_delta = [], [], 0
+            db = self._db["messages"]
+            for key, chunk in list(self._chunks(txn, info.mailbox_id)):
+                new_chunk, chunk_changed, delta, chunk_conflicts = self.kernels.apply_flags(
+                    chunk, ranges, mode, mask, modseq, -1 if unchanged_since is None else unchanged_since)
+                if chunk_changed:
+                    txn.put(key, new_chunk, db=db)
+                    changed.append(chunk_changed)
+                    unseen_delta += delta
+                if chunk_conflicts:
+                    conflicts.append(chunk_conflicts)
+            if changed or keywords != info.keywords:
+                self._put_header(txn, replace(info, highestmodseq=modseq if changed else info.highestmodseq,
+                                               unseen=info.unseen + unseen_delta, keywords=keywords))
+            return Records(changed, keywords, conflicts)
+        return self._write(store)
+
+    def expunge(self, user: str, name: str, uid_ranges: Sequence[tuple[int, int]] | None = None,
+                deleted_only: bool = True) -> "Records":
+        """Remove messages flagged \\Deleted (within uid_ranges if given; deleted_only=False:
+        every message in uid_ranges). Returns the removed records; the caller unlinks their
+        files afterwards (reconstruct removes files of expunged UIDs it finds)."""
+        ranges = None if uid_ranges is None else normalise_ranges(list(uid_ranges))
+
+        def expunge(txn):
+            info = self._header(txn, user, name)
+            db = self._db["messages"]
+            removed = []
+            for key, chunk in list(self._chunks(txn, info.mailbox_id)):
+                kept, gone = self.kernels.remove_records(chunk, ranges, DELETED if deleted_only else 0)
+                if not gone:
+                    continue
+                removed.append(gone)
+                txn.delete(key, db=db)
+                if kept:
+                    txn.put(CHUNK_KEY.pack(info.mailbox_id, RECORD.unpack_from(kept)[0]), kept, db=db)
+            result = Records(removed, info.keywords, [])
+            if not removed:
+                return result
+            modseq = info.highestmodseq + 1
+            txn.put(EXPUNGE_KEY.pack(info.mailbox_id, modseq),
+                    struct.pack(f"<{len(result)}I", *result.uids()), db=self._db["expunged"])
+            size = result.total_size()
+            unseen = sum(1 for r in result if "\\Seen" not in r.flags)
+            self._put_header(txn, replace(info, highestmodseq=modseq, count=info.count - len(result),
+                                           unseen=info.unseen - unseen, total_size=info.total_size - size))
+            self._add_usage(txn, user, -size, -len(result))
+            return result
+        return self._write(expunge)
+
+    def expunged_since(self, user: str, name: str, modseq: int) -> list[int]:
+        """UIDs expunged after modseq, ascending (QRESYNC VANISHED; reconstruct)."""
+        def collect(txn):
+            info = self._header(txn, user, name)
+            cursor = txn.cursor(db=self._db["expunged"])
+            uids = []
+            if cursor.set_range(EXPUNGE_KEY.pack(info.mailbox_id, modseq + 1)):
+                for key, value in cursor:
+                    if EXPUNGE_KEY.unpack(key)[0] != info.mailbox_id:
+                        break
+                    uids.extend(struct.unpack(f"<{len(value) // 4}I", value))
+            return sorted(uids)
+        return self._read(collect)
+
+    # -- reading
+    def open_view(self, user: str, name: str) -> View:
+        """A consistent snapshot of the mailbox (header and messages from one read transaction)."""
+        def load(txn):
+            info = self._header(txn, user, name)
+            blob = b"".join(chunk for _, chunk in self._chunks(txn, info.mailbox_id))
+            return self.view_class(info, blob)
+        return self._read(load)
+
+    def changes_since(self, user: str, name: str, modseq: int) -> tuple[list[MessageRecord], list[int]]:
+        """(messages changed or added after modseq, UIDs expunged after it) — CONDSTORE/QRESYNC."""
+        view = self.open_view(user, name)
+        changed = [view.record(seq) for seq in view.changed_since(modseq)]
+        return changed, self.expunged_since(user, name, modseq)
+
+    def prune_deliveries(self, older_than: float) -> int:
+        """Forget delivery ids recorded before older_than (epoch seconds); returns how many."""
+        def prune(txn):
+            cursor = txn.cursor(db=self._db["deliveries"])
+            stale = [bytes(k) for k, v in cursor if DELIVERY.unpack(v)[2] < older_than]
+            for key in stale:
+                txn.delete(key, db=self._db["deliveries"])
+            return len(stale)
+        return self._write(prune)
+
+
+def _delivery_key(user: str, delivery_id: str) -> bytes:
+    return user.encode() + b"\0" + delivery_id.encode()
+
+
+def _new_uidvalidity() -> int:
+    # Seconds since the epoch, as Dovecot does; a later re-creation gets a larger value.
+    return max(int(time.time()), 1) & 0xFFFFFFFF
+
+

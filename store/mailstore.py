@@ -1,0 +1,454 @@
+"""Users' mailboxes on disk: delivery, folders, views, flags, expunge and quotas.
+
+Layout (mail_store_directory):
+  <user>/<mailbox path...>/       one directory per mailbox, any depth ("Work/2024" is
+                                  <user>/Work/2024/); names are %-encoded where unsafe
+  <mailbox dir>/<uid>.<uidvalidity>.eml   one file per message, written through store.fsio
+  <mailbox dir>/.mailbox          UIDVALIDITY, subscription, special-use (durable)
+  <mailbox dir>/.journal          flag changes and expunges, appended; a recovery hint that
+                                  reconstruct reads to keep flags after the index is lost
+The index (store.index, LMDB under index_directory) is the truth while it exists;
+reconstruct() rebuilds it from the files (store/reconstruct.py).
+
+Interface: MailStore(store_dir, index_dir, quota_limit) or open_store(params) (one per
+process, opened after exec). deliver(user, mailbox, source, delivery_id=None, flags=(),
+internal_date=None) -> UID, idempotent per delivery id; create/delete/rename/list/subscribe
+mailboxes; open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags,
+path); set_flags; expunge; usage(user); over_quota(user, extra_bytes).
+Ordering that keeps crashes safe: message file durable -> index entry (with the delivery id
+in the same transaction); expunge: index first, then unlink (reconstruct removes the files of
+expunged UIDs it still finds). A mailbox directory is flock()ed while its UIDs are handed out,
+so UIDs enter the index in ascending order.
+Diagnostics: StorageError (temporary: disk full, I/O, index full), NoSuchMailbox,
+MailboxExists, BadMailboxName, Refused-like ValueError subclasses for bad requests.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+from urllib.parse import unquote
+
+from store import fsio
+from store.users import UserDB
+from store.index import (
+    Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, View, flag_names, ranges_from_values,
+)
+
+INBOX = "INBOX"
+SEPARATOR = "/"
+MESSAGE_SUFFIX = ".eml"
+META_FILE = ".mailbox"
+JOURNAL_FILE = ".journal"
+MAX_NAME_DEPTH = 16
+MAX_COMPONENT_BYTES = 200
+JOURNAL_COMPACT_BYTES = 1 << 20
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+=@,. ")
+
+__all__ = [
+    "MailStore", "MailboxView", "Message", "open_store", "BadMailboxName", "MailboxExists",
+    "NoSuchMailbox", "MailboxNotEmpty", "INBOX", "SEPARATOR", "normalise_mailbox", "ranges_from_values",
+    "quota_limits",
+]
+
+
+class BadMailboxName(ValueError):
+    """The mailbox name is empty, too deep, or has an empty or control-character part."""
+
+
+class MailboxNotEmpty(ValueError):
+    """The mailbox has child mailboxes (or is INBOX) and cannot be deleted."""
+
+
+@dataclass(frozen=True)
+class Message:
+    seq: int
+    uid: int
+    size: int
+    flags: tuple[str, ...]
+    internal_date: int
+    path: str
+
+
+# ---------------------------------------------------------------- names and paths
+
+def normalise_mailbox(name: str) -> str:
+    """Validate a mailbox name ("/"-separated); INBOX is case-insensitive."""
+    parts = name.split(SEPARATOR)
+    if not name or len(parts) > MAX_NAME_DEPTH or any(not p for p in parts):
+        raise BadMailboxName(f"bad mailbox name {name!r}")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise BadMailboxName("control characters in mailbox name")
+    if parts[0].upper() == INBOX:
+        parts[0] = INBOX
+    return SEPARATOR.join(parts)
+
+
+def encode_component(text: str) -> str:
+    """A name part as a directory name: unsafe bytes, "%" and a leading "." become %XX."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch in _SAFE and not (ch == "." and i == 0):
+            out.append(ch)
+        else:
+            out.append("".join(f"%{b:02X}" for b in ch.encode()))
+    encoded = "".join(out)
+    if len(encoded.encode()) > MAX_COMPONENT_BYTES:
+        raise BadMailboxName(f"name part too long: {text[:40]!r}...")
+    return encoded
+
+
+def decode_component(encoded: str) -> str:
+    return unquote(encoded, errors="strict")
+
+
+def message_file_name(uid: int, uidvalidity: int) -> str:
+    return f"{uid}.{uidvalidity}{MESSAGE_SUFFIX}"
+
+
+def parse_message_file_name(name: str) -> tuple[int, int] | None:
+    """(uid, uidvalidity) of a file this store wrote, else None."""
+    if not name.endswith(MESSAGE_SUFFIX):
+        return None
+    uid_text, _, validity_text = name[:-len(MESSAGE_SUFFIX)].partition(".")
+    if uid_text.isdigit() and validity_text.isdigit() and 0 < int(uid_text) <= 0xFFFFFFFF:
+        return int(uid_text), int(validity_text)
+    return None
+
+
+# ---------------------------------------------------------------- mailbox view
+
+class MailboxView:
+    """A snapshot of one mailbox for a POP or IMAP session; .view is the index View
+    (sequence sets, search, sort); paths are computed, files are read on demand."""
+
+    def __init__(self, user: str, mailbox: str, directory: str, view: View):
+        self.user = user
+        self.mailbox = mailbox
+        self.directory = directory
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    @property
+    def info(self) -> MailboxInfo:
+        return self.view.info
+
+    def path(self, seq: int) -> str:
+        return os.path.join(self.directory, message_file_name(self.view.uid(seq), self.view.info.uidvalidity))
+
+    def message(self, seq: int) -> Message:
+        r = self.view.record(seq)
+        return Message(seq, r.uid, r.size, r.flags, r.internal_date, self.path(seq))
+
+    def messages(self) -> list[Message]:
+        return [self.message(seq) for seq in range(1, len(self.view) + 1)]
+
+    def open(self, seq: int):
+        """The message file, opened for binary reading (FileNotFoundError if a concurrent
+        expunge removed it: the session reports the message as gone)."""
+        return open(self.path(seq), "rb")
+
+
+# ---------------------------------------------------------------- the store
+
+class MailStore:
+    def __init__(self, store_dir: str, index_dir: str, quota_limit: Callable[[str], int] | None = None):
+        self.store_dir = os.fspath(store_dir)
+        self.index = Index(index_dir)
+        self._quota_limit = quota_limit or (lambda user: 0)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> "MailStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- paths and locks
+    def user_dir(self, user: str) -> str:
+        if not user or SEPARATOR in user or "\0" in user:
+            raise BadMailboxName(f"bad user name {user!r}")
+        return os.path.join(self.store_dir, encode_component(user))
+
+    def mailbox_dir(self, user: str, mailbox: str) -> str:
+        parts = normalise_mailbox(mailbox).split(SEPARATOR)
+        return os.path.join(self.user_dir(user), *(encode_component(p) for p in parts))
+
+    @contextmanager
+    def locked(self, directory: str) -> Iterator[None]:
+        """Exclusive flock on a mailbox directory (UID hand-out, journal, expunge, reconstruct)."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- mailboxes
+    def create_mailbox(self, user: str, mailbox: str, special_use: str = "", subscribed: bool = False,
+                       uidvalidity: int | None = None) -> MailboxInfo:
+        """Create mailbox (and any missing parent). MailboxExists if it is there already."""
+        mailbox = normalise_mailbox(mailbox)
+        parts = mailbox.split(SEPARATOR)
+        for depth in range(1, len(parts)):
+            parent = SEPARATOR.join(parts[:depth])
+            if self.index.mailbox(user, parent) is None:
+                self._create_one(user, parent, "", False, None)
+        if self.index.mailbox(user, mailbox) is not None:
+            raise MailboxExists(f"mailbox {mailbox} exists")
+        return self._create_one(user, mailbox, special_use, subscribed, uidvalidity)
+
+    def _create_one(self, user, mailbox, special_use, subscribed, uidvalidity) -> MailboxInfo:
+        directory = self.mailbox_dir(user, mailbox)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fsio.fsync_dir(os.path.dirname(directory))
+        except OSError as e:
+            raise fsio.StorageError(f"cannot create {directory}: {e.strerror}", e.errno) from e
+        info = self.index.create_mailbox(user, mailbox, uidvalidity=uidvalidity, special_use=special_use,
+                                         subscribed=subscribed)
+        self._write_meta(directory, info)
+        return info
+
+    def _write_meta(self, directory: str, info: MailboxInfo) -> None:
+        text = f"uidvalidity {info.uidvalidity}\nsubscribed {int(info.subscribed)}\nspecial-use {info.special_use}\n"
+        fsio.write_durably(directory, META_FILE, text.encode())
+
+    def ensure_inbox(self, user: str) -> MailboxInfo:
+        info = self.index.mailbox(user, INBOX)
+        if info is not None:
+            return info
+        try:
+            return self.create_mailbox(user, INBOX, subscribed=True)
+        except MailboxExists:  # created by a concurrent delivery
+            return self.index.mailbox(user, INBOX)
+
+    def list_mailboxes(self, user: str) -> list[MailboxInfo]:
+        return self.index.mailboxes(user)
+
+    def mailbox(self, user: str, mailbox: str) -> MailboxInfo | None:
+        return self.index.mailbox(user, normalise_mailbox(mailbox))
+
+    def set_mailbox_attributes(self, user: str, mailbox: str, subscribed: bool | None = None,
+                               special_use: str | None = None) -> MailboxInfo:
+        mailbox = normalise_mailbox(mailbox)
+        info = self.index.set_mailbox_attributes(user, mailbox, subscribed=subscribed, special_use=special_use)
+        self._write_meta(self.mailbox_dir(user, mailbox), info)
+        return info
+
+    def delete_mailbox(self, user: str, mailbox: str) -> MailboxInfo:
+        """Delete a mailbox without children, with its messages. INBOX cannot be deleted."""
+        mailbox = normalise_mailbox(mailbox)
+        if mailbox == INBOX:
+            raise MailboxNotEmpty("INBOX cannot be deleted")
+        if any(m.name.startswith(mailbox + SEPARATOR) for m in self.index.mailboxes(user)):
+            raise MailboxNotEmpty(f"mailbox {mailbox} has child mailboxes")
+        directory = self.mailbox_dir(user, mailbox)
+        with self.locked(directory):
+            info = self.index.delete_mailbox(user, mailbox)
+            shutil.rmtree(directory, ignore_errors=True)
+        fsio.fsync_dir(os.path.dirname(directory))
+        return info
+
+    def rename_mailbox(self, user: str, old: str, new: str) -> None:
+        """Rename a mailbox with its children (UIDs and UIDVALIDITY stay). The directory moves
+        first: a crash before the index follows is repaired by reconstruct."""
+        old, new = normalise_mailbox(old), normalise_mailbox(new)
+        if old == INBOX or new == INBOX or new.startswith(old + SEPARATOR):
+            raise BadMailboxName(f"cannot rename {old} to {new}")
+        if self.index.mailbox(user, old) is None:
+            raise NoSuchMailbox(f"no mailbox {old}")
+        if self.index.mailbox(user, new) is not None:
+            raise MailboxExists(f"mailbox {new} exists")
+        parts = new.split(SEPARATOR)
+        for depth in range(1, len(parts)):
+            parent = SEPARATOR.join(parts[:depth])
+            if self.index.mailbox(user, parent) is None:
+                self._create_one(user, parent, "", False, None)
+        source, target = self.mailbox_dir(user, old), self.mailbox_dir(user, new)
+        try:
+            os.rename(source, target)
+            fsio.fsync_dir(os.path.dirname(target))
+            fsio.fsync_dir(os.path.dirname(source))
+        except OSError as e:
+            raise fsio.StorageError(f"cannot rename {source}: {e.strerror}", e.errno) from e
+        self.index.rename_mailbox(user, old, new, SEPARATOR)
+
+    # -- delivery
+    def deliver(self, user: str, mailbox: str, source, delivery_id: str | None = None,
+                flags: Iterable[str] = (), internal_date: int | None = None) -> int:
+        """Store one message durably and index it; returns its UID. The same delivery_id
+        again returns the first UID and stores nothing. INBOX is created on first use; any
+        other mailbox must exist (NoSuchMailbox: IMAP's [TRYCREATE])."""
+        mailbox = normalise_mailbox(mailbox)
+        if mailbox == INBOX:
+            self.ensure_inbox(user)
+        elif self.index.mailbox(user, mailbox) is None:
+            raise NoSuchMailbox(f"no mailbox {mailbox}")
+        flags = tuple(flags)
+        date = int(time.time() if internal_date is None else internal_date)
+        directory = self.mailbox_dir(user, mailbox)
+        with self.locked(directory):
+            reservation = self.index.reserve_uid(user, mailbox, delivery_id)
+            if reservation.state == "done":
+                return reservation.uid
+            name = message_file_name(reservation.uid, reservation.uidvalidity)
+            path = os.path.join(directory, name)
+            if reservation.state == "pending" and os.path.exists(path):
+                size = os.stat(path).st_size  # a crash came after the rename: adopt the file
+            else:
+                if reservation.state == "pending":  # the file never made it: take a fresh UID
+                    reservation = self.index.reserve_uid(user, mailbox, delivery_id, fresh=True)
+                    name = message_file_name(reservation.uid, reservation.uidvalidity)
+                    path = os.path.join(directory, name)
+                size = fsio.write_durably(directory, name, source)
+                _set_mtime(path, date)
+            try:
+                self.index.append(user, mailbox, reservation.uid, size, date, flags, delivery_id)
+            except fsio.StorageError:
+                if delivery_id is None:  # nobody can come back for this file: do not leave it
+                    _unlink_quietly(path)
+                raise
+            if flags:
+                self._journal(directory, f"f {reservation.uid} {' '.join(flags)}\n")
+            return reservation.uid
+
+    # -- reading
+    def open_mailbox(self, user: str, mailbox: str) -> MailboxView:
+        mailbox = normalise_mailbox(mailbox)
+        if mailbox == INBOX:
+            self.ensure_inbox(user)
+        return MailboxView(user, mailbox, self.mailbox_dir(user, mailbox), self.index.open_view(user, mailbox))
+
+    # -- flags and expunge
+    def set_flags(self, user: str, mailbox: str, uid_ranges: Sequence[tuple[int, int]], mode: str,
+                  flags: Iterable[str], unchanged_since: int | None = None) -> Records:
+        """mode "+", "-" or "=" over UID ranges; returns the changed records (.conflicts:
+        UIDs left alone because of unchanged_since)."""
+        mailbox = normalise_mailbox(mailbox)
+        directory = self.mailbox_dir(user, mailbox)
+        with self.locked(directory):
+            changes = self.index.store_flags(user, mailbox, uid_ranges, mode, flags, unchanged_since)
+            if len(changes):
+                self._journal(directory, "".join(f"f {r.uid} {' '.join(r.flags)}\n" for r in changes))
+        return changes
+
+    def expunge(self, user: str, mailbox: str, uid_ranges: Sequence[tuple[int, int]] | None = None,
+                deleted_only: bool = True) -> Records:
+        """Remove \\Deleted messages (within uid_ranges if given; deleted_only=False: all of
+        uid_ranges, e.g. POP3 DELE). Index first, then the files; returns what went."""
+        mailbox = normalise_mailbox(mailbox)
+        directory = self.mailbox_dir(user, mailbox)
+        with self.locked(directory):
+            removed = self.index.expunge(user, mailbox, uid_ranges, deleted_only)
+            if not len(removed):
+                return removed
+            uids = removed.uids()
+            self._journal(directory, "x " + " ".join(map(str, uids)) + "\n")
+            validity = self.index.mailbox(user, mailbox).uidvalidity
+            for uid in uids:
+                _unlink_quietly(os.path.join(directory, message_file_name(uid, validity)))
+            fsio.fsync_dir(directory)
+        return removed
+
+    def _journal(self, directory: str, text: str) -> None:
+        """Append to the flag journal (caller holds the directory lock). Not fsynced: it is a
+        hint for reconstruct after a lost index, not what acknowledges anything."""
+        path = os.path.join(directory, JOURNAL_FILE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text.encode())
+                grown = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        except OSError:
+            return  # flags are safe in the index; only the recovery hint is missing
+        if grown > JOURNAL_COMPACT_BYTES:
+            self._compact_journal(directory)
+
+    def _compact_journal(self, directory: str) -> None:
+        user, mailbox = self._owner_of(directory)
+        view = self.index.open_view(user, mailbox)
+        lines = [f"n {view.info.uidnext}\n"]
+        for seq in range(1, len(view) + 1):
+            bits = view.flag_bits(seq)
+            if bits:
+                lines.append(f"f {view.uid(seq)} {' '.join(flag_names(bits, view.keywords))}\n")
+        try:
+            fsio.write_durably(directory, JOURNAL_FILE, "".join(lines).encode())
+        except fsio.StorageError:
+            pass  # the old journal stays; it is only longer than it needs to be
+
+    def _owner_of(self, directory: str) -> tuple[str, str]:
+        relative = os.path.relpath(directory, self.store_dir).split(os.sep)
+        return decode_component(relative[0]), SEPARATOR.join(decode_component(p) for p in relative[1:])
+
+    # -- quotas
+    def usage(self, user: str) -> int:
+        """Bytes stored for user over all mailboxes (exact)."""
+        return self.index.usage(user)[0]
+
+    def quota_limit(self, user: str) -> int:
+        """The user's quota in bytes; 0 means unlimited."""
+        return self._quota_limit(user)
+
+    def over_quota(self, user: str, extra_bytes: int = 0) -> bool:
+        limit = self.quota_limit(user)
+        return bool(limit) and self.usage(user) + extra_bytes > limit
+
+    def reconstruct(self, user: str | None = None):
+        """Rebuild the index from the files (see store/reconstruct.py); returns the report."""
+        from store.reconstruct import reconstruct
+        return reconstruct(self, user)
+
+
+def _set_mtime(path: str, date: int) -> None:
+    try:
+        os.utime(path, (date, date))  # reconstruct takes the internal date from here
+    except OSError:
+        pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# ---------------------------------------------------------------- one store per process
+
+_stores: dict[tuple, MailStore] = {}
+
+
+def open_store(params, users=None) -> MailStore:
+    """The process's MailStore for these settings (the LMDB env opens on first use).
+    users: the process's store.users.UserDB, for quota limits (LMDB forbids opening one
+    environment twice in a process); without it one is opened when a limit is needed."""
+    key = (os.getpid(), params.mail_store_directory, params.index_directory)
+    if key not in _stores:
+        _stores[key] = MailStore(params.mail_store_directory, params.index_directory,
+                                 quota_limit=quota_limits(params, users))
+    return _stores[key]
+
+
+def quota_limits(params, users=None) -> Callable[[str], int]:
+    """user -> quota in bytes (0: unlimited): the user's own quota, else default_quota."""
+    opened = [users]
+
+    def limit(name: str) -> int:
+        if opened[0] is None:
+            opened[0] = UserDB.from_params(params)
+        user = opened[0].get(name)
+        return params.default_quota if user is None or user.quota is None else user.quota
+    return limit
+

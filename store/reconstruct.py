@@ -1,0 +1,214 @@
+"""Reconstruct: rebuild the index from the message files, while the server runs.
+
+reconstruct(store, user=None) -> list[Report], one per user (every user found on disk or in
+the index when user is None). For each mailbox directory, under the mailbox's lock (so
+deliveries, flag changes and expunges wait):
+- a mailbox the index lost is re-created with the UIDVALIDITY, subscription and special-use
+  of its .mailbox file, and UIDNEXT above every UID its files and journal have seen;
+- files named <uid>.<uidvalidity>.eml the index lacks are adopted with that UID, the
+  internal date from their mtime and the flags from the journal's last word on them;
+  files of UIDs recorded as expunged (a crash between expunge and unlink) are removed;
+- any other file (dropped in by hand, or of another UIDVALIDITY) gets the next UID and is
+  renamed to its canonical name, so UIDVALIDITY never has to change;
+- index entries whose files are gone are dropped (expunged, so sessions are told);
+- index mailboxes without a directory are dropped; quota usage is recounted;
+- temp files older than an hour (their writer died) are removed.
+Entries that are fine keep their flags, UIDs and modseqs untouched.
+Diagnostics: the Reports say what changed; StorageError if the index cannot be written.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from store import fsio
+from store.index import NoSuchMailbox, ranges_from_values
+from store.mailstore import (
+    JOURNAL_FILE, META_FILE, SEPARATOR, MailStore, decode_component, message_file_name, parse_message_file_name,
+)
+
+DELIVERY_MEMORY = 30 * 86400  # delivery ids older than this are forgotten on a full run
+STALE_TEMP_AGE = 3600  # a temp file this old belongs to a writer that died
+
+
+@dataclass
+class Report:
+    user: str
+    mailboxes_added: list[str] = field(default_factory=list)
+    mailboxes_dropped: list[str] = field(default_factory=list)
+    adopted: list[tuple[str, int]] = field(default_factory=list)
+    renumbered: list[tuple[str, str, int]] = field(default_factory=list)
+    dropped: list[tuple[str, int]] = field(default_factory=list)
+    removed_files: list[tuple[str, str]] = field(default_factory=list)
+    usage: tuple[int, int] = (0, 0)
+
+    @property
+    def changed(self) -> bool:
+        return any((self.mailboxes_added, self.mailboxes_dropped, self.adopted, self.renumbered, self.dropped,
+                    self.removed_files))
+
+    def lines(self) -> list[str]:
+        out = [f"{self.user}: mailbox {m} re-created" for m in self.mailboxes_added]
+        out += [f"{self.user}: mailbox {m} dropped (no directory)" for m in self.mailboxes_dropped]
+        out += [f"{self.user}: {m}: UID {uid} adopted from its file" for m, uid in self.adopted]
+        out += [f"{self.user}: {m}: file {name} added as UID {uid}" for m, name, uid in self.renumbered]
+        out += [f"{self.user}: {m}: UID {uid} dropped (file missing)" for m, uid in self.dropped]
+        out += [f"{self.user}: {m}: removed {name} (expunged before)" for m, name in self.removed_files]
+        out.append(f"{self.user}: {self.usage[1]} messages, {self.usage[0]} bytes"
+                   + ("" if self.changed else ", nothing to repair"))
+        return out
+
+
+@dataclass
+class _Journal:
+    flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    expunged: set[int] = field(default_factory=set)
+    highest_uid: int = 0
+
+
+def reconstruct(store: MailStore, user: str | None = None) -> list[Report]:
+    if user is not None:
+        return [_reconstruct_user(store, user)]
+    on_disk = set()
+    if os.path.isdir(store.store_dir):
+        on_disk = {decode_component(n) for n in os.listdir(store.store_dir)
+                   if not n.startswith(".") and os.path.isdir(os.path.join(store.store_dir, n))}
+    reports = [_reconstruct_user(store, name) for name in sorted(on_disk | set(store.index.users()))]
+    store.index.prune_deliveries(time.time() - DELIVERY_MEMORY)
+    return reports
+
+
+def _reconstruct_user(store: MailStore, user: str) -> Report:
+    report = Report(user)
+    root = store.user_dir(user)
+    found = set()
+    for directory, subdirs, _ in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        if directory == root:
+            continue
+        parts = os.path.relpath(directory, root).split(os.sep)
+        name = SEPARATOR.join(decode_component(p) for p in parts)
+        found.add(name)
+        with store.locked(directory):
+            _reconstruct_mailbox(store, user, name, directory, report)
+    for info in store.index.mailboxes(user):
+        if info.name not in found:
+            try:
+                store.index.delete_mailbox(user, info.name)
+                report.mailboxes_dropped.append(info.name)
+            except NoSuchMailbox:
+                pass  # deleted meanwhile
+    report.usage = store.index.recount_usage(user)
+    return report
+
+
+def _reconstruct_mailbox(store: MailStore, user: str, name: str, directory: str, report: Report) -> None:
+    journal = _read_journal(os.path.join(directory, JOURNAL_FILE))
+    canonical: dict[int, tuple[int, str]] = {}
+    foreign: list[str] = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if fsio.is_temp_name(entry) and os.stat(path).st_mtime < time.time() - STALE_TEMP_AGE:
+            os.unlink(path)
+            report.removed_files.append((name, entry))
+            continue
+        if entry.startswith(".") or not os.path.isfile(path):
+            continue  # our own files (.mailbox, .journal, temp files) and subfolders
+        parsed = parse_message_file_name(entry)
+        if parsed:
+            canonical[parsed[0]] = (parsed[1], entry)
+        else:
+            foreign.append(entry)
+    info = store.index.mailbox(user, name)
+    if info is None:
+        info = _recreate(store, user, name, directory, canonical, journal)
+        report.mailboxes_added.append(name)
+    for uid, (validity, entry) in list(canonical.items()):
+        if validity != info.uidvalidity:
+            foreign.append(entry)
+            del canonical[uid]
+
+    indexed = set(store.index.open_view(user, name).uids())
+    missing = sorted(indexed - canonical.keys())
+    if missing:
+        store.index.expunge(user, name, ranges_from_values(missing), deleted_only=False)
+        report.dropped += [(name, uid) for uid in missing]
+
+    expunged = journal.expunged | set(store.index.expunged_since(user, name, 0))
+    adopt = []
+    for uid in sorted(canonical.keys() - indexed):
+        entry = canonical[uid][1]
+        path = os.path.join(directory, entry)
+        if uid in expunged:
+            os.unlink(path)
+            report.removed_files.append((name, entry))
+            continue
+        st = os.stat(path)
+        adopt.append((uid, st.st_size, int(st.st_mtime), journal.flags.get(uid, ())))
+        report.adopted.append((name, uid))
+    store.index.append_many(user, name, adopt)
+
+    for entry in foreign:
+        _adopt_foreign(store, user, name, directory, entry, report)
+    if report.removed_files or foreign:
+        fsio.fsync_dir(directory)
+
+
+def _recreate(store: MailStore, user: str, name: str, directory: str, canonical, journal: _Journal):
+    meta = _read_meta(os.path.join(directory, META_FILE))
+    validity = int(meta.get("uidvalidity", 0) or 0)
+    if not validity and canonical:
+        validity = Counter(v for v, _ in canonical.values()).most_common(1)[0][0]
+    uids = [uid for uid, (v, _) in canonical.items() if v == validity]
+    uidnext = max([journal.highest_uid, *uids, 0]) + 1
+    info = store.index.create_mailbox(user, name, uidvalidity=validity or None, uidnext=uidnext,
+                                      special_use=meta.get("special-use", ""),
+                                      subscribed=meta.get("subscribed") == "1")
+    store._write_meta(directory, info)
+    return info
+
+
+def _adopt_foreign(store: MailStore, user: str, name: str, directory: str, entry: str, report: Report) -> None:
+    source = os.path.join(directory, entry)
+    reservation = store.index.reserve_uid(user, name)
+    target_name = message_file_name(reservation.uid, reservation.uidvalidity)
+    st = os.stat(source)
+    os.rename(source, os.path.join(directory, target_name))
+    store.index.append(user, name, reservation.uid, st.st_size, int(st.st_mtime))
+    report.renumbered.append((name, entry, reservation.uid))
+
+
+def _read_meta(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return dict(line.rstrip("\n").partition(" ")[::2] for line in f if " " in line)
+    except OSError:
+        return {}
+
+
+def _read_journal(path: str) -> _Journal:
+    journal = _Journal()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return journal
+    for line in lines:
+        words = line.split()
+        if len(words) < 2 or not words[1].isdigit():
+            continue  # a torn last line after a crash, or junk
+        if words[0] == "f":
+            uid = int(words[1])
+            journal.flags[uid] = tuple(words[2:])
+            journal.expunged.discard(uid)
+        elif words[0] == "x":
+            uid = max(int(w) for w in words[1:] if w.isdigit())
+            journal.expunged.update(int(w) for w in words[1:] if w.isdigit())
+        elif words[0] == "n":
+            uid = int(words[1]) - 1
+        else:
+            continue
+        journal.highest_uid = max(journal.highest_uid, uid)
+    return journal

@@ -1,0 +1,248 @@
+"""The user database: accounts and their password forms, in an LMDB env of its own.
+
+The env lives at $data_directory/users (not under index_directory: deleting the index to
+reconstruct it must not delete the accounts). Two named databases: "users" (name -> JSON
+profile: enabled, quota, protocols, forward, keep_copy, full_name) and "credentials"
+(name -> JSON password forms of store/passwords.py), so a listing never touches secrets.
+Names are lower-cased; they are what a user logs in with and the local part of the address.
+
+Interface:
+    db = UserDB.from_params(params) / UserDB.open(params) / UserDB(env_path, key_path); `with` works
+    get_user(params, name) -> User | None    # the one-call form for readers
+    db.get(name) -> User | None;  db.list() -> [User];  db.add(user or name, password=None)
+    db.update(user);  db.set_password(name, password);  db.delete(name) -> bool
+    db.verify_password(name, pw) -> bool     # scrypt; as slow for unknown users as for known
+    db.scram_keys(name) -> ScramKeys | None; db.decoy_scram_keys(name) (stable fake salt)
+    db.cram_md5(name, challenge, digest) -> bool;  db.apop_secret(name) -> str | None
+    db.may_login(name, protocol) -> bool     # enabled, and imap/pop allowed for the user
+Diagnostics: UserError (bad name, exists, unknown) with a one-line reason for mailctl;
+StorageError when LMDB cannot write (map full is retried once after growing the map).
+An LMDB env must be opened once per process: envs are shared per path and stay open for the
+life of the process (leaving a `with` block does not close them; close() does).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+import lmdb
+
+from store import passwords
+from store.fsio import StorageError
+from store.passwords import ScramKeys
+
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+PROTOCOLS = ("imap", "pop")
+MAP_SIZE = 64 * 1024 * 1024
+# A verifier that matches no password: unknown users cost the same scrypt as known ones.
+_DECOY_SCRYPT = passwords.make_scrypt(os.urandom(16).hex())
+
+
+class UserError(Exception):
+    """A refused user-database action; str() is a one-line reason."""
+
+
+@dataclass
+class User:
+    name: str
+    enabled: bool = True
+    quota: int | None = None             # bytes; None = default_quota, 0 = unlimited
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    forward: list[str] = field(default_factory=list)
+    keep_copy: bool = False              # with forward: also deliver to the own mailbox
+    full_name: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "User":
+        raw = json.loads(data)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+def check_name(name: str) -> str:
+    """The canonical (lower-case) form of a user name; UserError if it is not a valid one."""
+    low = name.strip().lower()
+    if not NAME.fullmatch(low):
+        raise UserError(f"bad user name {name!r} (letters, digits, '.', '_', '-'; at most 64)")
+    return low
+
+
+_ENVS: dict[str, lmdb.Environment] = {}
+
+
+def _shared_env(path: str) -> lmdb.Environment:
+    path = os.path.abspath(path)
+    if path not in _ENVS:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        _ENVS[path] = lmdb.open(path, map_size=MAP_SIZE, max_dbs=4, subdir=True)
+    return _ENVS[path]
+
+
+class UserDB:
+    def __init__(self, env_path: str, key_path: str):
+        self.env_path = os.path.abspath(env_path)
+        self.key_path = key_path
+        self.env = _shared_env(self.env_path)
+        self._users = self.env.open_db(b"users")
+        self._creds = self.env.open_db(b"credentials")
+        self._key: bytes | None = None
+
+    @classmethod
+    def from_params(cls, params) -> "UserDB":
+        return cls(os.path.join(params.data_directory, "users"),
+                   os.path.join(params.data_directory, "secret.key"))
+
+    open = from_params           # reads well as `with UserDB.open(params) as users:`
+
+    def close(self) -> None:
+        """Close the process's env for this path (tests; a process normally keeps it)."""
+        if _ENVS.pop(self.env_path, None) is not None:
+            self.env.close()
+
+    def __enter__(self) -> "UserDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass                     # the env stays open for the process; see the module docstring
+
+    # ---------------------------------------------------------------- storage
+    def _secret_key(self) -> bytes | None:
+        if self._key is None:
+            try:
+                self._key = passwords.load_secret_key(self.key_path)
+            except passwords.SecretKeyError:
+                return None
+        return self._key
+
+    def _write(self, action) -> None:
+        """Run action(txn) in a write transaction; grow the map once when it is full."""
+        for attempt in (1, 2):
+            try:
+                with self.env.begin(write=True) as txn:
+                    action(txn)
+                return
+            except lmdb.MapFullError:
+                if attempt == 2:
+                    raise StorageError("user database is full") from None
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.Error as e:
+                raise StorageError(f"user database: {e}") from None
+
+    def _read(self, db, name: str) -> bytes | None:
+        with self.env.begin(db=db) as txn:
+            return txn.get(name.encode())
+
+    def _forms(self, name: str) -> dict:
+        try:
+            raw = self._read(self._creds, check_name(name))
+        except UserError:
+            return {}
+        return json.loads(raw) if raw else {}
+
+    # ---------------------------------------------------------------- profiles
+    def get(self, name: str) -> User | None:
+        try:
+            raw = self._read(self._users, check_name(name))
+        except UserError:
+            return None
+        return User.from_json(raw) if raw else None
+
+    def list(self) -> list[User]:
+        with self.env.begin(db=self._users) as txn:
+            return [User.from_json(value) for _, value in txn.cursor()]
+
+    def add(self, user: User | str, password: str | None = None) -> None:
+        user = User(user) if isinstance(user, str) else user
+        user.name = check_name(user.name)
+        forms = passwords.make_forms(user.name, password, self._secret_key()) if password else {}
+
+        def action(txn):
+            if not txn.put(user.name.encode(), user.to_json(), db=self._users, overwrite=False):
+                raise UserError(f"user {user.name} already exists")
+            txn.put(user.name.encode(), json.dumps(forms).encode(), db=self._creds)
+        self._write(action)
+
+    def update(self, user: User) -> None:
+        user.name = check_name(user.name)
+
+        def action(txn):
+            if txn.get(user.name.encode(), db=self._users) is None:
+                raise UserError(f"no such user: {user.name}")
+            txn.put(user.name.encode(), user.to_json(), db=self._users)
+        self._write(action)
+
+    def set_password(self, name: str, password: str) -> None:
+        name = check_name(name)
+        forms = passwords.make_forms(name, password, self._secret_key())
+
+        def action(txn):
+            if txn.get(name.encode(), db=self._users) is None:
+                raise UserError(f"no such user: {name}")
+            txn.put(name.encode(), json.dumps(forms).encode(), db=self._creds)
+        self._write(action)
+
+    def delete(self, name: str) -> bool:
+        name = check_name(name)
+        found = []
+
+        def action(txn):
+            found.append(txn.delete(name.encode(), db=self._users))
+            txn.delete(name.encode(), db=self._creds)
+        self._write(action)
+        return found[0]
+
+    def may_login(self, name: str, protocol: str) -> bool:
+        """Enabled, and (for imap / pop) the protocol is among the user's protocols."""
+        user = self.get(name)
+        return bool(user and user.enabled and (protocol not in PROTOCOLS or protocol in user.protocols))
+
+    # ---------------------------------------------------------------- password forms
+    def verify_password(self, name: str, password: str) -> bool:
+        form = self._forms(name).get("scrypt")
+        try:
+            matched = passwords.verify_scrypt(form or _DECOY_SCRYPT, password)
+        except ValueError:
+            return False
+        return matched and form is not None
+
+    def scram_keys(self, name: str) -> ScramKeys | None:
+        form = self._forms(name).get("scram-sha-256")
+        return ScramKeys.from_form(form) if form else None
+
+    def decoy_scram_keys(self, name: str) -> ScramKeys:
+        """Keys for a user without SCRAM keys: the same salt every time, so a client cannot
+        tell an unknown user from a wrong password; they match no password."""
+        seed = hmac.new(self._secret_key() or b"no key", b"scram decoy " + name.encode(), hashlib.sha256).digest()
+        return ScramKeys(seed[:16], passwords.SCRAM_ITERATIONS, os.urandom(32), os.urandom(32))
+
+    def cram_md5(self, name: str, challenge: bytes, digest: bytes) -> bool:
+        """Does digest (raw 16 bytes) equal HMAC-MD5(password, challenge)?"""
+        form = self._forms(name).get("cram-md5")
+        if not form:
+            return False
+        return hmac.compare_digest(passwords.cram_md5_digest(form, challenge), digest)
+
+    def apop_secret(self, name: str) -> str | None:
+        form = self._forms(name).get("apop")
+        key = self._secret_key()
+        if not form or key is None:
+            return None
+        try:
+            return passwords.open_apop(form, check_name(name), key)
+        except ValueError:
+            return None
+
+    def password_forms(self, name: str) -> list[str]:
+        """Which forms the user has (for `user list`), never the forms themselves."""
+        return sorted(self._forms(name))
+
+
+def get_user(params, name: str) -> User | None:
+    """The user record, through the process's shared env."""
+    return UserDB.from_params(params).get(name)

@@ -1,0 +1,57 @@
+"""A line-echo service that exists only for the master's tests (`tests.integration.echo_service`).
+
+Greeting `+OK echo <pid> <smtpd_banner>` (the banner shows which settings the worker got).
+Commands, one per line: `PID` -> `+OK <pid>`, `PARAM <name>` -> `+OK <value>`,
+`USER <name>` -> reported to the master (mailctl connections), `STARTTLS` -> `+OK begin TLS`
+and the upgrade, `TLS` -> `+OK <version>` or `+OK none`, `QUIT` -> `+OK bye` and close;
+any other line is echoed as `+OK <line>`. Over the connection limit: `-ERR [SYS/TEMP]`.
+"""
+from __future__ import annotations
+
+import os
+
+from workers._limits import LineTooLong
+from workers._server import Connection, run_worker
+
+LINE_LIMIT = 1000
+IDLE_TIMEOUT = 60.0
+
+
+async def handle(conn: Connection) -> None:
+    await conn.send_line(f"+OK echo {os.getpid()} {conn.params.smtpd_banner}".encode())
+    conn.log.info(f"connect from {conn.peer_ip}")
+    while True:
+        try:
+            line = await conn.read_line(LINE_LIMIT, IDLE_TIMEOUT)
+        except LineTooLong:
+            await conn.send_line(b"-ERR line too long")
+            continue
+        if not line:
+            return
+        words = line.decode("utf-8", "replace").strip().split(" ", 1)
+        verb, arg = words[0].upper(), (words[1] if len(words) > 1 else "")
+        if verb == "QUIT":
+            await conn.send_line(b"+OK bye")
+            return
+        if verb == "PID":
+            await conn.send_line(f"+OK {os.getpid()}".encode())
+        elif verb == "PARAM":
+            await conn.send_line(f"+OK {conn.params.get(arg)}".encode())
+        elif verb == "STARTTLS":
+            await conn.send_line(b"+OK begin TLS")
+            await conn.start_tls()
+        elif verb == "TLS":
+            await conn.send_line(f"+OK {conn.tls_version() or 'none'}".encode())
+        elif verb == "USER":
+            conn.set_user(arg)
+            await conn.send_line(b"+OK")
+        else:
+            await conn.send_line(b"+OK " + line.rstrip(b"\r\n"))
+
+
+async def refuse(conn: Connection) -> None:
+    await conn.send_line(b"-ERR [SYS/TEMP] too many connections, try again later")
+
+
+if __name__ == "__main__":
+    run_worker(handle, refuse, log_name="pop")

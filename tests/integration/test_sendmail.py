@@ -1,0 +1,85 @@
+"""sendmail through the real master: arguments, -t, a stopped master, usage errors."""
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.delivery_support import Inbox, delivery_system, parse, queue_files, sendmail
+
+pytestmark = pytest.mark.integration
+
+USERS = {"bob": (), "carol": (), "dave": ()}
+
+
+@pytest.fixture
+def inbox_of():
+    opened: list[Inbox] = []
+
+    def make(system) -> Inbox:
+        opened.append(Inbox(system))
+        return opened[-1]
+    yield make
+    for inbox in opened:
+        inbox.close()
+
+
+def test_recipients_as_arguments(mailsystem, corpus, inbox_of):
+    system = delivery_system(mailsystem, users=USERS)
+    system.start()
+    original = (corpus / "01-plain.eml").read_bytes()
+    sendmail(system, "-oi", "-f", "alice@example.org", "bob", "carol@example.test", message=original)
+    inbox = inbox_of(system)
+    [bob] = inbox.wait("bob", 1)
+    [carol] = inbox.wait("carol", 1)
+    msg = parse(bob)
+    assert msg["Subject"] == "Minutes of Friday's planning meeting"
+    assert msg["Return-Path"] == "<alice@example.org>" and msg["Delivered-To"] == "bob@mail.example.test"
+    assert "minutes from Friday" in parse(carol).get_body().get_content()
+    log = system.wait_for_log("smtp", "to=<carol@example.test>, relay=local")
+    assert "status=sent (delivered to INBOX)" in log
+    assert inbox.messages("dave") == []
+
+
+def test_t_takes_to_cc_bcc_and_strips_bcc(mailsystem, inbox_of):
+    system = delivery_system(mailsystem, users=USERS)
+    system.start()
+    message = (b"From: Cron Daemon <root@example.test>\n"
+               b"To: bob@example.test\nCc: Carol <carol@example.test>\nBcc: dave@example.test\n"
+               b"Subject: nightly report\n\nall good\n.\nstill the body with -i\n")
+    sendmail(system, "-t", "-i", message=message)
+    inbox = inbox_of(system)
+    copies = {user: inbox.wait(user, 1) for user in ("bob", "carol", "dave")}
+    for user, [raw] in copies.items():
+        msg = parse(raw)
+        assert msg["Subject"] == "nightly report" and msg["Bcc"] is None
+        assert msg["Delivered-To"] == f"{user}@example.test"
+        assert (b"dave" in raw.split(b"\r\n\r\n")[0]) == (user == "dave")     # only in dave's Delivered-To
+        assert msg["Message-ID"] and msg["Date"]
+        assert "still the body with -i" in msg.get_content()
+
+
+def test_dot_line_ends_the_message_without_i(mailsystem, inbox_of):
+    system = delivery_system(mailsystem, users=USERS)
+    system.start()
+    sendmail(system, "bob", message=b"Subject: dot\n\nfirst\n.\nnever queued\n")
+    [raw] = inbox_of(system).wait("bob", 1)
+    assert b"first" in raw and b"never queued" not in raw
+
+
+def test_works_while_the_master_is_stopped(mailsystem, corpus, inbox_of):
+    system = delivery_system(mailsystem, users=USERS)
+    sendmail(system, "-f", "alice@example.org", "bob@example.test",
+             message=(corpus / "02-utf8-8bit.eml").read_bytes())
+    assert len(queue_files(system, "maildrop")) == 1
+    system.start()
+    [raw] = inbox_of(system).wait("bob", 1)
+    assert "Köln" in parse(raw).get_content()
+    assert queue_files(system, "maildrop") == [] and queue_files(system, "incoming") == []
+
+
+@pytest.mark.parametrize("args, code", [(("-bs",), 64), (("-t",), 65), (("bad address@x",), 65)])
+def test_refusals_exit_codes(mailsystem, args, code):
+    system = delivery_system(mailsystem)
+    result = sendmail(system, *args, message=b"Subject: x\n\nbody\n", check=False)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith(b"sendmail: ")
+    assert queue_files(system, "maildrop") == []

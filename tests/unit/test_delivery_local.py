@@ -1,0 +1,81 @@
+"""Pipe and file delivery: exit codes, time limit, mbox form (child processes, no sockets)."""
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import os
+import pwd
+
+import pytest
+
+from workers.delivery.local import RunAs, append_to_file, mbox_entry, run_pipe
+
+MESSAGE = b"Subject: hello\r\nFrom: a@x.org\r\n\r\nFrom the start\r\nbody\r\n"
+
+
+def pipe(command: str, time_limit: float = 10):
+    return asyncio.run(run_pipe(command, MESSAGE, "a@x.org", "bob@h.test", "team@h.test", RunAs(name="t"),
+                                time_limit))
+
+
+def test_pipe_gets_message_and_environment(tmp_path):
+    out = tmp_path / "out"
+    outcome = pipe(f'{{ echo "$SENDER $RECIPIENT $ORIGINAL_RECIPIENT"; cat; }} > {out}')
+    assert outcome.ok
+    text = out.read_bytes()
+    assert text.startswith(b"a@x.org bob@h.test team@h.test\nReturn-Path: <a@x.org>\nDelivered-To: bob@h.test\n")
+    assert b"\r" not in text and text.endswith(b"body\n")
+
+
+def test_pipe_exit_codes():
+    assert pipe("exit 0").ok
+    failed = pipe("echo no such list; exit 67")
+    assert (failed.ok, failed.permanent, failed.status) == (False, True, "5.3.0")
+    assert "no such list" in failed.detail
+    assert not pipe("exit 75").permanent
+    assert not pipe("exit 1").permanent
+    assert not pipe("kill -9 $$").permanent
+
+
+def test_pipe_time_limit_kills_the_command():
+    outcome = pipe("sleep 30", time_limit=0.5)
+    assert not outcome.ok and not outcome.permanent and "time limit" in outcome.detail
+
+
+def test_pipe_that_does_not_read_stdin():
+    assert pipe("exit 0").ok
+
+
+def test_file_delivery_appends_mbox(tmp_path):
+    path = tmp_path / "archive.mbox"
+    for _ in range(2):
+        outcome = asyncio.run(append_to_file(str(path), MESSAGE, "a@x.org", "bob@h.test", RunAs(name="t"), 30))
+        assert outcome.ok, outcome
+    box = mailbox.mbox(str(path))
+    messages = list(box)
+    assert len(messages) == 2
+    assert messages[0]["Subject"] == "hello" and messages[0]["Delivered-To"] == "bob@h.test"
+    assert ">From the start" in messages[0].get_payload()
+
+
+def test_file_delivery_failure_is_reported(tmp_path):
+    outcome = asyncio.run(append_to_file(str(tmp_path / "missing" / "x"), MESSAGE, "a@x.org", "b@h.test",
+                                         RunAs(name="t"), 30))
+    assert not outcome.ok and outcome.permanent and "cannot open" in outcome.detail
+
+
+def test_mbox_entry_quotes_from_lines():
+    entry = mbox_entry(b"Subject: s\n\nFrom me\n>From you\nok\n", "a@x.org", 0)
+    assert entry.startswith(b"From a@x.org Thu Jan  1 00:00:00 1970\n")
+    assert b"\n>From me\n>>From you\nok\n\n" in entry
+
+
+def test_run_as_mail_owner_only_when_root():
+    run_as = RunAs.for_mail_owner("mail")
+    if os.geteuid() != 0:
+        assert run_as.uid is None            # nothing to drop
+        return
+    assert (run_as.uid, run_as.name) == (pwd.getpwnam("mail").pw_uid, "mail")
+    for bad in ("no-such-user-here", "root"):
+        with pytest.raises(LookupError):
+            RunAs.for_mail_owner(bad)

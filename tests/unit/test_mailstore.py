@@ -1,0 +1,303 @@
+"""Mailboxes on disk: delivery, folders, flags, expunge, quotas, disk full and reconstruct."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from store import fsio
+from store.mailstore import (
+    BadMailboxName, MailboxExists, MailboxNotEmpty, MailStore, NoSuchMailbox, encode_component,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    ms = MailStore(tmp_path / "store", tmp_path / "index", quota_limit=lambda user: 10_000 if user == "small" else 0)
+    yield ms
+    ms.index.close()
+
+
+@pytest.fixture
+def messages(corpus):
+    return [p.read_bytes() for p in sorted(corpus.glob("*.eml"))]
+
+
+def message_files(store, user, mailbox):
+    directory = store.mailbox_dir(user, mailbox)
+    return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+
+
+# ---------------------------------------------------------------- delivery
+
+def test_deliver_writes_one_file_per_message_and_indexes_it(store, messages):
+    uids = [store.deliver("bob", "INBOX", m, internal_date=1_700_000_000 + i) for i, m in enumerate(messages)]
+    assert uids == list(range(1, len(messages) + 1))
+    view = store.open_mailbox("bob", "inbox")
+    assert len(view) == len(messages)
+    for seq, message in enumerate(view.messages(), 1):
+        with open(message.path, "rb") as f:
+            assert f.read() == messages[seq - 1]
+        assert message.size == len(messages[seq - 1]) and message.internal_date == 1_699_999_999 + seq
+    assert store.usage("bob") == sum(map(len, messages))
+
+
+def test_deliver_streams_a_file_object(store, corpus):
+    with open(corpus / "archive.mbox", "rb") as source:
+        uid = store.deliver("bob", "INBOX", source)
+    view = store.open_mailbox("bob", "INBOX")
+    with view.open(view.view.seq(uid)) as f:
+        assert f.read() == (corpus / "archive.mbox").read_bytes()
+
+
+def test_same_delivery_id_stores_once(store, messages):
+    first = store.deliver("bob", "INBOX", messages[0], delivery_id="Q1:bob")
+    again = store.deliver("bob", "INBOX", messages[0], delivery_id="Q1:bob")
+    other = store.deliver("bob", "INBOX", messages[0], delivery_id="Q1:carol")
+    assert first == again != other
+    assert len(message_files(store, "bob", "INBOX")) == 2 and store.usage("bob") == 2 * len(messages[0])
+
+
+def test_deliver_with_flags_and_to_missing_folder(store, messages):
+    store.create_mailbox("bob", "Sent", special_use="\\Sent")
+    uid = store.deliver("bob", "Sent", messages[0], flags=["\\Seen", "$Label1"])
+    view = store.open_mailbox("bob", "Sent")
+    assert view.message(view.view.seq(uid)).flags == ("\\Seen", "$Label1")
+    with pytest.raises(NoSuchMailbox):
+        store.deliver("bob", "Nope", messages[0])
+
+
+def test_disk_full_removes_the_partial_file_and_keeps_the_rest(store, messages, monkeypatch):
+    store.deliver("bob", "INBOX", messages[0])
+    real_write = os.write
+    calls = []
+
+    def failing_write(fd, data):
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    with pytest.raises(fsio.StorageError) as raised:
+        store.deliver("bob", "INBOX", iter([b"a" * 10, b"b" * 10]))
+    monkeypatch.undo()
+    assert raised.value.disk_full and raised.value.temporary
+    assert os.listdir(store.mailbox_dir("bob", "INBOX")).count(".journal") == 0
+    assert message_files(store, "bob", "INBOX") == ["1.%d.eml" % store.mailbox("bob", "INBOX").uidvalidity]
+    assert not [n for n in os.listdir(store.mailbox_dir("bob", "INBOX")) if fsio.is_temp_name(n)]
+    assert len(store.open_mailbox("bob", "INBOX")) == 1 and store.usage("bob") == len(messages[0])
+
+
+def _can_mount_tmpfs(path) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_on_a_real_small_filesystem(tmp_path, messages, monkeypatch):
+    small = tmp_path / "small"
+    if not _can_mount_tmpfs(small):
+        # not root or no mount: the same path through an injected ENOSPC
+        def no_space(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(os, "fsync", no_space)
+    try:
+        store = MailStore(small / "store", tmp_path / "index")
+        stored = []
+        with pytest.raises(fsio.StorageError) as raised:
+            for i in range(1000):
+                stored.append(store.deliver("bob", "INBOX", messages[i % len(messages)] * 8))
+        assert raised.value.disk_full
+        monkeypatch.undo()
+        directory = store.mailbox_dir("bob", "INBOX")
+        assert not [n for n in os.listdir(directory) if fsio.is_temp_name(n)]
+        view = store.open_mailbox("bob", "INBOX")
+        assert view.view.uids() == stored
+        for message in view.messages():
+            assert os.path.getsize(message.path) == message.size
+        store.index.close()
+    finally:
+        if os.path.ismount(small):
+            subprocess.run(["umount", str(small)], check=True)
+
+
+# ---------------------------------------------------------------- folders
+
+def test_folders_nest_and_names_are_encoded(store, messages):
+    store.create_mailbox("bob", "Work/2024/Q1")
+    store.create_mailbox("bob", ".hidden/ä%")
+    assert [m.name for m in store.list_mailboxes("bob")] == [".hidden", ".hidden/ä%", "Work", "Work/2024",
+                                                             "Work/2024/Q1"]
+    assert store.mailbox_dir("bob", ".hidden/ä%").endswith(os.path.join("%2Ehidden", "%C3%A4%25"))
+    store.deliver("bob", "Work/2024/Q1", messages[0])
+    with pytest.raises(MailboxExists):
+        store.create_mailbox("bob", "Work")
+    for bad in ("", "a//b", "/a", "a\x01b", "x" * 300):
+        with pytest.raises(BadMailboxName):
+            store.create_mailbox("bob", bad)
+
+
+def test_rename_keeps_messages_and_uids(store, messages):
+    store.create_mailbox("bob", "Work/2024")
+    uid = store.deliver("bob", "Work/2024", messages[1])
+    store.rename_mailbox("bob", "Work", "Archive/Work")
+    assert [m.name for m in store.list_mailboxes("bob")] == ["Archive", "Archive/Work", "Archive/Work/2024"]
+    view = store.open_mailbox("bob", "Archive/Work/2024")
+    assert view.view.uids() == [uid]
+    with open(view.path(1), "rb") as f:
+        assert f.read() == messages[1]
+
+
+def test_delete_mailbox(store, messages):
+    store.create_mailbox("bob", "Trash/Old")
+    store.deliver("bob", "Trash/Old", messages[0])
+    with pytest.raises(MailboxNotEmpty):
+        store.delete_mailbox("bob", "Trash")
+    with pytest.raises(MailboxNotEmpty):
+        store.delete_mailbox("bob", "inbox")
+    store.delete_mailbox("bob", "Trash/Old")
+    assert not os.path.exists(store.mailbox_dir("bob", "Trash/Old"))
+    assert store.usage("bob") == 0
+
+
+# ---------------------------------------------------------------- flags, expunge, quota
+
+def test_flags_and_expunge_remove_files_and_usage(store, messages):
+    for m in messages[:4]:
+        store.deliver("bob", "INBOX", m)
+    changed = store.set_flags("bob", "INBOX", [(2, 3)], "+", ["\\Deleted"])
+    assert changed.uids() == [2, 3]
+    removed = store.expunge("bob", "INBOX")
+    assert removed.uids() == [2, 3]
+    validity = store.mailbox("bob", "INBOX").uidvalidity
+    assert message_files(store, "bob", "INBOX") == [f"1.{validity}.eml", f"4.{validity}.eml"]
+    assert store.usage("bob") == len(messages[0]) + len(messages[3])
+    # POP3 DELE: expunge named messages regardless of \Deleted
+    assert store.expunge("bob", "INBOX", [(4, 4)], deleted_only=False).uids() == [4]
+
+
+def test_over_quota(store, messages):
+    assert not store.over_quota("bob", 10**12)  # no limit
+    store.deliver("small", "INBOX", b"x" * 9000)
+    assert not store.over_quota("small", 1000)
+    assert store.over_quota("small", 1001)
+
+
+# ---------------------------------------------------------------- reconstruct
+
+def _snapshot(store, user):
+    out = {}
+    for info in store.list_mailboxes(user):
+        view = store.open_mailbox(user, info.name)
+        out[info.name] = (info.uidvalidity, info.subscribed, info.special_use,
+                          [(m.uid, m.size, m.flags, m.internal_date) for m in view.messages()])
+    return out
+
+
+def test_reconstruct_after_losing_the_whole_index(tmp_path, store, messages):
+    store.create_mailbox("bob", "Work/Deep", special_use="\\Archive", subscribed=True)
+    for i, m in enumerate(messages):
+        store.deliver("bob", "INBOX" if i % 2 else "Work/Deep", m, internal_date=1_600_000_000 + i)
+    store.set_flags("bob", "INBOX", [(1, 3)], "+", ["\\Seen", "$Important"])
+    store.set_flags("bob", "INBOX", [(2, 2)], "-", ["\\Seen"])
+    store.set_flags("bob", "Work/Deep", [(1, 1)], "+", ["\\Deleted"])
+    store.expunge("bob", "Work/Deep")
+    before, usage = _snapshot(store, "bob"), store.usage("bob")
+    uidnext = store.mailbox("bob", "INBOX").uidnext
+    store.index.close()
+    shutil.rmtree(tmp_path / "index")
+
+    fresh = MailStore(tmp_path / "store", tmp_path / "index")
+    [report] = fresh.reconstruct()
+    assert set(report.mailboxes_added) == set(before)
+    assert _snapshot(fresh, "bob") == before
+    assert fresh.usage("bob") == usage
+    assert fresh.mailbox("bob", "INBOX").uidnext == uidnext
+    assert fresh.deliver("bob", "INBOX", messages[0]) == uidnext
+
+
+def test_reconstruct_repairs_a_running_index(store, messages):
+    for m in messages[:5]:
+        store.deliver("bob", "INBOX", m)
+    store.set_flags("bob", "INBOX", [(1, 1)], "+", ["\\Flagged"])
+    directory = store.mailbox_dir("bob", "INBOX")
+    validity = store.mailbox("bob", "INBOX").uidvalidity
+    os.unlink(os.path.join(directory, f"2.{validity}.eml"))            # file lost
+    with open(os.path.join(directory, "dropped-in.eml"), "wb") as f:    # a file from elsewhere
+        f.write(messages[6])
+    store.index.store_flags("bob", "INBOX", [(4, 4)], "+", ["\\Deleted"])
+    store.index.expunge("bob", "INBOX", [(3, 4)], deleted_only=False)  # crash before the unlinks
+    [report] = store.reconstruct("bob")
+    assert report.dropped == [("INBOX", 2)]
+    assert report.removed_files == [("INBOX", f"3.{validity}.eml"), ("INBOX", f"4.{validity}.eml")]
+    assert report.renumbered == [("INBOX", "dropped-in.eml", 6)]
+    assert report.adopted == []  # expunged UIDs are never resurrected
+    view = store.open_mailbox("bob", "INBOX")
+    assert view.view.uids() == [1, 5, 6]
+    assert view.message(1).flags == ("\\Flagged",)
+    assert store.usage("bob") == sum(len(messages[i]) for i in (0, 4, 6))
+    assert store.mailbox("bob", "INBOX").uidvalidity == validity
+    [again] = store.reconstruct("bob")
+    assert not again.changed
+
+
+def test_reconstruct_adopts_a_file_whose_index_entry_never_came(store, messages):
+    store.deliver("bob", "INBOX", messages[0])
+    reservation = store.index.reserve_uid("bob", "INBOX", "Q9:bob")
+    name = f"{reservation.uid}.{reservation.uidvalidity}.eml"
+    fsio.write_durably(store.mailbox_dir("bob", "INBOX"), name, messages[1])  # crash after the rename
+    [report] = store.reconstruct("bob")
+    assert report.adopted == [("INBOX", reservation.uid)]
+    # the retried delivery finds its message and stores nothing new
+    assert store.deliver("bob", "INBOX", messages[1], delivery_id="Q9:bob") == reservation.uid
+    assert len(store.open_mailbox("bob", "INBOX")) == 2
+
+
+def test_encode_component_round_trips():
+    from store.mailstore import decode_component
+    for name in ("INBOX", ".x", "a b", "ü/ñ", "%41", "Sent Items"):
+        assert decode_component(encode_component(name)) == name
+        assert not encode_component(name).startswith(".")
+
+
+# ---------------------------------------------------------------- mailctl accounts / reconstruct
+
+def test_mailctl_accounts_and_reconstruct(tmp_path, messages, capsys):
+    import json
+
+    from master.ctl import run
+    from store.users import User, UserDB
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(f"data_directory = {tmp_path / 'var'}\ndefault_quota = 1M\n")
+    with UserDB(str(tmp_path / "var" / "users"), str(tmp_path / "var" / "secret.key")) as users:
+        users.add(User("bob", quota=4000))
+        users.add(User("carol"))
+        users.add(User("nomail"))
+    store = MailStore(tmp_path / "var" / "store", tmp_path / "var" / "index")
+    store.deliver("bob", "INBOX", b"x" * 1000)
+    store.deliver("carol", "INBOX", b"y" * 2048)
+    store.index.close()
+    os.unlink(os.path.join(store.mailbox_dir("carol", "INBOX"), os.listdir(store.mailbox_dir("carol", "INBOX"))[-1]))
+
+    assert run(["-c", str(etc), "accounts", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [
+        {"user": "bob", "quota_bytes": 4000, "used_bytes": 1000, "percent_free": 75.0},
+        {"user": "carol", "quota_bytes": 1048576, "used_bytes": 2048, "percent_free": 99.8},
+    ]
+    assert run(["-c", str(etc), "reconstruct", "carol"]) == 0
+    out = capsys.readouterr().out
+    assert "carol: INBOX: UID 1 dropped (file missing)" in out and "carol: 0 messages, 0 bytes" in out
+    assert run(["-c", str(etc), "accounts"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split() == ["carol", "1048576", "0", "100.0%"]
+    assert run(["-c", str(etc), "reconstruct", "nobody"]) == 1
+    assert "no mail store for user 'nobody'" in capsys.readouterr().err

@@ -1,0 +1,512 @@
+"""smtpd session state machine, driven through a fake transport (no sockets).
+
+The client's bytes are fed into a real asyncio.StreamReader all at once (which is also
+what a pipelining client does); the session's replies are collected line by line.
+The backend is a fake: a user table, an alias set, a queue writer that records what it
+was given, a PLAIN/LOGIN mechanism over a password table.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass, field
+
+import pytest
+
+from master.params import Params
+from store.fsio import StorageError
+from workers._limits import STREAM_LIMIT, read_line
+from workers.smtpd.address import ArgError, parse_mail, parse_rcpt
+from workers.smtpd.relay import UserState
+from workers.smtpd.session import Session
+
+HOST = "mail.example.test"
+
+
+# ---------------------------------------------------------------------------- fakes
+
+class FakeLog:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def error(self, text):
+        self.lines.append("E " + text)
+
+    def info(self, text):
+        self.lines.append("M " + text)
+
+    def debug(self, text):
+        self.lines.append("H " + text)
+
+
+class FakeConn:
+    def __init__(self, client: bytes, params: Params, peer_ip: str, tls: bool = False, eof: bool = True):
+        """Must be made inside the running loop (the StreamReader binds to it)."""
+        self.reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+        self.reader.feed_data(client)
+        if eof:
+            self.reader.feed_eof()
+        self.params = params
+        self.peer_ip = peer_ip
+        self.log = FakeLog()
+        self.tls = tls
+        self.out: list[bytes] = []
+        self.user = None
+
+    async def read_line(self, limit, timeout):
+        return await read_line(self.reader, limit, timeout)
+
+    async def send_line(self, line: bytes):
+        self.out.extend(line.split(b"\r\n"))
+
+    async def start_tls(self):
+        self.tls = True
+
+    def tls_version(self):
+        return "TLSv1.3" if self.tls else None
+
+    def tls_cipher(self):
+        return "TLS_AES_256_GCM_SHA384" if self.tls else None
+
+    def set_user(self, name):
+        self.user = name
+
+
+class FakeWriter:
+    def __init__(self, backend):
+        self.backend = backend
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def write(self, chunk):
+        if self.backend.fail_write:
+            raise StorageError("disk full", 28)
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    def commit(self, envelope):
+        if self.backend.fail_commit:
+            raise StorageError("disk full", 28)
+        envelope.size = self.size
+        self.backend.committed.append((envelope, b"".join(self.chunks)))
+        return f"QID{len(self.backend.committed)}"
+
+    def abort(self):
+        pass
+
+
+@dataclass
+class Step:
+    challenge: bytes | None = None
+    user: str | None = None
+    failed: bool = False
+    reason: str = ""
+
+
+class FakePlain:
+    def __init__(self, passwords):
+        self.passwords = passwords
+
+    def step(self, response):
+        if response is None:
+            return Step(challenge=b"")
+        _, user, password = response.decode().split("\0")
+        return Step(user=user) if self.passwords.get(user) == password else Step(user=user, failed=True)
+
+
+class FakeLogin:
+    def __init__(self, passwords):
+        self.passwords = passwords
+        self.name = None
+
+    def step(self, response):
+        if response is None and self.name is None:
+            return Step(challenge=b"Username:")
+        if self.name is None:
+            self.name = response.decode()
+            return Step(challenge=b"Password:")
+        ok = self.passwords.get(self.name) == response.decode()
+        return Step(user=self.name, failed=not ok)
+
+
+class FakeDirectory:
+    def __init__(self):
+        self.users = {"bob": UserState(True, 0, 0), "carol": UserState(False, 0, 0),
+                      "dave": UserState(True, 1000, 900)}
+        self.aliases = {"postmaster", "team"}
+
+    def user(self, name):
+        return self.users.get(name)
+
+    def is_alias(self, name):
+        return name in self.aliases
+
+
+@dataclass
+class FakeBackend:
+    directory: FakeDirectory = field(default_factory=FakeDirectory)
+    committed: list = field(default_factory=list)
+    woken: int = 0
+    low: bool = False
+    fail_write: bool = False
+    fail_commit: bool = False
+    listed: object = None
+    passwords: dict = field(default_factory=lambda: {"bob": "secret"})
+
+    def open_message(self):
+        return FakeWriter(self)
+
+    def wake_qmgr(self):
+        self.woken += 1
+
+    def disk_low(self):
+        return self.low
+
+    def tls_available(self):
+        return True
+
+    def sasl_server(self, name):
+        return FakePlain(self.passwords) if name == "PLAIN" else FakeLogin(self.passwords)
+
+    def may_send(self, user):
+        return user in self.passwords and self.directory.users.get(user, UserState(True, 0, 0)).enabled
+
+    async def rbl_lookup(self, ip, zones):
+        return self.listed, []
+
+
+def make_params(**settings) -> Params:
+    raw = {"myhostname": HOST, "mydomain": "example.test", "mydestination": "$myhostname, $mydomain",
+           "auth_failure_delay": "0s", "message_size_limit": "2000", "mynetworks": "127.0.0.0/8",
+           **settings}
+    return Params(raw, {}, "/nonexistent")
+
+
+def run(client: bytes | str, backend: FakeBackend | None = None, peer_ip: str = "192.0.2.9",
+        tls: bool = False, **settings) -> tuple[list[str], FakeConn, FakeBackend]:
+    backend = backend or FakeBackend()
+    if isinstance(client, str):
+        client = client.replace("\n", "\r\n").encode()
+
+    async def session() -> FakeConn:
+        conn = FakeConn(client, make_params(**settings), peer_ip, tls)
+        await Session(conn, backend).run()
+        return conn
+    conn = asyncio.run(session())
+    return [line.decode() for line in conn.out if line], conn, backend
+
+
+def codes(lines: list[str]) -> list[str]:
+    """The final line's code of each reply (multi-line replies count once)."""
+    return [line[:3] for line in lines if line[3:4] == " "]
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+MESSAGE = "Subject: hi\n\nhello\n.\n"
+
+
+# ---------------------------------------------------------------------------- greeting and EHLO
+
+def test_greeting_ehlo_and_quit():
+    lines, _, _ = run("EHLO client.example\nQUIT\n")
+    assert lines[0] == f"220 {HOST} ESMTP mailhouse"
+    assert lines[1] == f"250-{HOST}"
+    keywords = [line[4:] for line in lines[2:-1]]
+    assert keywords == ["PIPELINING", "SIZE 2000", "STARTTLS", "AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN",
+                        "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
+    assert lines[-1] == "221 2.0.0 Bye"
+
+
+def test_ehlo_after_tls_drops_starttls():
+    lines, _, _ = run("EHLO c\nQUIT\n", tls=True)
+    assert "250-STARTTLS" not in lines and "250-AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN" in lines
+
+
+def test_encrypt_level_hides_auth_and_requires_starttls():
+    lines, _, _ = run(f"EHLO c\nAUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'secret')}\n"
+                      "MAIL FROM:<a@b.example>\nSTARTTLS\nEHLO c\nQUIT\n", smtpd_tls_security_level="encrypt")
+    first_ehlo = lines[1:lines.index("250 DSN") + 1]
+    assert not any(line.startswith("250-AUTH") for line in first_ehlo)
+    assert codes(lines)[2:] == ["530", "530", "220", "250", "221"]
+    assert "530 5.7.0 Must issue a STARTTLS command first" in lines
+    assert "250-AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN" in lines[lines.index("250 DSN") + 1:]
+
+
+def test_starttls_resets_to_greetedless_state():
+    lines, conn, _ = run("EHLO c\nSTARTTLS\nMAIL FROM:<a@b.example>\nEHLO c\nMAIL FROM:<a@b.example>\nQUIT\n")
+    assert codes(lines) == ["220", "250", "220", "503", "250", "250", "221"]
+    assert conn.tls
+
+
+def test_tls_level_none_offers_no_starttls():
+    lines, _, _ = run("EHLO c\nSTARTTLS\nQUIT\n", smtpd_tls_security_level="none")
+    assert "250-STARTTLS" not in lines and codes(lines)[2] == "454"
+
+
+def test_helo_and_bad_ehlo():
+    lines, _, _ = run("HELO\nHELO c\nQUIT\n")
+    assert codes(lines) == ["220", "501", "250", "221"]
+
+
+def test_refused_host_gets_554_and_close():
+    lines, _, backend = run("EHLO c\n", smtpd_refused_hosts="192.0.2.0/24")
+    assert lines == ["554 5.7.1 Service unavailable; client host refused"]
+
+
+# ---------------------------------------------------------------------------- sequence and limits
+
+def test_commands_out_of_order():
+    lines, _, _ = run("MAIL FROM:<a@b.example>\nEHLO c\nRCPT TO:<bob@example.test>\nDATA\n"
+                      "MAIL FROM:<a@b.example>\nMAIL FROM:<a@b.example>\nDATA\nXYZZY\nQUIT\n")
+    assert codes(lines) == ["220", "503", "250", "503", "503", "250", "503", "503", "500", "221"]
+
+
+def test_command_line_over_512_octets():
+    lines, _, _ = run("EHLO c\nNOOP " + "x" * 600 + "\nNOOP\nQUIT\n")
+    assert codes(lines)[2:] == ["500", "250", "221"]
+    assert "500 5.5.2 Error: line too long" in lines
+
+
+def test_line_beyond_the_stream_limit_is_dropped_and_the_session_goes_on():
+    lines, _, _ = run("EHLO c\nNOOP " + "x" * 300_000 + "\nNOOP\nQUIT\n")
+    assert codes(lines)[2:] == ["500", "250", "221"]
+
+
+def test_too_many_errors_closes_with_421():
+    lines, _, _ = run("EHLO c\n" + "XYZZY\n" * 10 + "NOOP\n", smtpd_hard_error_limit="3")
+    assert codes(lines) == ["220", "250", "500", "500", "500", "421"]
+
+
+def test_idle_timeout_closes_with_421():
+    async def scenario():
+        conn = FakeConn(b"EHLO c\r\n", make_params(smtpd_timeout="1s"), "192.0.2.9", eof=False)
+        await Session(conn, FakeBackend()).run()
+        return [line.decode() for line in conn.out if line]
+    lines = asyncio.run(scenario())
+    assert lines[-1] == "421 4.4.2 Error: timeout exceeded"
+
+
+def test_recipient_limit():
+    rcpts = "".join(f"RCPT TO:<bob@example.test>\n" for _ in range(3))
+    lines, _, _ = run(f"EHLO c\nMAIL FROM:<a@b.example>\n{rcpts}QUIT\n", smtpd_recipient_limit="2")
+    assert codes(lines)[2:] == ["250", "250", "250", "452", "221"]
+    assert "452 4.5.3 Error: too many recipients" in lines
+
+
+# ---------------------------------------------------------------------------- the transaction
+
+def test_pipelined_transaction_is_queued_with_dsn_parameters():
+    script = ("EHLO c\nMAIL FROM:<alice@remote.example> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=QQ+2B1\n"
+              "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bx@example.test\n"
+              "RCPT TO:<team@Example.TEST>\nDATA\n" + "Subject: hi\n\n..leading dot\nbody \xe9\n.\nQUIT\n")
+    lines, conn, backend = run(script.encode("latin-1").replace(b"\n", b"\r\n"))
+    assert codes(lines) == ["220", "250", "250", "250", "250", "354", "250", "221"]
+    assert "250 2.0.0 Ok: queued as QID1" in lines
+    envelope, data = backend.committed[0]
+    assert envelope.sender == "alice@remote.example"
+    assert [r.address for r in envelope.recipients] == ["bob@example.test", "team@example.test"]
+    assert envelope.recipients[0].notify == ["SUCCESS", "FAILURE"]
+    assert envelope.recipients[0].orcpt == "rfc822;bob+x@example.test"
+    assert (envelope.ret, envelope.envid, envelope.body) == ("HDRS", "QQ+1", "8BITMIME")
+    assert data.startswith(b"Received: from c ([192.0.2.9])\r\n\tby mail.example.test (mailhouse) with ESMTP;")
+    assert data.endswith(b"Subject: hi\r\n\r\n.leading dot\r\nbody \xe9\r\n")
+    assert backend.woken == 1
+    assert "M QID1: from=<alice@remote.example>, size=%d, nrcpt=2" % envelope.size in conn.log.lines
+
+
+def test_null_sender_and_postmaster():
+    lines, _, backend = run("EHLO c\nMAIL FROM:<>\nRCPT TO:<Postmaster>\nDATA\n" + MESSAGE + "QUIT\n")
+    assert codes(lines)[-2] == "250" and backend.committed[0][0].sender == ""
+
+
+def test_data_without_valid_recipients():
+    lines, _, backend = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<nobody@example.test>\nDATA\n"
+                            + MESSAGE + "QUIT\n")
+    assert codes(lines)[3:5] == ["550", "554"]
+    assert not backend.committed
+
+
+@pytest.mark.parametrize("smuggle", [
+    b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n",
+])
+def test_only_crlf_dot_crlf_ends_data(smuggle):
+    """SMTP smuggling: the fake end and the smuggled command stay inside the message."""
+    client = (b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+              b"Subject: x\r\n\r\nbody" + smuggle + b"MAIL FROM:<evil@b.example>\r\n"
+              b"RCPT TO:<bob@example.test>\r\n.\r\nQUIT\r\n")
+    lines, _, backend = run(client)
+    assert codes(lines) == ["220", "250", "250", "250", "354", "250", "221"]
+    assert len(backend.committed) == 1
+    body = backend.committed[0][1]
+    assert b"MAIL FROM:<evil@b.example>" in body
+    assert b"\n.\r\n" not in body and b"\n.\n" not in body          # no end mark survives unescaped
+
+
+def test_message_over_size_limit_is_refused_after_the_end():
+    big = "x" * 100 + "\n"
+    lines, _, backend = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nDATA\n"
+                            + big * 30 + ".\nNOOP\nQUIT\n")
+    assert codes(lines)[-3:] == ["552", "250", "221"]
+    assert "552 5.3.4 Message size exceeds fixed limit" in lines and not backend.committed
+
+
+def test_declared_size_over_limit():
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example> SIZE=5000\nQUIT\n")
+    assert "552 5.3.4 Message size exceeds fixed limit" in lines
+
+
+def test_data_line_over_998_octets_rejects_the_message():
+    lines, _, backend = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nDATA\n"
+                            + "y" * 1200 + "\n.\nQUIT\n", message_size_limit="0")
+    assert codes(lines)[-2:] == ["554", "221"] and not backend.committed
+
+
+def test_data_line_beyond_the_stream_limit_is_drained_to_the_end():
+    lines, _, backend = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nDATA\n"
+                            + "y" * 300_000 + "\n.\nNOOP\nQUIT\n", message_size_limit="0")
+    assert codes(lines)[-3:] == ["554", "250", "221"] and not backend.committed
+
+
+def test_disk_low_refuses_mail_from_with_452():
+    backend = FakeBackend(low=True)
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nQUIT\n", backend)
+    assert "452 4.3.1 Insufficient system storage" in lines
+
+
+@pytest.mark.parametrize("failure", ["fail_write", "fail_commit"])
+def test_storage_error_is_452_and_nothing_acknowledged(failure):
+    backend = FakeBackend(**{failure: True})
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nDATA\n" + MESSAGE
+                      + "QUIT\n", backend)
+    assert codes(lines)[-2:] == ["452", "221"] and not backend.committed
+
+
+# ---------------------------------------------------------------------------- recipients and relay
+
+@pytest.mark.parametrize("rcpt, code", [
+    ("bob@example.test", "250"), ("BOB@mail.example.test", "250"), ("team@example.test", "250"),
+    ("nobody@example.test", "550"), ("carol@example.test", "550"), ("dave@example.test", "250"),
+])
+def test_local_recipient_checks(rcpt, code):
+    lines, _, _ = run(f"EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<{rcpt}>\nQUIT\n")
+    assert codes(lines)[3] == code
+
+
+def test_disabled_user_and_quota_replies():
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example> SIZE=200\nRCPT TO:<carol@example.test>\n"
+                      "RCPT TO:<dave@example.test>\nRSET\nMAIL FROM:<a@b.example> SIZE=1500\n"
+                      "RCPT TO:<dave@example.test>\nQUIT\n", message_size_limit="0")
+    assert "550 5.2.1 Recipient address rejected: Mailbox disabled" in lines
+    assert "452 4.2.2 Mailbox full" in lines
+    assert "552 5.2.2 Mailbox full: message exceeds the quota" in lines
+
+
+def test_luser_relay_accepts_unknown_users():
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<nobody@example.test>\nQUIT\n",
+                      luser_relay="bob")
+    assert codes(lines)[3] == "250"
+
+
+@pytest.mark.parametrize("in_mynetworks", [True, False])
+@pytest.mark.parametrize("authenticated", [True, False])
+@pytest.mark.parametrize("local", [True, False])
+def test_relay_table(in_mynetworks, authenticated, local):
+    rcpt = "bob@example.test" if local else "someone@elsewhere.example"
+    auth = f"AUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'secret')}\n" if authenticated else ""
+    lines, _, _ = run(f"EHLO c\n{auth}MAIL FROM:<a@b.example>\nRCPT TO:<{rcpt}>\nQUIT\n",
+                      peer_ip="127.0.0.2" if in_mynetworks else "192.0.2.9")
+    expected = "250" if (local or in_mynetworks or authenticated) else "554"
+    assert codes(lines)[-2] == expected
+    if expected == "554":
+        assert "554 5.7.1 Relay access denied" in lines
+
+
+@pytest.mark.parametrize("restrictions, allowed", [
+    ("permit_sasl_authenticated, reject", False),           # the submission port: mynetworks is not enough
+    ("permit_mynetworks, reject", True),
+    ("permit_mynetworks", True),
+    ("", False),                                           # an empty list is no open relay
+])
+def test_relay_restrictions_variants(restrictions, allowed):
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<x@elsewhere.example>\n"
+                      "RCPT TO:<bob@example.test>\nQUIT\n",
+                      peer_ip="127.0.0.1", smtpd_relay_restrictions=restrictions)
+    assert codes(lines)[3:5] == ["250" if allowed else "554", "250"]
+
+
+def test_ipv6_mynetworks():
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<x@elsewhere.example>\nQUIT\n",
+                      peer_ip="2001:db8::5", mynetworks="[2001:db8::]/32")
+    assert codes(lines)[3] == "250"
+
+
+def test_rbl_listed_client_is_refused_with_the_reason_but_authenticated_passes():
+    from workers.smtpd.rbl import Listing
+    backend = FakeBackend(listed=Listing("bl.test", "127.0.0.2", "Listed: see http://bl.test/q"))
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\n"
+                      f"AUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'secret')}\nQUIT\n",
+                      backend, smtpd_rbl_servers="bl.test")
+    assert ("554 5.7.1 Service unavailable; client host [192.0.2.9] blocked using bl.test; "
+            "Listed: see http://bl.test/q") in lines
+
+
+# ---------------------------------------------------------------------------- AUTH
+
+def test_auth_plain_and_login_right_and_wrong():
+    lines, conn, _ = run(f"EHLO c\nAUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'wrong')}\n"
+                         f"AUTH LOGIN\n{b64('bob')}\n{b64('secret')}\nAUTH PLAIN\nQUIT\n", tls=True)
+    assert codes(lines)[2:] == ["535", "334", "334", "235", "503", "221"]
+    assert "535 5.7.8 Error: authentication failed" in lines
+    assert conn.user == "bob"
+    assert any("sasl_username=bob" in line for line in conn.log.lines)
+
+
+def test_auth_plain_with_continuation_cancel_and_bad_base64():
+    lines, _, _ = run("EHLO c\nAUTH PLAIN\n*\nAUTH PLAIN !!!\nAUTH NOSUCH\nAUTH PLAIN\n"
+                      f"{b64(chr(0) + 'bob' + chr(0) + 'secret')}\nQUIT\n")
+    assert codes(lines)[2:] == ["334", "501", "501", "504", "334", "235", "221"]
+
+
+def test_disabled_account_cannot_authenticate():
+    backend = FakeBackend(passwords={"bob": "secret", "carol": "pw"})
+    lines, conn, _ = run(f"EHLO c\nAUTH PLAIN {b64(chr(0) + 'carol' + chr(0) + 'pw')}\nQUIT\n", backend)
+    assert codes(lines)[2] == "535" and conn.user is None
+
+
+def test_auth_disabled():
+    lines, _, _ = run("EHLO c\nAUTH PLAIN\nQUIT\n", smtpd_sasl_auth_enable="no")
+    assert not any(line.startswith("250-AUTH") for line in lines)
+    assert "503 5.5.1 Error: authentication not enabled" in lines
+
+
+def test_received_header_names_tls_and_user():
+    _, _, backend = run(f"EHLO c\nAUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'secret')}\n"
+                        "MAIL FROM:<bob@example.test>\nRCPT TO:<x@elsewhere.example>\nDATA\n" + MESSAGE + "QUIT\n",
+                        tls=True)
+    head = backend.committed[0][1].split(b"\r\n\r\n")[0].decode()
+    assert "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)" in head
+    assert "(authenticated sender: bob)" in head
+    assert "with ESMTPSA" in head and "for <x@elsewhere.example>" in head
+    assert "\ttls TLS_AES_256_GCM_SHA384;" in head
+
+
+# ---------------------------------------------------------------------------- argument parsing
+
+@pytest.mark.parametrize("arg", ["FROM:<a@b.example> SIZE=x", "FROM:<a@b.example> FOO=1", "FROM:a@@b",
+                                 "TO:<a@b.example>", "FROM:<a@b.example> RET=ALL", "FROM:<\xe9@b.example>",
+                                 "FROM:<" + "a" * 65 + "@b.example>"])
+def test_bad_mail_arguments(arg):
+    with pytest.raises(ArgError):
+        parse_mail(arg)
+
+
+def test_mail_arguments_accept_common_forms():
+    assert parse_mail("FROM: <a@B.Example>").sender == "a@b.example"
+    assert parse_mail("from:<@relay.example:a@b.example>").sender == "a@b.example"
+    assert parse_mail('FROM:<"a b"@b.example>').sender == '"a b"@b.example'
+    assert parse_rcpt("TO:<x@y.example> NOTIFY=NEVER").notify == ["NEVER"]
+    with pytest.raises(ArgError):
+        parse_rcpt("TO:<x@y.example> NOTIFY=NEVER,SUCCESS")

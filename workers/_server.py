@@ -1,0 +1,383 @@
+"""The worker side of the master: one asyncio process serving many client sessions.
+
+A protocol module (run as `python -m workers.<name>`) provides two coroutines and calls
+run_worker; it never accepts, never reads main.cf, never rotates logs:
+
+    async def handle(conn: Connection) -> None     # one client session, start to end
+    async def refuse(conn: Connection) -> None     # over the service's connection limit
+    if __name__ == "__main__":
+        run_worker(handle, refuse, log_name="smtp")
+
+The master hands over accepted sockets through the control socket (env
+MAILHOUSE_CONTROL_FD, SOCK_SEQPACKET, fd via SCM_RIGHTS, header {"conn", "refuse"}) and
+may send {"op": "drain"} (take nothing more, finish the sessions, exit) or
+{"op": "wakeup"}. The worker reports {"op": "ready", "protocol"}, {"op": "closed", "conn"} and
+{"op": "session", "conn", "user", "protocol"}. SIGTERM drains like {"op": "drain"};
+SIGINT is ignored (the master decides when sessions end). The process exits 0 once
+draining and idle.
+
+Settings come from the master (env MAILHOUSE_PARAMS: JSON of the raw settings including
+the service's -o overrides, MAILHOUSE_BASE_DIR), so a reload the master refused never
+leaks into a worker; worker_params() rebuilds them.
+
+TLS wrapper mode (smtpd_tls_wrappermode for log "smtp", tls_wrappermode otherwise): the
+handshake is done before handle/refuse run; a failed handshake is logged at level high.
+
+unix services (qmgr) call run_daemon(main, log_name) instead: main(daemon) runs until it
+returns; daemon.wait_wakeup(timeout) returns True when the master sent a wakeup and
+daemon.stopping turns True on drain (wait_wakeup returns at once then).
+
+Diagnostics: a session that raises is logged as an error with its traceback on stderr
+(server.log) and closed; the worker and its other sessions go on. A crash outside the
+sessions exits non-zero and the master respawns the worker.
+"""
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import sys
+import traceback
+from typing import Awaitable, Callable
+
+from master.params import Params
+from workers._limits import STREAM_LIMIT, LineTooLong, read_line
+from workers._log import Log
+from workers._tls import TLSUnavailable, server_context
+
+ENV_PARAMS = "MAILHOUSE_PARAMS"
+ENV_BASE_DIR = "MAILHOUSE_BASE_DIR"
+ENV_CONTROL_FD = "MAILHOUSE_CONTROL_FD"
+ENV_SERVICE = "MAILHOUSE_SERVICE"          # the master.cf service name, e.g. 127.0.0.1:2525
+ENV_COMMAND = "MAILHOUSE_COMMAND"          # the master.cf command, e.g. smtpd
+
+HANDSHAKE_TIMEOUT = 30.0      # seconds for a wrapper-mode or STARTTLS handshake
+REFUSE_TIMEOUT = 10.0         # a refused client gets this long to take its refusal
+CONTROL_MSG_MAX = 4096
+
+Handler = Callable[["Connection"], Awaitable[None]]
+
+
+def worker_params() -> Params:
+    """The service's settings as the master handed them over."""
+    raw = json.loads(os.environ.get(ENV_PARAMS, "{}"))
+    return Params(raw, {}, os.environ.get(ENV_BASE_DIR, os.getcwd()))
+
+
+def _set_title() -> None:
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    command = os.environ.get(ENV_COMMAND) or os.path.basename(sys.argv[0])
+    setproctitle(f"mailhouse {command} {os.environ.get(ENV_SERVICE, '')}".rstrip())
+
+
+class _Control:
+    """The worker's end of the SOCK_SEQPACKET socketpair to the master."""
+
+    def __init__(self) -> None:
+        fd = os.environ.get(ENV_CONTROL_FD)
+        self.sock: socket.socket | None = socket.socket(fileno=int(fd)) if fd else None
+        if self.sock:
+            self.sock.setblocking(False)
+
+    def send(self, message: dict) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.send(json.dumps(message).encode())
+        except (BlockingIOError, OSError):
+            # The master is gone or not reading: it recounts from our exit anyway.
+            pass
+
+    def receive(self) -> tuple[dict, int | None] | None:
+        """One message and the fd it carried; None when nothing is pending; ({}, None) at EOF."""
+        assert self.sock is not None
+        fds = array.array("i")
+        try:
+            data, ancdata, _flags, _addr = self.sock.recvmsg(CONTROL_MSG_MAX, socket.CMSG_SPACE(fds.itemsize))
+        except BlockingIOError:
+            return None
+        except OSError:
+            return {}, None
+        fd = None
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        if fds:
+            fd = fds[0]
+            for extra in fds[1:]:
+                os.close(extra)
+        if not data:
+            if fd is not None:
+                os.close(fd)
+            return {}, None
+        try:
+            return json.loads(data), fd
+        except ValueError:
+            return {"op": "invalid"}, fd
+
+
+class Connection:
+    """One client session: streams, addresses, settings, TLS and limits."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int,
+                 params: Params, log: Log, protocol: str, control: _Control):
+        self.reader = reader
+        self.writer = writer
+        self.conn_id = conn_id
+        self.params = params
+        self.log = log
+        self.protocol = protocol
+        self.user: str | None = None
+        self._control = control
+        peer = writer.get_extra_info("peername") or ("", 0)
+        local = writer.get_extra_info("sockname") or ("", 0)
+        self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
+        self.local_ip, self.local_port = str(local[0]), int(local[1])
+
+    @property
+    def tls(self) -> bool:
+        return self.writer.get_extra_info("ssl_object") is not None
+
+    def tls_version(self) -> str | None:
+        obj = self.writer.get_extra_info("ssl_object")
+        return obj.version() if obj else None
+
+    def tls_cipher(self) -> str | None:
+        obj = self.writer.get_extra_info("ssl_object")
+        return obj.cipher()[0] if obj and obj.cipher() else None
+
+    async def start_tls(self) -> None:
+        """STARTTLS/STLS: upgrade after the protocol's go-ahead reply has been sent.
+
+        Raises TLSUnavailable (no certificate), ssl.SSLError or ConnectionError (handshake
+        failed: the session is over) and TimeoutError.
+        """
+        ctx = server_context(self.params)
+        # Bytes the client pipelined after the STARTTLS command were sent in clear text and
+        # must not be taken as if they came over TLS (command injection, CVE-2011-0411).
+        self.reader._buffer.clear()  # noqa: SLF001 - asyncio offers no public way
+        await self.writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+
+    def set_user(self, name: str) -> None:
+        """Record the authenticated user for `mailctl connections`."""
+        self.user = name
+        self._control.send({"op": "session", "conn": self.conn_id, "user": name, "protocol": self.protocol})
+
+    async def read_line(self, limit: int, timeout: float) -> bytes:
+        """A line with its terminator; b"" at EOF. Raises LineTooLong / TimeoutError."""
+        return await read_line(self.reader, limit, timeout)
+
+    async def send(self, data: bytes) -> None:
+        """Raw bytes (multi-line replies, literals, message bodies)."""
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send_line(self, line: bytes) -> None:
+        """One line; CRLF is appended unless the line already ends with it."""
+        await self.send(line if line.endswith(b"\r\n") else line + b"\r\n")
+
+
+class _WorkerBase:
+    """Control socket, signals and the drain rule shared by inet and unix workers."""
+
+    def __init__(self, log_name: str):
+        self.log_name = log_name
+        self.log = Log(log_name)
+        self.params = worker_params()
+        self.control = _Control()
+        self.stopping = False
+        self.done = asyncio.Event()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.control.sock is not None:
+            loop.add_reader(self.control.sock.fileno(), self._on_control)
+        loop.add_signal_handler(signal.SIGTERM, self.drain)
+        self.control.send({"op": "ready", "protocol": self.log_name})
+
+    def _on_control(self) -> None:
+        while (received := self.control.receive()) is not None:
+            message, fd = received
+            if not message:
+                # EOF: the master is gone. Finish what we have, take nothing more.
+                asyncio.get_running_loop().remove_reader(self.control.sock.fileno())
+                self.drain()
+                return
+            self.on_message(message, fd)
+
+    def on_message(self, message: dict, fd: int | None) -> None:
+        if fd is not None:
+            os.close(fd)
+        op = message.get("op")
+        if op == "drain":
+            self.drain()
+        elif op == "wakeup":
+            self.on_wakeup()
+        else:
+            self.log.error(f"control: unexpected message {message!r}")
+
+    def on_wakeup(self) -> None:
+        pass
+
+    def drain(self) -> None:
+        self.stopping = True
+        self.check_done()
+
+    def check_done(self) -> None:
+        if self.stopping and self.idle():
+            self.done.set()
+
+    def idle(self) -> bool:
+        return True
+
+
+class _InetWorker(_WorkerBase):
+    def __init__(self, handle: Handler, refuse: Handler, log_name: str):
+        super().__init__(log_name)
+        self.handle = handle
+        self.refuse = refuse
+        self.sessions: set[int] = set()
+        self.tasks: set[asyncio.Task] = set()
+        wrapper = self.params.smtpd_tls_wrappermode if log_name == "smtp" else self.params.tls_wrappermode
+        self.wrapper = bool(wrapper)
+
+    def idle(self) -> bool:
+        return not self.sessions
+
+    def on_message(self, message: dict, fd: int | None) -> None:
+        if "conn" not in message:
+            super().on_message(message, fd)
+            return
+        if fd is None:
+            self.log.error(f"control: connection {message.get('conn')} arrived without a socket")
+            return
+        conn_id = int(message["conn"])
+        self.sessions.add(conn_id)
+        task = asyncio.get_running_loop().create_task(self._open(fd, conn_id, bool(message.get("refuse"))))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _open(self, fd: int, conn_id: int, refused: bool) -> None:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        ssl_ctx = None
+        if self.wrapper:
+            try:
+                ssl_ctx = server_context(self.params)
+            except TLSUnavailable as e:
+                self.log.error(f"wrapper-mode connection closed: TLS unavailable: {e}")
+                sock.close()
+                self._closed(conn_id)
+                return
+        session_done = loop.create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # Runs inside connection_made, i.e. after the wrapper-mode handshake; it must
+            # stay a plain function so that StreamWriter.start_tls knows it is the server.
+            task = loop.create_task(self._session(reader, writer, conn_id, refused))
+            task.add_done_callback(lambda _t: session_done.done() or session_done.set_result(None))
+
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+        try:
+            await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader, connected), sock,
+                ssl=ssl_ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl_ctx else None)
+        except (OSError, ssl.SSLError, TimeoutError) as e:
+            self.log.debug(f"connection {conn_id}: TLS handshake failed: {e}")
+            sock.close()
+            self._closed(conn_id)
+            return
+        await session_done
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       conn_id: int, refused: bool) -> None:
+        conn = Connection(reader, writer, conn_id, self.params, self.log, self.log_name, self.control)
+        try:
+            if refused:
+                await asyncio.wait_for(self.refuse(conn), REFUSE_TIMEOUT)
+            else:
+                await self.handle(conn)
+        except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, LineTooLong) as e:
+            self.log.debug(f"connection from {conn.peer_ip} ended: {type(e).__name__}: {e}")
+        except Exception as e:  # a bug in the session: log it, keep the other sessions
+            self.log.error(f"session from {conn.peer_ip} failed: {type(e).__name__}: {e}")
+            traceback.print_exc()
+        finally:
+            # Report first: when the client sees the end, the master's count is already right.
+            self._closed(conn_id)
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 5)
+            except (OSError, ssl.SSLError, TimeoutError):
+                pass
+
+    def _closed(self, conn_id: int) -> None:
+        if conn_id in self.sessions:
+            self.sessions.discard(conn_id)
+            self.control.send({"op": "closed", "conn": conn_id})
+        self.check_done()
+
+
+class Daemon(_WorkerBase):
+    """A unix service's process (qmgr): woken by the master, stopped by drain."""
+
+    def __init__(self, log_name: str):
+        super().__init__(log_name)
+        self._woken = asyncio.Event()
+
+    def on_wakeup(self) -> None:
+        self._woken.set()
+
+    def drain(self) -> None:
+        super().drain()
+        self._woken.set()
+
+    async def wait_wakeup(self, timeout: float | None = None) -> bool:
+        """True when woken by the master (or stopping), False after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._woken.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._woken.clear()
+        return True
+
+
+def _prepare_process() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_title()
+
+
+def run_worker(handle: Handler, refuse: Handler, log_name: str) -> None:
+    """Serve the connections the master hands over until drained; then exit 0."""
+    _prepare_process()
+
+    async def main() -> None:
+        worker = _InetWorker(handle, refuse, log_name)
+        worker.start()
+        await worker.done.wait()
+        if worker.tasks:
+            await asyncio.gather(*worker.tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    sys.exit(0)
+
+
+def run_daemon(main: Callable[[Daemon], Awaitable[None]], log_name: str = "server") -> None:
+    """Run a unix service's main(daemon) until it returns (it should once daemon.stopping)."""
+    _prepare_process()
+
+    async def run() -> None:
+        daemon = Daemon(log_name)
+        daemon.start()
+        await main(daemon)
+
+    asyncio.run(run())
+    sys.exit(0)

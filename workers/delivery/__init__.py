@@ -1,0 +1,1 @@
+"""Local delivery for qmgr: recipient resolution, mailbox/pipe/file delivery, bounces."""

@@ -1,0 +1,183 @@
+"""Local delivery agents for `|command` and `/file` alias targets.
+
+    outcome = await run_pipe(command, message, envelope_env, run_as, time_limit)
+    outcome = await append_to_file(path, message, sender, run_as, time_limit)
+
+Both return an Outcome(ok, permanent, status, detail). Both hand the message over in UNIX
+form (LF line ends) behind Return-Path: and Delivered-To: lines, as local(8) does.
+When qmgr runs as root, the command or the appending runs as `mail_owner` (run_as), never
+as root; `/file` deliveries therefore go through this module's own command line
+(`python -m workers.delivery.local append PATH`) in a child process that has dropped its
+privileges: the file is opened O_APPEND, locked (lockf), written in mbox form (a "From "
+separator line, ">From " quoting) and fsynced.
+Outcomes follow sysexits: exit 0 delivered; 75 (EX_TEMPFAIL), a signal, or a command
+that runs past command_time_limit (its whole process group is killed) are temporary;
+64-78 are permanent (5.3.0, the command's first output line as the reason); other exit
+codes are temporary (4.3.0).
+Diagnostics: the command's output (first MAX_OUTPUT bytes) is kept in Outcome.detail.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import pwd
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+MAX_OUTPUT = 2000
+EX_TEMPFAIL = 75
+SYSEXITS = range(64, 79)
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    permanent: bool = False
+    status: str = "2.0.0"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Whose rights a command or file delivery runs with (None fields: the current user)."""
+    uid: int | None = None
+    gid: int | None = None
+    name: str = ""
+
+    @classmethod
+    def for_mail_owner(cls, mail_owner: str) -> "RunAs":
+        """mail_owner when we are root; ourselves otherwise (nothing to drop)."""
+        if os.geteuid() != 0:
+            return cls(name=pwd.getpwuid(os.geteuid()).pw_name)
+        try:
+            entry = pwd.getpwnam(mail_owner)
+        except KeyError:
+            raise LookupError(f"mail_owner {mail_owner!r} is not a user of this system") from None
+        if entry.pw_uid == 0:
+            raise LookupError(f"mail_owner {mail_owner!r} must not be root")
+        return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
+
+
+def unix_form(message: bytes, sender: str, recipient: str) -> bytes:
+    head = f"Return-Path: <{sender}>\nDelivered-To: {recipient}\n".encode()
+    return head + message.replace(b"\r\n", b"\n")
+
+
+async def _run(argv: list[str], data: bytes, env: dict[str, str], run_as: RunAs,
+               time_limit: float) -> tuple[int | None, bytes]:
+    """Run argv with data on stdin; (exit code or None on timeout, first output bytes)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=env, cwd="/", start_new_session=True,
+        user=run_as.uid, group=run_as.gid, extra_groups=[] if run_as.uid is not None else None)
+
+    async def feed_and_read() -> bytes:
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass                    # a command may stop reading early; its exit code decides
+        proc.stdin.close()
+        output = await proc.stdout.read(MAX_OUTPUT)
+        while await proc.stdout.read(65536):
+            pass                    # drain the rest so the command never blocks on a full pipe
+        await proc.wait()
+        return output
+
+    try:
+        output = await asyncio.wait_for(feed_and_read(), time_limit)
+    except TimeoutError:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        return None, b""
+    return proc.returncode, output
+
+
+def _outcome(code: int | None, output: bytes, what: str, time_limit: float) -> Outcome:
+    text = output.decode("utf-8", "replace").strip()
+    first = text.splitlines()[0][:200] if text else ""
+    if code is None:
+        return Outcome(False, False, "4.3.0", f"{what}: time limit of {time_limit:g}s exceeded")
+    if code == 0:
+        return Outcome(True, detail=text[:MAX_OUTPUT])
+    reason = f"{what} exited with status {code}" + (f": {first}" if first else "")
+    if code < 0:
+        return Outcome(False, False, "4.3.0", f"{what} killed by signal {-code}")
+    if code in SYSEXITS and code != EX_TEMPFAIL:
+        return Outcome(False, True, "5.3.0", reason)
+    return Outcome(False, False, "4.3.0", reason)
+
+
+async def run_pipe(command: str, message: bytes, sender: str, recipient: str, original: str,
+                   run_as: RunAs, time_limit: float) -> Outcome:
+    env = {"PATH": SAFE_PATH, "SHELL": "/bin/sh", "HOME": "/", "LOGNAME": run_as.name, "USER": run_as.name,
+           "SENDER": sender, "RECIPIENT": recipient, "ORIGINAL_RECIPIENT": original, "LANG": "C"}
+    code, output = await _run(["/bin/sh", "-c", command], unix_form(message, sender, recipient),
+                              env, run_as, time_limit)
+    return _outcome(code, output, "command", time_limit)
+
+
+async def append_to_file(path: str, message: bytes, sender: str, recipient: str,
+                         run_as: RunAs, time_limit: float) -> Outcome:
+    env = {"PATH": SAFE_PATH, "LANG": "C", "PYTHONPATH": _package_root()}
+    code, output = await _run([sys.executable, "-m", "workers.delivery.local", "append", path, sender],
+                              unix_form(message, sender, recipient), env, run_as, time_limit)
+    return _outcome(code, output, f"file {path}", time_limit)
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def mbox_entry(message: bytes, sender: str, now: float) -> bytes:
+    """One mbox message: the "From " line, >From-quoted body, a blank line after it."""
+    lines = message.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    quoted = [b">" + line if line.lstrip(b">").startswith(b"From ") else line for line in lines]
+    separator = f"From {sender or 'MAILER-DAEMON'} {time.asctime(time.gmtime(now))}".encode()
+    return b"\n".join([separator, *quoted]) + b"\n\n"
+
+
+def _append_main(path: str, sender: str) -> int:
+    """The child of append_to_file, already running as run_as: append stdin to path."""
+    data = mbox_entry(sys.stdin.buffer.read(), sender, time.time())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        print(f"cannot open {path}: {e.strerror}")
+        return EX_TEMPFAIL if e.errno in (errno.ENOSPC, errno.EDQUOT) else 73      # 73: EX_CANTCREAT
+    before = None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        before = os.fstat(fd).st_size
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as e:
+        if before is not None:
+            try:
+                os.ftruncate(fd, before)          # no half message left in the mbox
+            except OSError:
+                pass
+        print(f"cannot write {path}: {e.strerror}")
+        return EX_TEMPFAIL
+    finally:
+        os.close(fd)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "append":
+        print("usage: python -m workers.delivery.local append PATH SENDER", file=sys.stderr)
+        sys.exit(64)
+    sys.exit(_append_main(sys.argv[2], sys.argv[3]))

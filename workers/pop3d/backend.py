@@ -1,0 +1,37 @@
+"""What a POP3 session needs from the rest of the system, behind one small object.
+
+Backend(params) is built once per worker process and shared by its sessions. From
+workers._auth.Authenticator (over store.users.UserDB) it has account(name),
+verify_password(name, pw), verify_apop(name, timestamp, digest), sasl_mechanisms() and
+sasl_server(name); it adds
+    tls_available() -> bool          a usable certificate and key (workers._tls)
+    open_maildrop(user) -> Maildrop  the locked INBOX snapshot (MaildropBusy, StorageError)
+verify_password and Maildrop.measure block (scrypt, file scans): sessions run them in a
+thread; everything touching the index stays on the event loop thread that opened it.
+Diagnostics: errors of the user database or the store propagate to the session.
+"""
+from __future__ import annotations
+
+import os
+
+from store.mailstore import open_store
+from store.users import UserDB
+from workers import _tls
+from workers._auth import Authenticator
+from workers.pop3d.maildrop import Maildrop
+
+LOCK_SUBDIR = "pop3"      # under run_directory: the maildrop locks and size caches
+
+
+class Backend(Authenticator):
+    def __init__(self, params):
+        super().__init__(UserDB.open(params), params.myhostname)
+        self.params = params
+        self.store = open_store(params)
+        self.lock_dir = os.path.join(params.run_directory, LOCK_SUBDIR)
+
+    def tls_available(self) -> bool:
+        return _tls.tls_available(self.params)
+
+    def open_maildrop(self, user: str) -> Maildrop:
+        return Maildrop.open(self.store, user, self.lock_dir)

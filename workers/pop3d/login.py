@@ -1,0 +1,226 @@
+"""The AUTHORIZATION state: CAPA, STLS, USER/PASS, APOP and AUTH (RFC 1939, 2449, 2595, 5034).
+
+pop3_auth_methods decides what is offered: CLEAR (USER/PASS), APOP, and SASL mechanisms
+(PLAIN, CRAM-MD5, SCRAM-SHA-256, ...), as far as the backend implements them. With
+imap_pop_tls_security_level=encrypt nothing authenticates before STLS: the commands answer
+`-ERR [AUTH]` and CAPA does not list them.
+Every way in ends in finish(): a wrong name or password gets the same `-ERR [AUTH]` after
+auth_failure_delay (no fast guessing, no telling which part was wrong); only a client that
+proved the password learns that the account is disabled or not allowed to use POP3; then
+the maildrop lock is taken (`-ERR [IN-USE]` while another session holds it).
+Diagnostics: pop.log lines `login: ...`, `login failed: ...`, `login refused: ...`.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+
+from store.fsio import StorageError
+from workers._limits import LineTooLong
+from workers.pop3d.maildrop import MaildropBusy
+
+MAX_AUTH_FAILURES = 3          # then the connection is closed
+AUTH_LINE_MAX = 8 * 1024       # a SASL response line (base64)
+AUTH_MAX_ROUNDS = 10
+APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
+TLS_REQUIRED = "[AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first"
+FAILED = "[AUTH] Authentication failed"
+
+
+# ---------------------------------------------------------------- what is offered
+
+def methods(session) -> list[str]:
+    return [m.upper() for m in session.params.pop3_auth_methods]
+
+
+def sasl_mechanisms(session) -> list[str]:
+    supported = set(session.backend.sasl_mechanisms())
+    return [m for m in methods(session) if m in supported]
+
+
+def offers(session, method: str) -> bool:
+    return method in methods(session)
+
+
+def tls_required(session) -> bool:
+    return session.params.imap_pop_tls_security_level == "encrypt" and not session.conn.tls
+
+
+def can_stls(session) -> bool:
+    return not session.conn.tls and session.params.imap_pop_tls_security_level != "none" \
+        and session.backend.tls_available()
+
+
+async def capa(session, args: list[str]) -> None:
+    lines = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"]
+    if session.state.name == "AUTHORIZATION":
+        if not tls_required(session):
+            if offers(session, "CLEAR"):
+                lines.append("USER")
+            if sasl_mechanisms(session):
+                lines.append("SASL " + " ".join(sasl_mechanisms(session)))
+        if can_stls(session):
+            lines.append("STLS")
+    lines.append("IMPLEMENTATION mailhouse")
+    await session.ok("Capability list follows")
+    await session.send("".join(f"{line}\r\n" for line in lines).encode() + b".\r\n")
+
+
+async def stls(session, args: list[str]) -> None:
+    if session.conn.tls:
+        await session.bad_command("Command not permitted when TLS active")
+        return
+    if not can_stls(session):
+        await session.bad_command("STLS not available")
+        return
+    await session.ok("Begin TLS negotiation now")
+    await session.conn.start_tls()
+    session.log.debug(f"tls: ip={session.conn.peer_ip} {session.conn.tls_version()} {session.conn.tls_cipher()}")
+
+
+# ---------------------------------------------------------------- USER/PASS and APOP
+
+async def user(session, args: list[str]) -> None:
+    if not await _may_authenticate(session, "CLEAR", "USER"):
+        return
+    session.pending_user = args[0]
+    await session.ok("Send your password")
+
+
+async def password(session, args: list[str]) -> None:
+    if not await _may_authenticate(session, "CLEAR", "PASS"):
+        return
+    name = session.pending_user
+    if name is None:
+        await session.bad_command("Send USER first")
+        return
+    session.pending_user = None
+    ok = await asyncio.to_thread(session.backend.verify_password, name, args[0])
+    await finish(session, name if ok else None, name, "USER")
+
+
+async def apop(session, args: list[str]) -> None:
+    if not await _may_authenticate(session, "APOP", "APOP"):
+        return
+    name, digest = args
+    ok = bool(APOP_DIGEST.fullmatch(digest)) and session.backend.verify_apop(
+        name, session.apop_timestamp, digest.lower())
+    await finish(session, name if ok else None, name, "APOP")
+
+
+async def _may_authenticate(session, method: str, verb: str) -> bool:
+    if not offers(session, method):
+        await session.bad_command(f"[AUTH] {verb} is not enabled on this server")
+        return False
+    if tls_required(session):
+        await session.bad_command(TLS_REQUIRED)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- AUTH (SASL)
+
+async def auth(session, args: list[str]) -> None:
+    if tls_required(session):
+        await session.bad_command(TLS_REQUIRED)
+        return
+    offered = sasl_mechanisms(session)
+    if not args:  # the pre-RFC 5034 listing that some clients still ask for
+        await session.ok("Supported mechanisms follow")
+        await session.send("".join(f"{m}\r\n" for m in offered).encode() + b".\r\n")
+        return
+    mechanism = args[0].upper()
+    if mechanism not in offered:
+        await session.bad_command("[AUTH] Unsupported authentication mechanism")
+        return
+    server = session.backend.sasl_server(mechanism)
+    response = _decode(args[1]) if len(args) > 1 else None
+    if len(args) > 1 and response is None:
+        await session.bad_command("Invalid base64 in initial response")
+        return
+    for _ in range(AUTH_MAX_ROUNDS):
+        step = await asyncio.to_thread(server.step, response)
+        if step.failed or step.user is not None:
+            ok_user = None if step.failed else step.user
+            await finish(session, ok_user, step.user or "-", mechanism)
+            return
+        await session.send(b"+ " + base64.b64encode(step.challenge or b"") + b"\r\n")
+        try:
+            line = await session.conn.read_line(AUTH_LINE_MAX, session.params.pop3d_timeout)
+        except LineTooLong:
+            await session.bad_command("Line too long")
+            return
+        if not line:
+            raise ConnectionResetError("client closed the connection during AUTH")
+        text = line.rstrip(b"\r\n").decode("latin-1").strip()
+        if text == "*":
+            await session.err("Authentication cancelled")
+            return
+        response = _decode(text)
+        if response is None:
+            await session.bad_command("Invalid base64 in response")
+            return
+    await finish(session, None, "-", mechanism)
+
+
+def _decode(text: str) -> bytes | None:
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+
+
+# ---------------------------------------------------------------- the common end
+
+async def finish(session, user: str | None, tried: str, method: str) -> None:
+    """user is the authenticated name, None when the credentials were wrong."""
+    ip = session.conn.peer_ip
+    if user is None:
+        session.auth_failures += 1
+        session.log.info(f"login failed: user={tried} method={method} ip={ip} attempt={session.auth_failures}")
+        await asyncio.sleep(session.params.auth_failure_delay)
+        await session.err(FAILED)
+        if session.auth_failures >= MAX_AUTH_FAILURES:
+            await session.err("Too many failed logins, closing the connection")
+            session.closing = True
+        return
+    account = session.backend.account(user)
+    if account is None or not account.enabled:
+        session.log.info(f"login refused: user={user} method={method} ip={ip} reason=disabled")
+        await session.err("[AUTH] This account is disabled")
+        return
+    if "pop" not in account.protocols:
+        session.log.info(f"login refused: user={user} method={method} ip={ip} reason=pop-not-allowed")
+        await session.err(f"[AUTH] POP3 access is not enabled for {user}; "
+                          f"allowed: {', '.join(sorted(account.protocols)) or 'none'}")
+        return
+    user = account.name  # the canonical form of the name the client typed
+    try:
+        maildrop = session.backend.open_maildrop(user)
+    except MaildropBusy:
+        session.log.info(f"login refused: user={user} method={method} ip={ip} reason=in-use")
+        await session.err("[IN-USE] The mailbox is in use by another POP3 session")
+        return
+    except (StorageError, OSError) as e:
+        await _cannot_open(session, user, e)
+        return
+    try:
+        await asyncio.to_thread(maildrop.measure)
+    except OSError as e:
+        maildrop.release()
+        await _cannot_open(session, user, e)
+        return
+    session.enter_transaction(user, maildrop)
+    count, octets = maildrop.stat()
+    tls = session.conn.tls_version() if session.conn.tls else "no"
+    session.log.info(f"login: user={user} method={method} ip={ip} tls={tls} messages={count} octets={octets}")
+    await session.ok(f"Logged in, {count} messages ({octets} octets)")
+
+
+async def _cannot_open(session, user: str, error: Exception) -> None:
+    session.log.error(f"login failed: user={user} ip={session.conn.peer_ip}: cannot open the maildrop: {error}")
+    await session.err("[SYS/TEMP] The mailbox cannot be opened now, try again later")

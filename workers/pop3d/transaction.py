@@ -1,0 +1,128 @@
+"""The TRANSACTION state's commands (RFC 1939 5, 7) and QUIT (which enters UPDATE).
+
+STAT, LIST, UIDL, RETR, TOP, DELE, RSET, NOOP work on session.maildrop (maildrop.py);
+RETR and TOP stream the message file through workers.pop3d.wire, so a message of any size
+goes out in bounded memory with exactly the octets LIST announced.
+QUIT in AUTHORIZATION just ends; in TRANSACTION it commits the DELE marks (UPDATE state).
+A commit that fails (disk full, index error) answers `-ERR [SYS/TEMP]` and keeps every
+message; reads never need free space.
+Diagnostics: `-ERR No such message` for numbers out of range or marked deleted; pop.log
+`logout: ...` with the counts, `update failed: ...` as an error.
+"""
+from __future__ import annotations
+
+from store.fsio import StorageError
+from workers.pop3d.maildrop import Entry
+from workers.pop3d.wire import top_chunks, wire_chunks
+
+MAX_NUMBER_DIGITS = 10
+
+
+def _number(text: str) -> int | None:
+    if text.isdigit() and text.isascii() and len(text) <= MAX_NUMBER_DIGITS:
+        return int(text)
+    return None
+
+
+async def _entry(session, text: str) -> Entry | None:
+    number = _number(text)
+    entry = session.maildrop.get(number) if number is not None else None
+    if entry is None:
+        await session.err("No such message")
+    return entry
+
+
+async def stat(session, args: list[str]) -> None:
+    count, octets = session.maildrop.stat()
+    await session.ok(f"{count} {octets}")
+
+
+async def _listing(session, args: list[str], field) -> None:
+    """LIST and UIDL: one message with an argument, else a multi-line list."""
+    if args:
+        entry = await _entry(session, args[0])
+        if entry:
+            await session.ok(f"{entry.number} {field(entry)}")
+        return
+    live = session.maildrop.live()
+    await session.ok(f"{len(live)} messages")
+    await session.send("".join(f"{e.number} {field(e)}\r\n" for e in live).encode() + b".\r\n")
+
+
+async def list_(session, args: list[str]) -> None:
+    await _listing(session, args, lambda e: e.pop_size)
+
+
+async def uidl(session, args: list[str]) -> None:
+    await _listing(session, args, session.maildrop.unique_id)
+
+
+async def _send_message(session, entry: Entry, body_lines: int | None) -> None:
+    try:
+        file = session.maildrop.open_message(entry)
+    except FileNotFoundError:
+        await session.err("[SYS/PERM] The message was removed by another client")
+        return
+    with file:
+        await session.ok(f"{entry.pop_size} octets" if body_lines is None else "Top of message follows")
+        chunks = wire_chunks(file)
+        for chunk in (chunks if body_lines is None else top_chunks(chunks, body_lines)):
+            await session.send(chunk)
+    await session.send(b".\r\n")
+
+
+async def retr(session, args: list[str]) -> None:
+    entry = await _entry(session, args[0])
+    if entry:
+        await _send_message(session, entry, None)
+        session.counts["retr"] += 1
+
+
+async def top(session, args: list[str]) -> None:
+    lines = _number(args[1])
+    if lines is None:
+        await session.bad_command("Syntax error in TOP: the line count must be a number")
+        return
+    entry = await _entry(session, args[0])
+    if entry:
+        await _send_message(session, entry, lines)
+        session.counts["top"] += 1
+
+
+async def dele(session, args: list[str]) -> None:
+    entry = await _entry(session, args[0])
+    if entry:
+        session.maildrop.delete(entry)
+        session.counts["dele"] += 1
+        await session.ok(f"Message {entry.number} deleted")
+
+
+async def rset(session, args: list[str]) -> None:
+    session.maildrop.reset()
+    count, octets = session.maildrop.stat()
+    await session.ok(f"Maildrop has {count} messages ({octets} octets)")
+
+
+async def noop(session, args: list[str]) -> None:
+    await session.ok()
+
+
+async def quit(session, args: list[str]) -> None:
+    if session.maildrop is None:  # AUTHORIZATION: nothing to update
+        session.closing = True
+        await session.ok("Bye")
+        return
+    session.enter_update()
+    c = session.counts
+    try:
+        removed = session.maildrop.commit()
+    except StorageError as e:
+        session.log.error(f"update failed: user={session.user} ip={session.conn.peer_ip}: {e}; "
+                          f"every message kept")
+        await session.err("[SYS/TEMP] Deleted messages could not be removed (server storage problem); "
+                          "all messages kept")
+        return
+    count, octets = session.maildrop.stat()
+    session.log.info(f"logout: user={session.user} ip={session.conn.peer_ip} retr={c['retr']} top={c['top']} "
+                     f"dele={c['dele']} deleted={removed} left={count}")
+    await session.ok(f"Logging out, {removed} messages deleted, {count} left")

@@ -1,0 +1,81 @@
+"""A stored message as POP3 sends it: CRLF line ends and byte-stuffed dots (RFC 1939 3).
+
+wire_chunks(file) yields the message in blocks of about CHUNK bytes exactly as RETR puts
+it on the wire (without the terminating "." line): every line end becomes CRLF (files may
+hold LF or CRLF), a line that starts with "." gets one more, and a last line without a
+line end gets CRLF. The file is read in blocks, so a message of any size streams in
+bounded memory; a line longer than a block is passed on in pieces.
+wire_size(file) is the number of octets wire_chunks yields: the size LIST and STAT report
+is computed by the very code that RETR runs, so the two cannot disagree.
+top_chunks(chunks, lines) cuts such a stream after the header, the empty line and `lines`
+lines of the body (TOP).
+Diagnostics: none; I/O errors of the file propagate.
+"""
+from __future__ import annotations
+
+import re
+from typing import BinaryIO, Iterable, Iterator
+
+CHUNK = 64 * 1024
+_LINE_END = re.compile(rb"\r?\n")
+_DOT_LINE = re.compile(rb"^\.", re.MULTILINE)
+
+
+def _to_wire(block: bytes, at_line_start: bool) -> bytes:
+    block = _LINE_END.sub(b"\r\n", block)
+    if at_line_start:
+        return _DOT_LINE.sub(b"..", block)
+    # The block continues a line cut in an earlier block: its first "." is not a line start.
+    rest = block.find(b"\n") + 1
+    if rest == 0:
+        return block
+    return block[:rest] + _DOT_LINE.sub(b"..", block[rest:])
+
+
+def wire_chunks(file: BinaryIO) -> Iterator[bytes]:
+    carry = b""
+    at_line_start = True
+    while data := file.read(CHUNK):
+        data = carry + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            if len(data) < CHUNK:
+                carry = data
+                continue
+            # One very long line: pass a piece on, but never split a CR from its LF.
+            cut = len(data) - 1 if data.endswith(b"\r") else len(data)
+        block, carry = data[:cut], data[cut:]
+        yield _to_wire(block, at_line_start)
+        at_line_start = block.endswith(b"\n")
+    if carry:
+        yield _to_wire(carry + b"\n", at_line_start)
+
+
+def wire_size(file: BinaryIO) -> int:
+    return sum(len(chunk) for chunk in wire_chunks(file))
+
+
+def top_chunks(chunks: Iterable[bytes], lines: int) -> Iterator[bytes]:
+    """The header, the empty line and the first `lines` body lines of a wire stream."""
+    in_header = True
+    line_length = 0          # octets of the current line seen in earlier chunks
+    left = lines
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start) + 1) > 0:
+            length = line_length + end - start
+            line_length = 0
+            start = end
+            if in_header:
+                if length == 2:  # the empty line that ends the header
+                    in_header = False
+                    if left == 0:
+                        yield chunk[:end]
+                        return
+            else:
+                left -= 1
+                if left == 0:
+                    yield chunk[:end]
+                    return
+        line_length += len(chunk) - start
+        yield chunk

@@ -1,0 +1,78 @@
+"""What an SMTP session needs from the rest of the system, behind one small object.
+
+Backend(params) is built once per worker process and shared by its sessions:
+    open_message() -> store.queue.QueueWriter into incoming/ (write / commit / abort)
+    wake_qmgr()                    one byte into the queue manager's FIFO
+    disk_low() -> bool             the master's run/lowspace flag (master/diskwatch.py)
+    tls_available() -> bool        a usable certificate and key (workers/_tls.py)
+    directory                      StoreDirectory: user(name) -> relay.UserState | None, is_alias(name)
+    sasl_server(name)              a workers/_auth.py mechanism; may_send(user) -> bool
+                                   (the account exists and is enabled)
+    await rbl_lookup(ip, zones) -> (Listing | None, [failure, ...])
+The unit tests give the session a fake with the same members instead.
+Diagnostics: none of its own; StorageError from the queue reaches the session.
+"""
+from __future__ import annotations
+
+from master import diskwatch
+from store import aliases
+from store.mailstore import open_store
+from store.queue import Queue, QueueWriter, wake_qmgr
+from store.users import UserDB
+from workers import _tls
+from workers._auth import Authenticator, Mechanism
+from workers.smtpd import rbl
+from workers.smtpd.relay import UserState
+
+
+class StoreDirectory:
+    """Users (store/users.py), their quota usage (store/mailstore.py) and aliases."""
+
+    def __init__(self, params):
+        self.params = params
+        self.users = UserDB.from_params(params)
+
+    def user(self, name: str) -> UserState | None:
+        account = self.users.get(name)
+        if account is None:
+            return None
+        quota = self.params.default_quota if account.quota is None else account.quota
+        used = open_store(self.params).usage(account.name) if quota else 0
+        return UserState(account.enabled, quota, used)
+
+    def is_alias(self, name: str) -> bool:
+        return aliases.lookup(self.params, name) is not None
+
+
+class Backend:
+    def __init__(self, params):
+        self.params = params
+        self.queue = Queue.from_params(params)
+        self.queue.ensure_layout()
+        self.directory = StoreDirectory(params)
+        self.authenticator = Authenticator(self.directory.users, params.myhostname)
+        self._resolver = rbl.make_resolver(params.dns_resolver) if params.smtpd_rbl_servers else None
+
+    def open_message(self) -> QueueWriter:
+        return self.queue.writer("incoming")
+
+    def wake_qmgr(self) -> None:
+        wake_qmgr(self.params)
+
+    def disk_low(self) -> bool:
+        return diskwatch.is_low(self.params)
+
+    def tls_available(self) -> bool:
+        return _tls.tls_available(self.params)
+
+    def sasl_server(self, name: str) -> Mechanism:
+        return self.authenticator.sasl_server(name)
+
+    def may_send(self, user: str) -> bool:
+        account = self.authenticator.account(user)
+        return bool(account and account.enabled)
+
+    async def rbl_lookup(self, ip: str, zones: list[str]) -> tuple[rbl.Listing | None, list[str]]:
+        failures: list[str] = []
+        listing = await rbl.lookup(ip, zones, self._resolver, self.params.smtpd_rbl_timeout, failures)
+        return listing, failures

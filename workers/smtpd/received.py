@@ -1,0 +1,49 @@
+"""The Received: header smtpd puts on top of every message it accepts.
+
+received_header(...) -> bytes (folded, CRLF-terminated). Shape (RFC 5321 4.4, with the
+protocol names of RFC 3848 and the `tls` clause of RFC 8314 7):
+
+    Received: from client.example ([192.0.2.1])
+            (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)
+            (authenticated sender: bob)
+            by mail.example.org (mailhouse) with ESMTPSA
+            for <alice@example.org>
+            tls TLS_AES_256_GCM_SHA384; Wed, 25 Nov 2026 09:12:00 +0000
+
+`for` names the recipient only when there is exactly one (more would disclose Bcc
+recipients to each other). The HELO name is the client's claim, so it is reduced to
+characters that cannot break the header.
+"""
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+
+
+def protocol_name(esmtp: bool, tls: bool, authenticated: bool) -> str:
+    if not esmtp:
+        return "SMTP"
+    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+
+
+def _safe(text: str, limit: int = 100) -> str:
+    return re.sub(r"[^A-Za-z0-9.@\-\[\]:_]", "?", text)[:limit] or "unknown"
+
+
+def received_header(*, helo: str, client_ip: str, hostname: str, esmtp: bool,
+                    tls_version: str | None, tls_cipher: str | None, user: str | None,
+                    recipients: list[str], now: float | None = None) -> bytes:
+    lines = [f"Received: from {_safe(helo)} ([{client_ip}])"]
+    if tls_version:
+        lines.append(f"\t(using {tls_version} with cipher {tls_cipher})")
+    if user:
+        lines.append(f"\t(authenticated sender: {_safe(user)})")
+    lines.append(f"\tby {hostname} (mailhouse) with {protocol_name(esmtp, bool(tls_version), bool(user))}")
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0]}>")
+    date = formatdate(now, localtime=False, usegmt=False)
+    if tls_cipher:
+        lines.append(f"\ttls {tls_cipher}; {date}")
+    else:
+        lines[-1] += f"; {date}"
+    return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")

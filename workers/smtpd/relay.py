@@ -1,0 +1,101 @@
+"""Who may send mail where: relay control and the checks of local recipients.
+
+Policy(params) holds what the decisions need from main.cf (mydestination, mynetworks,
+smtpd_relay_restrictions, smtpd_refused_hosts, luser_relay).
+  policy.host_refused(ip)                 -> bool (smtpd_refused_hosts)
+  policy.is_local(address)                -> bool (its domain is in mydestination)
+  policy.relay_check(ip, authenticated, address) -> Reply | None (None = allowed)
+  policy.recipient_check(address, directory, declared_size) -> Reply | None
+Mail for a local domain is always accepted by the relay check (the recipient check decides
+about the user). For any other domain the restrictions are evaluated in order; the first
+permit_* that matches allows relaying, reject / reject_unauth_destination refuse it with
+`554 5.7.1 Relay access denied`, and falling off the end of the list refuses too, so that no
+configuration becomes an open relay by omission.
+
+directory is anything with user(name) -> UserState | None and is_alias(name) -> bool
+(backend.StoreDirectory in the worker, a fake in the unit tests).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+from workers.smtpd import replies as R
+
+RESTRICTIONS = ("permit_mynetworks", "permit_sasl_authenticated", "reject_unauth_destination", "reject")
+
+
+@dataclass(frozen=True)
+class UserState:
+    enabled: bool
+    quota: int              # bytes, 0 = unlimited
+    used: int               # bytes in the mailbox store now
+
+
+class Directory(Protocol):
+    def user(self, name: str) -> UserState | None: ...
+    def is_alias(self, name: str) -> bool: ...
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """`Bob@Example.org` -> ("Bob", "example.org"); `postmaster` -> ("postmaster", "")."""
+    local, _, domain = address.rpartition("@")
+    return (local, domain.lower()) if local else (address, "")
+
+
+def in_networks(ip: str, networks) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped                 # ::ffff:127.0.0.2 from a dual-stack socket
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+class Policy:
+    def __init__(self, params):
+        self.local_domains = {d.lower().rstrip(".") for d in params.mydestination}
+        self.mynetworks = params.mynetworks
+        self.refused_hosts = params.smtpd_refused_hosts
+        self.restrictions = [r.lower() for r in params.smtpd_relay_restrictions]
+        self.luser_relay = params.luser_relay
+
+    def host_refused(self, ip: str) -> bool:
+        return in_networks(ip, self.refused_hosts)
+
+    def is_local(self, address: str) -> bool:
+        _, domain = split_address(address)
+        return domain == "" or domain in self.local_domains
+
+    def relay_check(self, ip: str, authenticated: bool, address: str) -> R.Reply | None:
+        if self.is_local(address):
+            return None
+        for restriction in self.restrictions:
+            if restriction == "permit_mynetworks" and in_networks(ip, self.mynetworks):
+                return None
+            if restriction == "permit_sasl_authenticated" and authenticated:
+                return None
+            if restriction in ("reject_unauth_destination", "reject"):
+                return R.RELAY_DENIED
+        return R.RELAY_DENIED
+
+    def recipient_check(self, address: str, directory: Directory, declared_size: int | None) -> R.Reply | None:
+        """For a local address: is there someone to take it, and room for the message?"""
+        local, _ = split_address(address)
+        name = local.lower()
+        if directory.is_alias(name):
+            return None                          # the queue manager expands it (and bounces loops)
+        state = directory.user(name)
+        if state is None:
+            return None if self.luser_relay else R.USER_UNKNOWN
+        if not state.enabled:
+            return R.MAILBOX_DISABLED
+        if state.quota:
+            size = declared_size or 0
+            if size > state.quota:
+                return R.OVER_QUOTA_PERM
+            if state.used + size > state.quota or state.used >= state.quota:
+                return R.OVER_QUOTA_TEMP
+        return None

@@ -1,0 +1,430 @@
+"""One SMTP server session (RFC 5321): an explicit state machine with a command table.
+
+Session(conn, backend).run() serves one client from greeting to close. conn is a
+workers._server.Connection (or a fake with the same members in the unit tests); backend is
+a workers.smtpd.backend.Backend (queue, user directory, disk flag, SASL, DNS).
+
+States: CONNECTED (greeted, no HELO/EHLO yet; also after STARTTLS, RFC 3207 4.2),
+READY (HELO/EHLO done, no transaction), MAIL (sender accepted), RCPT (a recipient
+accepted). DATA is not a state of the table: the message is read by data.read_message as a
+separate receiver and the session goes back to READY. COMMANDS says, per verb, in which
+states it is legal and what a client hears otherwise; the dispatcher alone enforces that,
+line lengths (512 octets, 12288 for AUTH, RFC 4954 4), `smtpd_tls_security_level=encrypt`
+(530 5.7.0 before STARTTLS, AUTH included), the error budget (smtpd_hard_error_limit -> 421) and the idle
+time (smtpd_timeout -> 421).
+
+Diagnostics (smtp.log): connect/disconnect with command counts at level high; rejected
+commands, authentications and every accepted message (`QUEUEID: from=<a>, size=N, nrcpt=K`)
+at level medium; storage failures at level low.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+
+from store.fsio import StorageError
+from store.queue import Envelope, Recipient
+from workers._auth import offered_mechanisms
+from workers._limits import ErrorBudget, LineTooLong
+from workers.smtpd import replies as R
+from workers.smtpd.address import ArgError, MailArgs, parse_mail, parse_rcpt
+from workers.smtpd.data import read_message
+from workers.smtpd.received import received_header
+from workers.smtpd.relay import Policy, in_networks
+from workers.smtpd.sasl import AuthExchange, AuthOutcome
+
+MAX_COMMAND = 512                 # RFC 5321 4.5.3.1.4, CRLF included
+MAX_AUTH_LINE = 12288             # RFC 4954 4
+MAX_HELO = 255
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"
+    READY = "ready"
+    MAIL = "mail"
+    RCPT = "rcpt"
+
+
+ANY = frozenset(State)
+GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
+IN_TRANSACTION = frozenset({State.MAIL, State.RCPT})
+
+
+class Close(Exception):
+    """End the session after the reply already sent."""
+
+
+@dataclass(frozen=True)
+class Command:
+    handler: str                      # name of the Session method
+    legal: frozenset[State]
+    otherwise: dict[State, R.Reply]   # reply per illegal state (default BAD_SEQUENCE)
+    needs_tls: bool = False           # refused with 530 before STARTTLS under `encrypt`
+
+
+COMMANDS: dict[str, Command] = {
+    "EHLO": Command("ehlo", ANY, {}),
+    "HELO": Command("helo", ANY, {}),
+    "STARTTLS": Command("starttls", frozenset({State.READY}), {State.CONNECTED: R.NEED_HELO}),
+    "AUTH": Command("auth", frozenset({State.READY}), {State.CONNECTED: R.NEED_HELO}, needs_tls=True),
+    "MAIL": Command("mail", frozenset({State.READY}), {State.CONNECTED: R.NEED_HELO,
+                                                      State.MAIL: R.NESTED_MAIL, State.RCPT: R.NESTED_MAIL},
+                    needs_tls=True),
+    "RCPT": Command("rcpt", IN_TRANSACTION, {State.CONNECTED: R.NEED_HELO, State.READY: R.NEED_MAIL},
+                    needs_tls=True),
+    "DATA": Command("data", IN_TRANSACTION, {State.CONNECTED: R.NEED_HELO, State.READY: R.NEED_MAIL},
+                    needs_tls=True),
+    "RSET": Command("rset", ANY, {}),
+    "NOOP": Command("noop", ANY, {}),
+    "VRFY": Command("vrfy", ANY, {}),
+    "HELP": Command("help", ANY, {}),
+    "QUIT": Command("quit", ANY, {}),
+    "EXPN": Command("not_implemented", ANY, {}),
+    "ETRN": Command("not_implemented", ANY, {}),
+    "BDAT": Command("not_implemented", ANY, {}),
+}
+
+
+@dataclass
+class Transaction:
+    mail: MailArgs
+    recipients: list[Recipient] = field(default_factory=list)
+    refused: int = 0                  # RCPTs answered with an error (for DATA's reply)
+
+
+class Session:
+    def __init__(self, conn, backend):
+        self.conn = conn
+        self.backend = backend
+        self.params = conn.params
+        self.log = conn.log
+        self.policy = Policy(self.params)
+        self.state = State.CONNECTED
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.user: str | None = None                  # SASL-authenticated user
+        self.txn: Transaction | None = None
+        self.errors = ErrorBudget(self.params.smtpd_hard_error_limit)
+        self.counts: Counter[str] = Counter()
+        self.rbl_task: asyncio.Task | None = None
+        self.client = f"[{conn.peer_ip}]"
+
+    # ------------------------------------------------------------------ session loop
+    async def run(self) -> None:
+        self.log.debug(f"connect from {self.client}")
+        try:
+            if await self.greet():
+                await self.serve()
+        except Close:
+            pass
+        except asyncio.TimeoutError:
+            self.log.info(f"timeout after {self.state.value} from {self.client}")
+            await self.conn.send_line(bytes(R.TIMEOUT))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.log.debug(f"lost connection after {self.state.value} from {self.client}")
+        finally:
+            if self.rbl_task:
+                self.rbl_task.cancel()
+            stats = " ".join(f"{verb.lower()}={n}" for verb, n in self.counts.items())
+            self.log.debug(f"disconnect from {self.client} {stats}".rstrip())
+
+    async def greet(self) -> bool:
+        if self.policy.host_refused(self.conn.peer_ip):
+            self.log.info(f"reject: connect from {self.client}: client host refused (smtpd_refused_hosts)")
+            await self.reply(R.HOST_REFUSED)
+            return False
+        zones = self.params.smtpd_rbl_servers
+        if zones:
+            self.rbl_task = asyncio.ensure_future(self.backend.rbl_lookup(self.conn.peer_ip, zones))
+        await self.conn.send_line(f"220 {self.params.smtpd_banner}".encode())
+        return True
+
+    async def serve(self) -> None:
+        while True:
+            try:
+                line = await self.conn.read_line(MAX_AUTH_LINE, self.params.smtpd_timeout)
+            except LineTooLong:
+                await self.reply(R.LINE_TOO_LONG)
+                continue
+            if not line:
+                return
+            await self.dispatch(line)
+
+    async def dispatch(self, line: bytes) -> None:
+        text = line.rstrip(b"\r\n").decode("latin-1")
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        command = COMMANDS.get(verb)
+        if command is None:
+            self.counts["unknown"] += 1
+            await self.reply(R.UNRECOGNIZED)
+            return
+        self.counts[verb] += 1
+        if len(line) > MAX_COMMAND and verb != "AUTH":
+            await self.reply(R.LINE_TOO_LONG)
+        elif self.state not in command.legal:
+            await self.reply(command.otherwise.get(self.state, R.BAD_SEQUENCE))
+        elif command.needs_tls and self.tls_required():
+            await self.reply(R.MUST_STARTTLS)
+        else:
+            await getattr(self, command.handler)(arg.strip())
+
+    async def reply(self, reply: R.Reply) -> None:
+        """Send a reply; errors count against smtpd_hard_error_limit; 421 ends the session."""
+        await self.conn.send_line(bytes(reply))
+        if reply.closes:
+            raise Close
+        if reply.is_error and self.errors.charge():
+            self.log.info(f"too many errors from {self.client}")
+            await self.conn.send_line(bytes(R.TOO_MANY_ERRORS))
+            raise Close
+
+    def tls_required(self) -> bool:
+        return self.params.smtpd_tls_security_level == "encrypt" and not self.conn.tls
+
+    def reset(self, state: State) -> None:
+        self.txn = None
+        self.state = state
+
+    # ------------------------------------------------------------------ greeting commands
+    async def helo(self, arg: str) -> None:
+        await self._hello(arg, esmtp=False)
+
+    async def ehlo(self, arg: str) -> None:
+        await self._hello(arg, esmtp=True)
+
+    async def _hello(self, arg: str, esmtp: bool) -> None:
+        name = arg.split(" ", 1)[0]
+        if not name or len(name) > MAX_HELO or not name.isascii() or not name.isprintable():
+            await self.reply(R.SYNTAX.with_text(f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname"))
+            return
+        self.helo_name, self.esmtp = name, esmtp
+        self.reset(State.READY)
+        hostname = self.params.myhostname
+        if not esmtp:
+            await self.conn.send_line(f"250 {hostname}".encode())
+            return
+        await self.conn.send_line(R.multiline(250, [hostname, *self.capabilities()]))
+
+    def capabilities(self) -> list[str]:
+        limit = self.params.message_size_limit
+        caps = ["PIPELINING", f"SIZE {limit}" if limit else "SIZE"]
+        if self.can_starttls():
+            caps.append("STARTTLS")
+        mechanisms = self.auth_mechanisms()
+        if mechanisms and self.user is None:
+            caps.append("AUTH " + " ".join(mechanisms))
+        caps += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
+        return caps
+
+    def can_starttls(self) -> bool:
+        return (not self.conn.tls and self.params.smtpd_tls_security_level != "none"
+                and self.backend.tls_available())
+
+    def auth_mechanisms(self) -> list[str]:
+        """The mechanisms offered now: none before TLS under `encrypt`."""
+        if not self.params.smtpd_sasl_auth_enable:
+            return []
+        return offered_mechanisms(self.params.smtpd_sasl_mechanisms, self.conn.tls,
+                                  self.params.smtpd_tls_security_level)
+
+    async def starttls(self, arg: str) -> None:
+        if arg:
+            await self.reply(R.SYNTAX.with_text("Syntax: STARTTLS"))
+        elif self.conn.tls:
+            await self.reply(R.TLS_ALREADY_ACTIVE)
+        elif not self.can_starttls():
+            await self.reply(R.TLS_UNAVAILABLE)
+        else:
+            await self.conn.send_line(bytes(R.TLS_READY))
+            try:
+                await self.conn.start_tls()
+            except Exception as e:          # a failed handshake leaves no usable stream
+                self.log.info(f"STARTTLS handshake failed from {self.client}: {type(e).__name__}: {e}")
+                raise Close from None
+            # RFC 3207 4.2: forget everything learnt from the client before TLS.
+            self.helo_name, self.esmtp, self.user = None, False, None
+            self.reset(State.CONNECTED)
+            self.log.debug(f"{self.client}: TLS established: {self.conn.tls_version()} {self.conn.tls_cipher()}")
+
+    async def auth(self, arg: str) -> None:
+        if not self.params.smtpd_sasl_auth_enable:
+            await self.reply(R.AUTH_NOT_ENABLED)
+            return
+        if self.user is not None:
+            await self.reply(R.ALREADY_AUTHENTICATED)
+            return
+        mechanism, _, initial = arg.partition(" ")
+        mechanism = mechanism.upper()
+        if not mechanism:
+            await self.reply(R.SYNTAX.with_text("Syntax: AUTH mechanism"))
+            return
+        if mechanism not in self.auth_mechanisms():
+            await self.reply(R.UNKNOWN_MECHANISM)
+            return
+        exchange = AuthExchange(self.conn, self.backend, mechanism, self.params.smtpd_timeout, MAX_AUTH_LINE)
+        outcome = await exchange.run(initial.strip() or None)
+        if outcome.user and not self.backend.may_send(outcome.user):
+            outcome = AuthOutcome(reply=R.AUTH_FAILED, attempted_user=outcome.user, reason="account disabled")
+        if outcome.user:
+            self.user = outcome.user
+            self.conn.set_user(outcome.user)
+            self.log.info(f"{self.client}: sasl_method={mechanism}, sasl_username={outcome.user}")
+            await self.reply(R.AUTH_OK)
+            return
+        if outcome.reply == R.AUTH_FAILED:
+            self.log.info(f"warning: {self.client}: {mechanism} authentication failed"
+                          + (f" for {outcome.attempted_user}" if outcome.attempted_user else "")
+                          + (f": {outcome.reason}" if outcome.reason else ""))
+            await asyncio.sleep(self.params.auth_failure_delay)
+        await self.reply(outcome.reply)
+
+    # ------------------------------------------------------------------ the transaction
+    async def mail(self, arg: str) -> None:
+        try:
+            args = parse_mail(arg)
+        except ArgError as e:
+            await self.reply(e.reply)
+            return
+        limit = self.params.message_size_limit
+        if limit and args.size is not None and args.size > limit:
+            await self.reject(R.MESSAGE_TOO_BIG, f"MAIL from <{args.sender}> SIZE={args.size}")
+        elif self.backend.disk_low():
+            await self.reject(R.INSUFFICIENT_STORAGE, f"MAIL from <{args.sender}>: disk below disk_min_free")
+        else:
+            self.txn = Transaction(args)
+            self.state = State.MAIL
+            await self.reply(R.SENDER_OK)
+
+    async def rcpt(self, arg: str) -> None:
+        txn = self.txn
+        assert txn is not None
+        try:
+            args = parse_rcpt(arg)
+        except ArgError as e:
+            txn.refused += 1
+            await self.reply(e.reply)
+            return
+        refusal = await self.check_recipient(args.address, txn)
+        if refusal:
+            txn.refused += 1
+            await self.reject(refusal, f"RCPT from <{txn.mail.sender}> to=<{args.address}>")
+            return
+        txn.recipients.append(Recipient(args.address, args.notify or None, args.orcpt))
+        self.state = State.RCPT
+        await self.reply(R.RCPT_OK)
+
+    async def check_recipient(self, address: str, txn: Transaction) -> R.Reply | None:
+        if len(txn.recipients) >= self.params.smtpd_recipient_limit:
+            return R.TOO_MANY_RECIPIENTS
+        listing = await self.rbl_listing()
+        if listing:
+            return listing
+        refusal = self.policy.relay_check(self.conn.peer_ip, self.user is not None, address)
+        if refusal or not self.policy.is_local(address):
+            return refusal
+        return self.policy.recipient_check(address, self.backend.directory, txn.mail.size)
+
+    async def rbl_listing(self) -> R.Reply | None:
+        """The blocklists' verdict; authenticated and mynetworks clients are exempt."""
+        if self.rbl_task is None or self.user is not None or in_networks(self.conn.peer_ip, self.params.mynetworks):
+            return None
+        listing, failures = await self.rbl_task
+        for failure in failures:
+            self.log.info(f"warning: {self.client}: DNS blocklist lookup failed: {failure}")
+        if listing is None:
+            return None
+        reason = f"; {listing.reason}" if listing.reason else ""
+        return R.RBL_LISTED.with_text(
+            f"Service unavailable; client host {self.client} blocked using {listing.zone}{reason}")
+
+    async def reject(self, reply: R.Reply, what: str) -> None:
+        self.log.info(f"NOQUEUE: reject: {what} from {self.client}: {reply}")
+        await self.reply(reply)
+
+    async def data(self, arg: str) -> None:
+        txn = self.txn
+        assert txn is not None
+        if arg:
+            await self.reply(R.SYNTAX.with_text("Syntax: DATA"))
+            return
+        if not txn.recipients:
+            await self.reply(R.NO_VALID_RECIPIENTS if txn.refused else R.NEED_RCPT)
+            return
+        try:
+            writer = self.backend.open_message()
+        except (StorageError, OSError) as e:
+            self.log.error(f"cannot open a queue file: {e}")
+            await self.reply(R.INSUFFICIENT_STORAGE)
+            return
+        await self.conn.send_line(bytes(R.START_DATA))
+        self.reset(State.READY)
+        try:
+            await self.receive(writer, txn)
+        finally:
+            writer.abort()
+
+    async def receive(self, writer, txn: Transaction) -> None:
+        """Read the message into writer; 250 only after commit() made it durable."""
+        result = await read_message(self.conn.reader, writer.write, self.params.message_size_limit,
+                                    self.params.smtpd_timeout,
+                                    head=self.received_header([r.address for r in txn.recipients]))
+        what = f"DATA from <{txn.mail.sender}> nrcpt={len(txn.recipients)}"
+        if result.too_big:
+            await self.reject(R.MESSAGE_TOO_BIG, what)
+            return
+        if result.line_too_long:
+            await self.reject(R.DATA_LINE_TOO_LONG, what)
+            return
+        if result.storage_error:
+            self.log.error(f"{self.client}: cannot spool a message: {result.storage_error}")
+            await self.reply(R.INSUFFICIENT_STORAGE)
+            return
+        envelope = Envelope(sender=txn.mail.sender, recipients=txn.recipients, ret=txn.mail.ret,
+                            envid=txn.mail.envid, body=txn.mail.body, client=self.client_info())
+        try:
+            queue_id = await asyncio.to_thread(writer.commit, envelope)
+        except (StorageError, OSError) as e:
+            self.log.error(f"{self.client}: cannot queue a message: {e}")
+            await self.reply(R.INSUFFICIENT_STORAGE)
+            return
+        self.log.info(f"{queue_id}: client={self.client}, helo={self.helo_name}"
+                      + (f", sasl_username={self.user}" if self.user else "")
+                      + (f", tls={self.conn.tls_version()}" if self.conn.tls else ""))
+        self.log.info(f"{queue_id}: from=<{txn.mail.sender}>, size={envelope.size}, nrcpt={len(txn.recipients)}")
+        self.backend.wake_qmgr()
+        await self.conn.send_line(f"{R.QUEUED}{queue_id}".encode())
+
+    def received_header(self, recipients: list[str]) -> bytes:
+        return received_header(helo=self.helo_name or "unknown", client_ip=self.conn.peer_ip,
+                               hostname=self.params.myhostname, esmtp=self.esmtp,
+                               tls_version=self.conn.tls_version(), tls_cipher=self.conn.tls_cipher(),
+                               user=self.user, recipients=recipients)
+
+    def client_info(self) -> dict:
+        return {"helo": self.helo_name, "addr": self.conn.peer_ip, "protocol": "ESMTP" if self.esmtp else "SMTP",
+                "user": self.user, "tls": self.conn.tls_version()}
+
+    # ------------------------------------------------------------------ small commands
+    async def rset(self, arg: str) -> None:
+        self.reset(State.CONNECTED if self.state is State.CONNECTED else State.READY)
+        await self.reply(R.RESET_OK)
+
+    async def noop(self, arg: str) -> None:
+        await self.reply(R.OK)
+
+    async def vrfy(self, arg: str) -> None:
+        await self.reply(R.VRFY_CANNOT if arg else R.SYNTAX.with_text("Syntax: VRFY address"))
+
+    async def help(self, arg: str) -> None:
+        await self.reply(R.HELP)
+
+    async def not_implemented(self, arg: str) -> None:
+        await self.reply(R.NOT_IMPLEMENTED)
+
+    async def quit(self, arg: str) -> None:
+        await self.conn.send_line(bytes(R.BYE))
+        raise Close
+
