@@ -7,12 +7,13 @@ one smtpd service with maxproc 300, no qmgr, so that only smtpd's durable accept
 is measured), opens N sessions at once, and in each sends M messages
 (MAIL, RCPT, DATA pipelined; the message is S bytes). Latency is the time from the
 client's final `.` to the server's 250, i.e. spooling + commit (fsync of file and
-directory). Before the run it measures the floor: how many S-byte files per second the
-same filesystem takes with write + fsync + rename + directory fsync, one after another
-(store.fsio.write_durably, the very call the queue uses).
+directory). Before and after the load it measures the floor: how many S-byte
+files per second the same filesystem takes with write + fsync + rename + directory fsync,
+one after another (store.fsio.write_durably, the very call the queue uses). A shared disk
+is noisy, so the ratio is taken against the better of the two floor measurements.
 
 Prints one JSON line per N: git sha, host, parameters, msgs_per_s, p50_ms, p99_ms,
-floor_per_s and ratio = msgs_per_s / floor_per_s.
+floor_per_s [before, after] and ratio = msgs_per_s / max(floor_per_s).
 """
 from __future__ import annotations
 
@@ -119,9 +120,10 @@ def run_one(sessions: int, messages: int, size: int) -> dict:
         key = system.add_service("smtpd", maxproc=300)
         system.start()
         try:
-            floor = measure_floor(system.var / "queue" / "bench-floor", size)
-            message = make_message(size)
-            sent, elapsed, latencies = asyncio.run(load(system.port(key), sessions, messages, message))
+            floor_dir = system.var / "queue" / "bench-floor"
+            floor_before = measure_floor(floor_dir, size)
+            sent, elapsed, latencies = asyncio.run(load(system.port(key), sessions, messages, make_message(size)))
+            floor_after = measure_floor(floor_dir, size)
         finally:
             system.stop()
             system.kill()
@@ -131,7 +133,8 @@ def run_one(sessions: int, messages: int, size: int) -> dict:
         "sessions": sessions, "messages_per_session": messages, "size": size, "sent": sent,
         "seconds": round(elapsed, 3), "msgs_per_s": round(rate, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 2), "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-        "floor_per_s": round(floor, 1), "ratio": round(rate / floor, 2),
+        "floor_per_s": [round(floor_before, 1), round(floor_after, 1)],
+        "ratio": round(rate / max(floor_before, floor_after), 2),
     }
 
 

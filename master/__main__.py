@@ -35,7 +35,7 @@ def _print_check(config: Config) -> None:
     print("# service type private unpriv wakeup maxproc command + args")
     for spec, _params in config.services:
         flags = f"{'y' if spec.private else 'n'} {'y' if spec.unpriv else 'n'} {spec.wakeup:g}"
-        words = [spec.name, spec.kind, flags, str(spec.maxproc), spec.module, *spec.args]
+        words = [spec.name, spec.kind, flags, str(spec.maxproc), spec.command, *spec.args]
         words += [f"-o {key}={value}" for key, value in spec.overrides.items()]
         print(" ".join(words))
 

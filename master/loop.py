@@ -12,9 +12,9 @@ connections handed over, max_idle seconds without sessions: drain, replace), wak
 unix services, and finally the disk guard and log rotation.
 
 Connection limit: a service's open sessions are counted here, across all its workers;
-connection maxproc+1 is handed over marked refuse (the worker's refuse() answers the
-protocol's polite refusal). A worker takes at most worker_client_limit sessions; another
-worker is spawned when all are full.
+connection maxproc+1 waits up to LIMIT_GRACE for a session to end, then is handed over
+marked refuse (the worker's refuse() answers the protocol's polite refusal). A worker
+takes at most worker_client_limit sessions; another is spawned when all are full.
 Signals: HUP reloads (a bad file is logged `file:line: reason` and the running
 configuration kept), TERM/INT stop: listeners closed, workers drained, killed after
 graceful_timeout; a second TERM/INT kills at once. SIGCHLD only wakes the loop.
@@ -43,6 +43,8 @@ from master.spawn import Service, Worker
 from master.status import StatusServer, socket_path
 
 ACCEPT_BATCH = 64           # connections accepted per listener per turn
+LIMIT_GRACE = 1.0           # seconds a connection over maxproc waits for a slot before its refusal
+WAITING_MAX = 32            # connections per service that may wait so; more are refused at once
 TICK = 1.0                  # longest sleep of the loop
 KILL_WAIT = 5.0             # after SIGKILL at the end of a stop, how long to wait for exits
 
@@ -166,6 +168,8 @@ class Arbiter:
         due = [now + TICK, self.stop_deadline if self.stopping else now + TICK]
         for svc in self.services.values():
             due += [t for t in (svc.next_wakeup, svc.throttled_until, svc.accept_paused_until) if t > now]
+            if svc.waiting:
+                due.append(svc.waiting[0][0])
         return max(0.0, min(due) - now)
 
     # ------------------------------------------------------------------ signals
@@ -186,6 +190,15 @@ class Arbiter:
         if svc.listener is not None and svc.listener in self.selector.get_map():
             self.selector.unregister(svc.listener)
 
+    def _close_listener(self, svc: Service) -> None:
+        """No more connections for this service; those waiting for a slot are closed."""
+        self._unwatch_listener(svc)
+        if svc.listener is not None:
+            svc.listener.close()
+            svc.listener = None
+        while svc.waiting:
+            svc.waiting.popleft()[1].close()
+
     def on_accept(self, svc: Service) -> None:
         if svc.listener is None:
             return                   # closed by a stop or reload earlier in this turn
@@ -197,19 +210,39 @@ class Arbiter:
             self._unwatch_listener(svc)
             svc.accept_paused_until = time.monotonic() + 1.0
             return
+        now = time.monotonic()
         for sock, (ip, _port) in accepted:
-            try:
-                if not svc.accept_paused_until:
-                    self.dispatch(svc, sock, ip)
-            finally:
-                sock.close()         # the worker has its own copy now
+            if svc.accept_paused_until:
+                sock.close()
+            elif (svc.waiting or self._at_limit(svc)) and len(svc.waiting) < WAITING_MAX:
+                # The count drops only once a worker has noticed that its client left, so a
+                # client that reconnects right after its QUIT could be refused for a session
+                # that is over: give it LIMIT_GRACE seconds for a slot before the refusal.
+                svc.waiting.append((now + LIMIT_GRACE, sock, ip))
+            else:
+                self.dispatch(svc, sock, ip)
 
-    def dispatch(self, svc: Service, sock: socket.socket, ip: str) -> None:
+    def _at_limit(self, svc: Service) -> bool:
         if svc.open >= svc.spec.maxproc:
-            # A worker reports "closed" before the client sees the end of its session, but
-            # that report may still wait in the control socket: count it before refusing.
+            # "closed" reports may wait in the control sockets: count them first.
             for worker in list(svc.workers.values()):
                 self.on_control(worker)
+        return svc.open >= svc.spec.maxproc
+
+    def _admit_waiting(self, svc: Service, now: float) -> None:
+        """Hand over waiting connections: as sessions when a slot is free, else refused in time."""
+        while svc.waiting and (svc.open < svc.spec.maxproc or svc.waiting[0][0] <= now):
+            _, sock, ip = svc.waiting.popleft()
+            self.dispatch(svc, sock, ip)
+
+    def dispatch(self, svc: Service, sock: socket.socket, ip: str) -> None:
+        """Hand an accepted socket to a worker (refused over maxproc) and close the master's copy."""
+        try:
+            self._hand_over(svc, sock, ip)
+        finally:
+            sock.close()
+
+    def _hand_over(self, svc: Service, sock: socket.socket, ip: str) -> None:
         refuse = svc.open >= svc.spec.maxproc
         worker = self._pick_worker(svc, refuse)
         if worker is None:
@@ -371,6 +404,7 @@ class Arbiter:
         if svc.listener is not None and svc.accept_paused_until and now >= svc.accept_paused_until:
             svc.accept_paused_until = 0.0
             self._watch_listener(svc)
+        self._admit_waiting(svc, now)
         max_idle = svc.params.max_idle
         if svc.spec.kind == "inet" and max_idle:
             for worker in svc.active_workers():
@@ -416,10 +450,7 @@ class Arbiter:
         removed = [key for key in self.services if key not in wanted]
         for key in removed:
             svc = self.services.pop(key)
-            self._unwatch_listener(svc)
-            if svc.listener is not None:
-                svc.listener.close()
-                svc.listener = None
+            self._close_listener(svc)
             for worker in list(svc.workers.values()):
                 self.retire(worker, "service removed from master.cf")
         # Like `postfix reload`, every worker is replaced, changed settings or not: new
@@ -452,10 +483,7 @@ class Arbiter:
         self.log("M", f"stopping ({why}): no new connections, waiting up to "
                       f"{self.params.graceful_timeout:g} s for {len(self.conns)} sessions")
         for svc in self.services.values():
-            self._unwatch_listener(svc)
-            if svc.listener is not None:
-                svc.listener.close()
-                svc.listener = None
+            self._close_listener(svc)
         for worker in list(self.workers.values()):
             self.retire(worker, "stopping")
         return {"ok": True}

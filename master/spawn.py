@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from master.cf import ServiceSpec
@@ -77,6 +78,8 @@ class Service:
     throttle_delay: float = 0.0
     next_wakeup: float = 0.0
     accept_paused_until: float = 0.0
+    # connections over maxproc waiting briefly for a slot: (deadline, socket, client ip)
+    waiting: deque[tuple[float, socket.socket, str]] = field(default_factory=deque)
 
     @property
     def name(self) -> str:

@@ -367,7 +367,7 @@ cdef class View:
                 rec = &self._recs[i]
                 if (rec.flags & need) != need or (rec.flags & refuse):
                     continue
-                if use_larger and rec.size < c_larger:
+                if use_larger and rec.size <= c_larger:
                     continue
                 if use_smaller and rec.size >= c_smaller:
                     continue

@@ -34,12 +34,18 @@ from typing import Iterable, Iterator, Sequence
 
 import lmdb
 
-from store._index_view import (  # noqa: F401  (re-exported: the reference's whole interface)
+from store._index_view import (  # the reference's whole interface, re-exported below
     DELETED, MAX_KEYWORDS, MAX_UID, RECORD, RECORD_SIZE, SEEN, SYSTEM_FLAGS, Kernels, MailboxExists,
     MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation, TooManyKeywords, View, normalise_ranges,
     flag_mask, flag_names, known_flag_mask, parse_sequence_set, ranges_from_values,
 )
 from store.fsio import StorageError
+
+__all__ = [
+    "Index", "View", "Kernels", "Records", "parse_sequence_set", "ranges_from_values", "flag_names",
+    "MailboxInfo", "MessageRecord", "Reservation", "NoSuchMailbox", "MailboxExists", "TooManyKeywords",
+    "SYSTEM_FLAGS", "MAX_KEYWORDS",
+]
 
 MAILBOX = struct.Struct("<IIIQIIQB")  # id, uidvalidity, uidnext, highestmodseq, count, unseen, total_size, subscribed
 DELIVERY = struct.Struct("<IIdB")
@@ -68,6 +74,31 @@ def _encode_mailbox(info: MailboxInfo) -> bytes:
     return fixed + "\0".join((info.special_use, *info.keywords)).encode()
 
 
+# LMDB allows one open environment per path and process: Index objects on the same path
+# share it, and the last close() closes it. A forked child sees another pid and opens its own.
+_ENVS: dict[tuple[int, str], list] = {}
+
+
+def _acquire_env(path: str, map_size: int, durable: bool) -> lmdb.Environment:
+    key = (os.getpid(), os.path.abspath(path))
+    if key not in _ENVS:
+        os.makedirs(path, exist_ok=True)
+        env = lmdb.open(path, map_size=map_size, max_dbs=8, readahead=False, sync=durable, metasync=durable)
+        _ENVS[key] = [env, 0]
+    _ENVS[key][1] += 1
+    return _ENVS[key][0]
+
+
+def _release_env(path: str) -> None:
+    key = (os.getpid(), os.path.abspath(path))
+    entry = _ENVS.get(key)
+    if entry is not None:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _ENVS[key]
+            entry[0].close()
+
+
 class Index:
     """The LMDB index of every user's mailboxes. Opens its environment lazily, per process."""
 
@@ -85,9 +116,7 @@ class Index:
     # -- environment and transactions
     def _open(self) -> lmdb.Environment:
         if self._env is None or self._pid != os.getpid():
-            os.makedirs(self.path, exist_ok=True)
-            self._env = lmdb.open(self.path, map_size=self._map_size, max_dbs=8, readahead=False,
-                                  sync=self._durable, metasync=self._durable)
+            self._env = _acquire_env(self.path, self._map_size, self._durable)
             self._pid = os.getpid()
             self._db = {name: self._env.open_db(name.encode()) for name in
                         ("mailboxes", "messages", "expunged", "deliveries", "usage", "meta")}
@@ -95,7 +124,7 @@ class Index:
 
     def close(self) -> None:
         if self._env is not None and self._pid == os.getpid():
-            self._env.close()
+            _release_env(self.path)
         self._env = None
 
     def _read(self, action):
@@ -165,12 +194,20 @@ class Index:
             last = txn.get(b"mailbox_id", db=self._db["meta"])
             mailbox_id = (struct.unpack("<I", last)[0] if last else 0) + 1
             txn.put(b"mailbox_id", struct.pack("<I", mailbox_id), db=self._db["meta"])
-            validity = uidvalidity or _new_uidvalidity()
+            validity = uidvalidity or self._new_uidvalidity(txn)
             info = MailboxInfo(user, name, mailbox_id, validity, max(uidnext, 1), 1, 0, 0, 0, subscribed,
                                special_use, ())
             self._put_header(txn, info)
             return info
         return self._write(create)
+
+    def _new_uidvalidity(self, txn) -> int:
+        """Seconds since the epoch (as Dovecot does), but always above the last one handed
+        out: a mailbox deleted and re-created within a second must not reuse it."""
+        last = txn.get(b"uidvalidity", db=self._db["meta"])
+        validity = max(int(time.time()), (struct.unpack("<I", last)[0] if last else 0) + 1) & 0xFFFFFFFF
+        txn.put(b"uidvalidity", struct.pack("<I", validity), db=self._db["meta"])
+        return validity
 
     def set_mailbox_attributes(self, user: str, name: str, subscribed: bool | None = None,
                                special_use: str | None = None) -> MailboxInfo:
@@ -259,10 +296,13 @@ class Index:
 
     # -- delivery
     def reserve_uid(self, user: str, name: str, delivery_id: str | None = None,
-                    fresh: bool = False) -> Reservation:
-        """Set aside the next UID. With a delivery id seen before, returns that delivery's UID
-        and state ("pending": file may exist, append not done; "done": nothing to do);
-        fresh=True hands a pending delivery a new UID instead."""
+                    fresh: bool = False, count: int = 1) -> Reservation:
+        """Set aside the next UID (count > 1: that many, .uid is the first). With a delivery
+        id seen before, returns that delivery's UID and state ("pending": file may exist,
+        append not done; "done": nothing to do); fresh=True hands a pending delivery a new UID."""
+        if count < 1 or (count > 1 and delivery_id is not None):
+            raise ValueError("a delivery id reserves exactly one UID")
+
         def reserve(txn):
             info = self._header(txn, user, name)
             if delivery_id is not None and not fresh:
@@ -272,7 +312,9 @@ class Index:
                     if mailbox_id == info.mailbox_id:
                         return Reservation(uid, info.uidvalidity, "done" if done else "pending")
             uid = info.uidnext
-            self._put_header(txn, replace(info, uidnext=uid + 1))
+            if uid + count - 1 > MAX_UID:
+                raise StorageError(f"{user}: mailbox {name!r} has run out of UIDs (reconstruct renumbers)")
+            self._put_header(txn, replace(info, uidnext=uid + count))
             if delivery_id is not None:
                 self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, False)
             return Reservation(uid, info.uidvalidity, "new")
@@ -506,10 +548,5 @@ class Index:
 
 def _delivery_key(user: str, delivery_id: str) -> bytes:
     return user.encode() + b"\0" + delivery_id.encode()
-
-
-def _new_uidvalidity() -> int:
-    # Seconds since the epoch, as Dovecot does; a later re-creation gets a larger value.
-    return max(int(time.time()), 1) & 0xFFFFFFFF
 
 

@@ -287,6 +287,8 @@ class View:
                              self._dates[i], self._modseqs[i])
 
     def flag_bits(self, seq: int) -> int:
+        if not 1 <= seq <= len(self._uids):
+            raise IndexError(f"no message {seq}")
         return self._flags[seq - 1]
 
     @property
@@ -322,6 +324,8 @@ class View:
         ranges: list[list[int]] = []
         previous = -2
         for s in seqs:
+            if not 1 <= s <= len(self._uids):
+                raise IndexError(f"no message {s}")
             uid = self._uids[s - 1]
             if s == previous + 1:
                 ranges[-1][1] = uid

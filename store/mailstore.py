@@ -14,7 +14,7 @@ Interface: MailStore(store_dir, index_dir, quota_limit) or open_store(params) (o
 process, opened after exec). deliver(user, mailbox, source, delivery_id=None, flags=(),
 internal_date=None) -> UID, idempotent per delivery id; create/delete/rename/list/subscribe
 mailboxes; open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags,
-path); set_flags; expunge; usage(user); over_quota(user, extra_bytes).
+path); set_flags; expunge; copy (COPY/MOVE); usage(user); over_quota(user, extra_bytes).
 Ordering that keeps crashes safe: message file durable -> index entry (with the delivery id
 in the same transaction); expunge: index first, then unlink (reconstruct removes the files of
 expunged UIDs it still finds). A mailbox directory is flock()ed while its UIDs are handed out,
@@ -24,8 +24,10 @@ MailboxExists, BadMailboxName, Refused-like ValueError subclasses for bad reques
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import secrets
 import shutil
 import time
 from contextlib import contextmanager
@@ -34,9 +36,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote
 
 from store import fsio
-from store.users import UserDB
+from store.users import get_user
 from store.index import (
-    Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, View, flag_names, ranges_from_values,
+    Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, View, flag_names, normalise_ranges,
+    ranges_from_values,
 )
 
 INBOX = "INBOX"
@@ -44,6 +47,7 @@ SEPARATOR = "/"
 MESSAGE_SUFFIX = ".eml"
 META_FILE = ".mailbox"
 JOURNAL_FILE = ".journal"
+DELETED_PREFIX = ".deleted."
 MAX_NAME_DEPTH = 16
 MAX_COMPONENT_BYTES = 200
 JOURNAL_COMPACT_BYTES = 1 << 20
@@ -185,7 +189,10 @@ class MailStore:
     @contextmanager
     def locked(self, directory: str) -> Iterator[None]:
         """Exclusive flock on a mailbox directory (UID hand-out, journal, expunge, reconstruct)."""
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:  # e.g. the directory was removed by hand: reconstruct repairs that
+            raise fsio.StorageError(f"cannot open mailbox directory {directory}: {e.strerror}", e.errno) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -252,10 +259,17 @@ class MailStore:
         if any(m.name.startswith(mailbox + SEPARATOR) for m in self.index.mailboxes(user)):
             raise MailboxNotEmpty(f"mailbox {mailbox} has child mailboxes")
         directory = self.mailbox_dir(user, mailbox)
+        # Out of sight first (reconstruct skips and removes such names), so a crash at any
+        # point never brings the mailbox back; then the index, then the files.
+        doomed = os.path.join(os.path.dirname(directory), f"{DELETED_PREFIX}{secrets.token_hex(6)}")
         with self.locked(directory):
+            try:
+                os.rename(directory, doomed)
+                fsio.fsync_dir(os.path.dirname(directory))
+            except OSError as e:
+                raise fsio.StorageError(f"cannot delete {directory}: {e.strerror}", e.errno) from e
             info = self.index.delete_mailbox(user, mailbox)
-            shutil.rmtree(directory, ignore_errors=True)
-        fsio.fsync_dir(os.path.dirname(directory))
+        shutil.rmtree(doomed, ignore_errors=True)
         return info
 
     def rename_mailbox(self, user: str, old: str, new: str) -> None:
@@ -320,6 +334,50 @@ class MailStore:
             if flags:
                 self._journal(directory, f"f {reservation.uid} {' '.join(flags)}\n")
             return reservation.uid
+
+    def copy(self, user: str, source: str, uid_ranges: Sequence[tuple[int, int]], target: str,
+             move: bool = False) -> list[tuple[int, int]]:
+        """IMAP COPY / MOVE: the messages of source in uid_ranges into target (which must
+        exist), with their flags and internal dates; returns (source UID, target UID) pairs
+        (UIDPLUS COPYUID). Files are hard-linked (copied where a link is impossible), so a
+        copy costs no space on disk; quota usage counts each copy. MOVE then expunges the
+        originals. A message expunged meanwhile is skipped."""
+        source, target = normalise_mailbox(source), normalise_mailbox(target)
+        if self.index.mailbox(user, target) is None:
+            raise NoSuchMailbox(f"no mailbox {target}")
+        view = self.index.open_view(user, source)
+        records = [view.record(seq) for seq in view.seqs_in_uid_ranges(normalise_ranges(list(uid_ranges)))]
+        if not records:
+            return []
+        source_dir, target_dir = self.mailbox_dir(user, source), self.mailbox_dir(user, target)
+        pairs: list[tuple[int, int]] = []
+        with self.locked(target_dir):
+            reservation = self.index.reserve_uid(user, target, count=len(records))
+            added, created = [], []
+            try:
+                for offset, record in enumerate(records):
+                    uid = reservation.uid + offset
+                    name = message_file_name(uid, reservation.uidvalidity)
+                    original = os.path.join(source_dir, message_file_name(record.uid, view.info.uidvalidity))
+                    if not _link_or_copy(original, target_dir, name):
+                        continue
+                    created.append(os.path.join(target_dir, name))
+                    added.append((uid, record.size, record.internal_date, record.flags))
+                    pairs.append((record.uid, uid))
+                fsio.fsync_dir(target_dir)
+                self.index.append_many(user, target, added)
+            except (OSError, fsio.StorageError) as e:
+                for path in created:  # not acknowledged: leave nothing for reconstruct to adopt
+                    _unlink_quietly(path)
+                if isinstance(e, fsio.StorageError):
+                    raise
+                raise fsio.StorageError(f"cannot copy into {target}: {e.strerror}", e.errno) from e
+            flagged = "".join(f"f {uid} {' '.join(flags)}\n" for uid, _, _, flags in added if flags)
+            if flagged:
+                self._journal(target_dir, flagged)
+        if move and pairs:
+            self.expunge(user, source, ranges_from_values(sorted(u for u, _ in pairs)), deleted_only=False)
+        return pairs
 
     # -- reading
     def open_mailbox(self, user: str, mailbox: str) -> MailboxView:
@@ -407,7 +465,7 @@ class MailStore:
 
     def reconstruct(self, user: str | None = None):
         """Rebuild the index from the files (see store/reconstruct.py); returns the report."""
-        from store.reconstruct import reconstruct
+        from store.reconstruct import reconstruct  # here: store.reconstruct imports this module
         return reconstruct(self, user)
 
 
@@ -416,6 +474,25 @@ def _set_mtime(path: str, date: int) -> None:
         os.utime(path, (date, date))  # reconstruct takes the internal date from here
     except OSError:
         pass
+
+
+def _link_or_copy(original: str, directory: str, name: str) -> bool:
+    """Hard-link original as directory/name (a durable copy across filesystems or where
+    links are refused); False if original is gone (expunged meanwhile)."""
+    try:
+        os.link(original, os.path.join(directory, name))
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+    try:
+        with open(original, "rb") as f:
+            fsio.write_durably(directory, name, f)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def _unlink_quietly(path: str) -> None:
@@ -430,25 +507,18 @@ def _unlink_quietly(path: str) -> None:
 _stores: dict[tuple, MailStore] = {}
 
 
-def open_store(params, users=None) -> MailStore:
-    """The process's MailStore for these settings (the LMDB env opens on first use).
-    users: the process's store.users.UserDB, for quota limits (LMDB forbids opening one
-    environment twice in a process); without it one is opened when a limit is needed."""
+def open_store(params) -> MailStore:
+    """The process's MailStore for these settings (the LMDB env opens on first use)."""
     key = (os.getpid(), params.mail_store_directory, params.index_directory)
     if key not in _stores:
         _stores[key] = MailStore(params.mail_store_directory, params.index_directory,
-                                 quota_limit=quota_limits(params, users))
+                                 quota_limit=quota_limits(params))
     return _stores[key]
 
 
-def quota_limits(params, users=None) -> Callable[[str], int]:
+def quota_limits(params) -> Callable[[str], int]:
     """user -> quota in bytes (0: unlimited): the user's own quota, else default_quota."""
-    opened = [users]
-
     def limit(name: str) -> int:
-        if opened[0] is None:
-            opened[0] = UserDB.from_params(params)
-        user = opened[0].get(name)
+        user = get_user(params, name)  # through the process's shared users env
         return params.default_quota if user is None or user.quota is None else user.quota
     return limit
-

@@ -8,7 +8,8 @@ Layout under queue_directory:
     hold/      kept until `mailctl queue release`
     corrupt/   unreadable files and files that crashed qmgr too often
     state/ID   append-only log of what happened to ID (done recipients, deferrals, ...)
-    tmp/       spool of messages still being received
+    tmp/       spool of messages over 1 MiB while they are received (smaller ones stay in
+               memory); commit copies the spool into the queue file with store.fsio
     public/qmgr  FIFO: one byte wakes the queue manager
 
 A queue file (immutable once committed) is
@@ -311,6 +312,7 @@ class Queue:
             os.close(fd)
         if created:
             try:
+                _owner_like_directory(path)
                 fsync_dir(self.path("state"))
             except OSError as e:
                 raise StorageError(f"cannot sync {self.path('state')}: {e.strerror or e}", e.errno) from e
@@ -400,37 +402,45 @@ class Queue:
         return True
 
     # ---------------------------------------------------------------- administration
+    def _administer(self, queue_id: str, act) -> str:
+        """act(queue) -> outcome, or None when the file moved away meanwhile (qmgr took it):
+        then look again where it is now. NotQueued once it is gone."""
+        for _ in range(len(QUEUES)):
+            outcome = act(self.locate(queue_id))
+            if outcome is not None:
+                return outcome
+        raise NotQueued(f"{queue_id}: keeps moving; try again")
+
     def hold(self, queue_id: str) -> str:
         """Put ID on hold; an id in delivery goes to hold when its attempt ends."""
-        queue = self.locate(queue_id)
-        if queue == "active":
-            self._record(queue_id, {"ev": "hold"})
-            return "hold requested (in delivery)"
-        if queue in ("hold", "corrupt"):
-            return f"already in {queue}"
-        self._move(queue_id, queue, "hold")
-        return "held"
+        def act(queue: str) -> str | None:
+            if queue == "active":
+                self._record(queue_id, {"ev": "hold"})
+                return "hold requested (in delivery)"
+            if queue in ("hold", "corrupt"):
+                return f"already in {queue}"
+            return "held" if self._move(queue_id, queue, "hold") else None
+        return self._administer(queue_id, act)
 
     def release(self, queue_id: str) -> str:
         """Take ID out of hold: it is ready at once."""
-        queue = self.locate(queue_id)
-        if queue == "active":
+        def act(queue: str) -> str | None:
+            if queue not in ("hold", "active"):
+                return f"not on hold (in {queue})"
             self._record(queue_id, {"ev": "release"})
-            return "released"
-        if queue != "hold":
-            return f"not on hold (in {queue})"
-        self._record(queue_id, {"ev": "release"})
-        self._move(queue_id, "hold", "incoming")
-        return "released"
+            if queue == "active":
+                return "released"
+            return "released" if self._move(queue_id, "hold", "incoming") else None
+        return self._administer(queue_id, act)
 
     def delete(self, queue_id: str) -> str:
         """Delete ID; an id in delivery is deleted when its attempt ends."""
-        queue = self.locate(queue_id)
-        if queue == "active":
-            self._record(queue_id, {"ev": "delete"})
-            return "delete requested (in delivery)"
-        self._remove(queue_id, queue)
-        return "deleted"
+        def act(queue: str) -> str | None:
+            if queue == "active":
+                self._record(queue_id, {"ev": "delete"})
+                return "delete requested (in delivery)"
+            return "deleted" if self._remove(queue_id, queue) else None
+        return self._administer(queue_id, act)
 
     def delete_all(self) -> tuple[int, int]:
         """Delete every queue file, corrupt ones included -> (deleted now, deleted when delivery ends)."""
@@ -502,6 +512,13 @@ class Queue:
     def open_wakeup_reader(self) -> int:
         """The FIFO for qmgr, non-blocking. Opened read-write so it never reports EOF."""
         return os.open(self.path("public", "qmgr"), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def _owner_like_directory(path: str) -> None:
+    """A file made by root (mailctl) gets its directory's owner, so qmgr (mail_owner) can append."""
+    if os.geteuid() == 0:
+        directory = os.stat(os.path.dirname(path))
+        os.chown(path, directory.st_uid, directory.st_gid)
 
 
 def _scandir(path: str) -> list[os.DirEntry]:

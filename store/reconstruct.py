@@ -12,13 +12,15 @@ deliveries, flag changes and expunges wait):
   renamed to its canonical name, so UIDVALIDITY never has to change;
 - index entries whose files are gone are dropped (expunged, so sessions are told);
 - index mailboxes without a directory are dropped; quota usage is recounted;
-- temp files older than an hour (their writer died) are removed.
+- temp files older than an hour (their writer died) and mailbox directories whose deletion
+  was cut short (.deleted.*) are removed.
 Entries that are fine keep their flags, UIDs and modseqs untouched.
 Diagnostics: the Reports say what changed; StorageError if the index cannot be written.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from store import fsio
 from store.index import NoSuchMailbox, ranges_from_values
 from store.mailstore import (
-    JOURNAL_FILE, META_FILE, SEPARATOR, MailStore, decode_component, message_file_name, parse_message_file_name,
+    DELETED_PREFIX, JOURNAL_FILE, META_FILE, SEPARATOR, MailStore, decode_component, message_file_name, parse_message_file_name,
 )
 
 DELIVERY_MEMORY = 30 * 86400  # delivery ids older than this are forgotten on a full run
@@ -85,6 +87,8 @@ def _reconstruct_user(store: MailStore, user: str) -> Report:
     root = store.user_dir(user)
     found = set()
     for directory, subdirs, _ in os.walk(root):
+        for leftover in [d for d in subdirs if d.startswith(DELETED_PREFIX)]:
+            shutil.rmtree(os.path.join(directory, leftover), ignore_errors=True)  # a deletion cut short
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         if directory == root:
             continue

@@ -118,7 +118,16 @@ class UserDB:
                 self._key = passwords.load_secret_key(self.key_path)
             except passwords.SecretKeyError:
                 return None
+            self._key_owner_like_env()
         return self._key
+
+    def _key_owner_like_env(self) -> None:
+        """mailctl run as root must not leave a key the workers (mail_owner) cannot read."""
+        if os.geteuid() != 0:
+            return
+        env, key = os.stat(self.env_path), os.stat(self.key_path)
+        if (key.st_uid, key.st_gid) != (env.st_uid, env.st_gid):
+            os.chown(self.key_path, env.st_uid, env.st_gid)
 
     def _write(self, action) -> None:
         """Run action(txn) in a write transaction; grow the map once when it is full."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode

@@ -219,7 +219,7 @@ def queue_message(params: Params, opts: Options, raw: bytes) -> str:
     return queue_id
 
 
-def run(argv: list[str], stdin=None) -> int:
+def run(argv: list[str]) -> int:
     try:
         opts = parse_options(argv)
     except UsageError as e:
@@ -231,12 +231,12 @@ def run(argv: list[str], stdin=None) -> int:
         print(f"sendmail: {e}", file=sys.stderr)
         return EX_CONFIG
     try:
-        raw = read_message(stdin or sys.stdin.buffer, opts.dot_ends, params.message_size_limit)
+        raw = read_message(sys.stdin.buffer, opts.dot_ends, params.message_size_limit)
         queue_message(params, opts, raw)
     except MessageError as e:
         print(f"sendmail: {e}", file=sys.stderr)
         return EX_DATAERR
-    except StorageError as e:
+    except (StorageError, OSError) as e:       # OSError: the queue folders cannot be made or written
         print(f"sendmail: cannot queue the message, try again later: {e}", file=sys.stderr)
         return EX_TEMPFAIL
     return 0

@@ -16,7 +16,6 @@ import os
 
 from master.ctl import Refused
 from store.mailstore import MailStore, quota_limits
-from store.users import UserDB
 
 
 def register(sub) -> None:
@@ -28,8 +27,8 @@ def register(sub) -> None:
     reconstruct.set_defaults(handler=cmd_reconstruct)
 
 
-def _store(params, users: UserDB) -> MailStore:
-    return MailStore(params.mail_store_directory, params.index_directory, quota_limits(params, users))
+def _store(params) -> MailStore:
+    return MailStore(params.mail_store_directory, params.index_directory, quota_limits(params))
 
 
 def account_rows(store: MailStore) -> list[dict]:
@@ -42,7 +41,7 @@ def account_rows(store: MailStore) -> list[dict]:
 
 
 def cmd_accounts(args, config) -> int:
-    with UserDB.from_params(config.params) as users, _store(config.params, users) as store:
+    with _store(config.params) as store:
         rows = account_rows(store)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -56,7 +55,7 @@ def cmd_accounts(args, config) -> int:
 
 
 def cmd_reconstruct(args, config) -> int:
-    with UserDB.from_params(config.params) as users, _store(config.params, users) as store:
+    with _store(config.params) as store:
         known = set(store.index.users())
         for name in args.users:
             if name not in known and not os.path.isdir(store.user_dir(name)):

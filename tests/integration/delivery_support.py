@@ -8,6 +8,7 @@ Inbox(system) reads users' INBOX through store.mailstore (one LMDB environment p
 process): .messages(user) -> list of bytes, .wait(user, count) waits (bounded) until user has
 count messages and returns them; parse(raw) -> email.message.EmailMessage.
 sendmail(system, *args, message=bytes) runs the real sendmail command.
+queue_files(system, queue) lists a queue folder; wait_queues_empty(system) waits for qmgr to finish.
 """
 from __future__ import annotations
 
@@ -81,3 +82,13 @@ class Inbox:
 def queue_files(system, queue: str) -> list[str]:
     path = system.var / "queue" / queue
     return sorted(n for n in os.listdir(path) if not n.startswith(".")) if path.exists() else []
+
+
+def wait_queues_empty(system, queues=("maildrop", "incoming", "active", "deferred"), timeout: float = 15.0) -> dict:
+    """Wait (bounded) until these queue folders hold no file; returns what is left in each."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {queue: queue_files(system, queue) for queue in queues}
+        if not any(left.values()) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)

@@ -5,7 +5,8 @@ PopSystem(factory root) starts one master with four pop3d services on free ports
     strict (imap_pop_tls_security_level=encrypt), limited (maxproc 1)
 and a self-signed certificate. A module-scoped fixture shares it; every test uses its own
 user (add_user), so maildrops never meet.
-deliver(system, user, *corpus names) puts messages into INBOX through store.mailstore.
+add_user writes the user database directly (quick; test_pop3d.py also goes through mailctl)
+and deliver(system, user, *corpus names) puts messages into INBOX through store.mailstore.
 pop(port) / pop_ssl(port) are poplib clients; sasl(client, mechanism, ...) runs AUTH
 PLAIN / CRAM-MD5 / SCRAM-SHA-256 (a small RFC 5802 client) over poplib's line primitives.
 raw_retr(port, user, password, n) -> (LIST size, exact RETR octets) over a plain socket.

@@ -4,6 +4,8 @@ smtp_system(mailsystem, main=..., args=..., tls=True) starts a master with one s
 (and a certificate unless tls=False) and returns (system, port).
 client(port, source="127.0.0.1") is an smtplib.SMTP bound to a loopback source address,
 so that tests can be inside or outside mynetworks.
+add_user(system, name, password, **profile) writes an account straight into the user
+database (what `mailctl user add` does, without a process start per user).
 queued(system) -> list of store.queue.QueueItem in incoming/ (no qmgr runs in these tests,
 so accepted mail stays there), message(system, item) -> its bytes.
 raw_session(port, data) sends bytes on a plain socket and returns all replies until close.
@@ -14,7 +16,9 @@ import smtplib
 import socket
 import time
 
+from master.params import Params, load_main_cf
 from store.queue import Queue, QueueItem
+from store.users import User, UserDB
 
 
 def smtp_system(mailsystem, main: dict | None = None, args: tuple[str, ...] = (), tls: bool = True,
@@ -30,6 +34,14 @@ def smtp_system(mailsystem, main: dict | None = None, args: tuple[str, ...] = ()
 
 def client(port: int, source: str = "127.0.0.1", timeout: float = 10) -> smtplib.SMTP:
     return smtplib.SMTP("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+
+
+def params_of(system) -> Params:
+    return load_main_cf(str(system.etc / "main.cf"))
+
+
+def add_user(system, name: str, password: str, **profile) -> None:
+    UserDB.from_params(params_of(system)).add(User(name=name, **profile), password=password)
 
 
 def queued(system) -> list[QueueItem]:

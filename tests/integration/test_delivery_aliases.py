@@ -4,12 +4,14 @@ from __future__ import annotations
 import mailbox
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.delivery_support import Inbox, delivery_system, parse, sendmail, write_aliases
+from tests.integration.delivery_support import (Inbox, delivery_system, parse, sendmail, smtpd_port,
+                                                write_aliases)
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +63,7 @@ def test_alias_targets_recursion_pipe_file_and_loop(mailsystem, corpus, shared_d
             assert len(inbox.wait(user, 1)) == 1
         [bounce] = inbox.wait("alice", 1)
         [block] = dsn_blocks(bounce)
-        assert block["Final-Recipient"] == "rfc822; loopa@example.test"
+        assert block["Final-Recipient"] == "rfc822; loopa@mail.example.test"
         assert block["Status"] == "5.4.6" and block["Action"] == "failed"
         assert parse(bounce)["Subject"] == "Undelivered Mail Returned to Sender"
         system.wait_for_log("smtp", "delivered to file")
@@ -78,7 +80,8 @@ def test_alias_targets_recursion_pipe_file_and_loop(mailsystem, corpus, shared_d
 
 def test_failing_command_bounces_and_tempfail_is_retried(mailsystem, shared_dir):
     counter = shared_dir / "tries"
-    flaky = script(shared_dir, "flaky.sh", f'echo x >> {counter}; [ $(wc -l < {counter}) -ge 2 ] || exit 75; cat >/dev/null')
+    flaky = script(shared_dir, "flaky.sh",            # EX_TEMPFAIL the first time, success the second
+                   f'echo x >> {counter}; [ $(wc -l < {counter}) -ge 2 ] || exit 75; cat >/dev/null')
     broken = script(shared_dir, "broken.sh", 'echo "no such list here"; exit 67')
     system = delivery_system(mailsystem, users=USERS)
     write_aliases(system, f"flaky: |{flaky}\nbroken: |{broken}\n")
@@ -94,5 +97,26 @@ def test_failing_command_bounces_and_tempfail_is_retried(mailsystem, shared_dir)
         log = system.wait_for_log("smtp", "status=sent (delivered to command")
         assert "status=deferred (command exited with status 75" in log
         assert counter.read_text().count("x") == 2
+    finally:
+        inbox.close()
+
+
+def test_mail_over_smtp_reaches_every_alias_member(mailsystem, corpus):
+    system = delivery_system(mailsystem, smtpd=True, users=USERS)
+    write_aliases(system, "staff: team\nteam: bob, carol@example.test, DAVE@mail.example.test\n")
+    system.start()
+    message = corpus / "06-nested-multipart.eml"
+    swaks = subprocess.run(["swaks", "--server", f"127.0.0.1:{smtpd_port(system)}", "--from", "alice@example.org",
+                            "--to", "staff@example.test", "--data", f"@{message}", "--silent", "2"],
+                           capture_output=True, text=True, timeout=30)
+    assert swaks.returncode == 0, swaks.stdout + swaks.stderr
+    inbox = Inbox(system)
+    try:
+        for user in ("bob", "carol", "dave"):
+            [raw] = inbox.wait(user, 1)
+            msg = parse(raw)
+            assert msg["Message-ID"] == parse(message.read_bytes())["Message-ID"]
+            assert msg["Return-Path"] == "<alice@example.org>" and msg["Received"]
+            assert msg.get_content_type().startswith("multipart/")
     finally:
         inbox.close()

@@ -100,14 +100,27 @@ def test_over_quota_is_deferred_then_delivered_when_space_is_made(mailsystem, in
 
 
 def test_over_quota_bounces_after_the_queue_lifetime(mailsystem, inboxes):
-    system = delivery_system(mailsystem, main={"maximal_queue_lifetime": "2s", "delay_warning_time": "0"},
+    system = delivery_system(mailsystem, main={"maximal_queue_lifetime": "1s", "delay_warning_time": "0"},
                              users={"alice": (), "carol": ("--quota", "1k")})
     system.start()
-    sendmail(system, "-f", "alice@example.test", "carol", message=b"Subject: one\n\n" + b"y" * 700 + b"\n")
+    sendmail(system, "-f", "alice@example.test", "carol", message=b"Subject: one\n\n" + b"y" * 400 + b"\n")
     inbox = inboxes(system)
     assert len(inbox.wait("carol", 1)) == 1
-    sendmail(system, "-f", "alice@example.test", "carol", message=b"Subject: two\n\n" + b"z" * 700 + b"\n")
+    sendmail(system, "-f", "alice@example.test", "carol", message=b"Subject: two\n\n" + b"z" * 400 + b"\n")
     [raw] = inbox.wait("alice", 1)
     [block] = parse(raw).get_payload()[1].get_payload()[1:]
     assert block["Status"] == "4.4.7" and "mailbox full" in block["Diagnostic-Code"]
     assert len(inbox.messages("carol")) == 1
+
+
+def test_remote_recipients_wait_in_deferred_without_bounce(mailsystem, inboxes):
+    system = delivery_system(mailsystem, users={"alice": (), "bob": ()})
+    system.start()
+    sendmail(system, "-f", "alice@example.test", "bob", "friend@elsewhere.example", message=b"Subject: r\n\nx\n")
+    inbox = inboxes(system)
+    assert len(inbox.wait("bob", 1)) == 1
+    system.wait_for_log("smtp", "to=<friend@elsewhere.example>, relay=none")
+    log = system.wait_for_log("smtp", ": deferred, next try in")       # logged once the file is parked
+    assert "status=deferred (remote delivery not built yet)" in log
+    assert "status=bounced" not in log
+    assert len(queue_files(system, "deferred")) == 1 and inbox.messages("alice") == []

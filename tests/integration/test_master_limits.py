@@ -59,3 +59,13 @@ def test_slot_is_free_as_soon_as_the_client_sees_the_end(mailsystem):
             assert client.greeting.startswith("+OK echo"), f"round {round_}: {client.greeting}"
             assert client.ask("QUIT") == "+OK bye"
             assert client.line() == ""                  # the server closed the session
+
+
+def test_client_that_hangs_up_and_reconnects_at_once_is_not_refused(mailsystem):
+    ms = mailsystem()
+    echo = ms.add_service(ECHO, maxproc=1)
+    ms.start()
+    for round_ in range(20):
+        with EchoClient(ms.port(echo)) as client:
+            assert client.greeting.startswith("+OK echo"), f"round {round_}: {client.greeting}"
+        # The client closed first: the worker notices a moment later; the next one waits for that.

@@ -133,3 +133,17 @@ def test_mailctl_stop_by_pid_file_when_socket_is_gone(mailsystem):
     (ms.var / "run" / "master.sock").unlink()
     assert ms.mailctl("stop").stdout.strip() == f"master {ms.proc.pid} stopped"
     assert ms.proc.wait(10) == 0
+
+
+def test_sigint_stops_and_a_second_signal_kills_at_once(mailsystem):
+    ms = mailsystem(main={"graceful_timeout": "60s"})
+    echo = ms.add_service(ECHO)
+    ms.start()
+    with EchoClient(ms.port(echo)) as session:
+        ms.signal(signal.SIGINT)
+        wait_until(lambda: status(ms)["stopping"], what="the master to start stopping")
+        assert session.ask("still here") == "+OK still here"
+        ms.signal(signal.SIGTERM)
+        assert ms.proc.wait(10) == 0                    # far sooner than graceful_timeout
+        assert session.line() == ""
+    assert "SIGTERM while stopping: killing the remaining workers now" in ms.log("server")

@@ -40,9 +40,9 @@ def test_idle_worker_recycled_after_max_idle(mailsystem):
     ms.start()
     with EchoClient(ms.port(echo)) as client:
         first = client.pid()
-    replacement = _fresh_worker(ms, echo, first)
+    _fresh_worker(ms, echo, first)
     with EchoClient(ms.port(echo)) as client:
-        assert client.pid() == replacement
+        assert client.pid() != first          # (its replacement may itself have idled out since)
     assert f"worker {first} retires: idle for max_idle=1 s" in ms.log("server")
 
 
@@ -59,7 +59,7 @@ def test_crashed_worker_respawned(mailsystem):
         assert client.pid() == replacement
     text = ms.wait_for_log("server", f"worker {victim} killed by signal 9 (SIGKILL); starting a new one")
     assert "throttling" not in text
-    assert service(ms, echo)["connections"] == 0
+    wait_until(lambda: service(ms, echo)["connections"] == 0, what="the sessions to be counted closed")
 
 
 def test_crash_loop_throttles_only_its_own_service(mailsystem):

@@ -128,8 +128,8 @@ def test_no_login_before_tls_when_required(system):
 
 
 def test_per_user_policy(system):
-    system.add_user("imaponly", "pw-imap", protocols=["imap"])
-    system.add_user("gone", "pw-gone", enabled=False)
+    system.ms.mailctl("user", "add", "imaponly", "--password", "pw-imap", "--protocols", "imap")
+    system.ms.mailctl("user", "add", "gone", "--password", "pw-gone", "--disabled")
     for user, password, reply in (("imaponly", "pw-imap", r"-ERR \[AUTH\] POP3 access is not enabled for imaponly"),
                                   ("gone", "pw-gone", r"-ERR \[AUTH\] This account is disabled")):
         client = pop(system.port("plain"))
@@ -141,6 +141,9 @@ def test_per_user_policy(system):
             client.close()
     log = system.ms.wait_for_log("pop", "login refused: user=gone")
     assert "login refused: user=imaponly method=USER ip=127.0.0.1 reason=pop-not-allowed" in log
+    system.ms.mailctl("user", "set", "gone", "--enable")      # takes effect at the next login
+    client = login(system.port("plain"), "gone", "pw-gone")
+    client.quit()
 
 
 # ---------------------------------------------------------------- reading
@@ -204,10 +207,11 @@ def test_uidl_is_uidvalidity_and_uid(system):
 # ---------------------------------------------------------------- the maildrop
 
 def test_in_use_with_two_clients(system):
+    """The second client comes in on another service, i.e. another worker process."""
     system.add_user("busy", "pw-busy")
     system.deliver("busy", "01-plain.eml")
     first = login(system.port("plain"), "busy", "pw-busy")
-    second = pop(system.port("plain"))
+    second = pop_ssl(system.port("wrapper"))
     try:
         second.user("busy")
         with pytest.raises(poplib.error_proto, match=r"-ERR \[IN-USE\]"):

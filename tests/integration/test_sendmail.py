@@ -23,7 +23,9 @@ def inbox_of():
 
 
 def test_recipients_as_arguments(mailsystem, corpus, inbox_of):
-    system = delivery_system(mailsystem, users=USERS)
+    # No poll and no master wakeup within the test's waits: only the FIFO poke can deliver.
+    system = delivery_system(mailsystem, users=USERS,
+                             main={"minimal_backoff_time": "300s", "maximal_backoff_time": "600s"})
     system.start()
     original = (corpus / "01-plain.eml").read_bytes()
     sendmail(system, "-oi", "-f", "alice@example.org", "bob", "carol@example.test", message=original)
@@ -74,6 +76,13 @@ def test_works_while_the_master_is_stopped(mailsystem, corpus, inbox_of):
     [raw] = inbox_of(system).wait("bob", 1)
     assert "Köln" in parse(raw).get_content()
     assert queue_files(system, "maildrop") == [] and queue_files(system, "incoming") == []
+
+
+def test_message_over_the_size_limit_is_refused(mailsystem):
+    system = delivery_system(mailsystem, main={"message_size_limit": "1k"})
+    result = sendmail(system, "bob", message=b"Subject: big\n\n" + b"x" * 2000 + b"\n", check=False)
+    assert result.returncode == 65 and b"message_size_limit" in result.stderr
+    assert queue_files(system, "maildrop") == []
 
 
 @pytest.mark.parametrize("args, code", [(("-bs",), 64), (("-t",), 65), (("bad address@x",), 65)])

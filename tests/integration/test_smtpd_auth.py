@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.smtpd_support import client, queued, smtp_system
+from tests.integration.smtpd_support import add_user, client, queued, smtp_system
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +69,8 @@ def authenticate(smtp: smtplib.SMTP, mechanism: str, user: str, password: str) -
 @pytest.fixture
 def auth_system(mailsystem):
     system, port = smtp_system(mailsystem, NETWORKS)
-    system.mailctl("user", "add", "bob", "--password", "s3cret pass")
-    system.mailctl("user", "add", "carol", "--password", "pw", "--disabled")
+    system.mailctl("user", "add", "bob", "--password", "s3cret pass")     # the administrator's way, once
+    add_user(system, "carol", "pw", enabled=False)
     return system, port
 
 
@@ -93,7 +93,7 @@ def test_every_mechanism_right_and_wrong(auth_system):
 
 def test_encrypt_level_offers_auth_only_after_starttls(mailsystem):
     system, port = smtp_system(mailsystem, {**NETWORKS, "smtpd_tls_security_level": "encrypt"})
-    system.mailctl("user", "add", "bob", "--password", "pw")
+    add_user(system, "bob", "pw")
     with client(port, source=OUTSIDE) as smtp:
         smtp.ehlo("client.example")
         assert "auth" not in smtp.esmtp_features
@@ -137,7 +137,7 @@ def test_relay_table_with_the_default_restrictions(auth_system):
 def test_relay_table_of_the_submission_port(mailsystem):
     system, port = smtp_system(mailsystem, NETWORKS, args=(
         "-o", "smtpd_relay_restrictions=permit_sasl_authenticated,reject"))
-    system.mailctl("user", "add", "bob", "--password", "s3cret pass")
+    add_user(system, "bob", "s3cret pass")
     assert relay_table(port) == {
         (True, True, True): 250, (True, True, False): 250,
         (True, False, True): 250, (True, False, False): 250,

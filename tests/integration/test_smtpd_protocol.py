@@ -83,7 +83,7 @@ def test_pipelined_transaction_with_dsn_parameters(mailsystem):
     assert envelope.recipients[0].orcpt == "rfc822;bob@example.test"
     assert [r.address for r in envelope.recipients] == ["bob@example.test", "carol@example.test"]
     log = system.wait_for_log("smtp", f"{item.queue_id}: from=<alice@remote.example>, size=")
-    assert f"nrcpt=2" in log.split(f"{item.queue_id}: from=")[1].splitlines()[0]
+    assert "nrcpt=2" in log.split(f"{item.queue_id}: from=")[1].splitlines()[0]
 
 
 def test_8bitmime_message_from_the_corpus_arrives_intact(mailsystem, corpus):

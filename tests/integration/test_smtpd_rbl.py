@@ -23,6 +23,7 @@ def dns_server():
     with DNSServer() as server:
         server.add("2.0.0.127.bl.test", a="127.0.0.2", txt=REASON)
         server.silence("slow.test")
+        server.add("5.0.0.127.refusing.test", a="127.255.255.254", txt="public resolvers may not query")
         yield server
 
 
@@ -50,12 +51,13 @@ def test_listed_client_is_refused_with_the_lists_reason(mailsystem, dns_server):
 
 
 def test_unlisted_client_and_a_silent_list_do_not_stop_mail(mailsystem, dns_server):
-    system, port = rbl_system(mailsystem, dns_server, "slow.test bl.test")
-    send(port, "127.0.0.5")                                  # unlisted in bl.test, slow.test times out
+    system, port = rbl_system(mailsystem, dns_server, "slow.test refusing.test bl.test")
+    send(port, "127.0.0.5")      # unlisted in bl.test, slow.test times out, refusing.test answers an error code
     assert ("5.0.0.127.bl.test", "A") in dns_server.queries
     assert ("5.0.0.127.slow.test", "A") in dns_server.queries
     assert len(queued(system)) == 1
     system.wait_for_log("smtp", "DNS blocklist lookup failed: slow.test")
+    system.wait_for_log("smtp", "DNS blocklist lookup failed: refusing.test")
 
 
 def test_mynetworks_clients_are_not_checked_against_the_list(mailsystem, dns_server):

@@ -10,9 +10,8 @@ import smtplib
 
 import pytest
 
-from master.params import load_main_cf
 from store.mailstore import open_store
-from tests.integration.smtpd_support import client, queued, smtp_system
+from tests.integration.smtpd_support import add_user, client, params_of, queued, smtp_system
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +20,9 @@ OUTSIDE = {"mynetworks": "127.0.0.1/32", "mydestination": "$myhostname, $mydomai
 
 
 def make_users(system) -> None:
-    system.mailctl("user", "add", "bob", "--password", "pw")
-    system.mailctl("user", "add", "carol", "--password", "pw", "--disabled")
-    system.mailctl("user", "add", "dave", "--password", "pw", "--quota", "10K")
+    add_user(system, "bob", "pw")
+    add_user(system, "carol", "pw", enabled=False)
+    add_user(system, "dave", "pw", quota=10240)
     (system.etc / "aliases").write_text("sales: bob, carol\npostmaster: bob\n")
     system.mailctl("aliases", "build")
 
@@ -48,13 +47,19 @@ def test_local_recipient_replies(mailsystem):
     assert rcpt_reply(port, "carol@example.test") == (550, b"5.2.1 Recipient address rejected: Mailbox disabled")
     assert rcpt_reply(port, "dave@example.test", size=20000) == (552, b"5.2.2 Mailbox full: message exceeds the quota")
     assert rcpt_reply(port, "dave@example.test", size=2000)[0] == 250
-    system.wait_for_log("smtp", "to=<nobody@example.test> from [127.0.0.9]: 550 5.1.1")
+    with client(port, source="127.0.0.9") as smtp:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            smtp.sendmail("alice@remote.example", ["x@example.test", "y@example.test"], b"Subject: x\r\n\r\n")
+    assert queued(system) == []
+    system.wait_for_log("smtp", "NOQUEUE: reject: RCPT from [127.0.0.9]: 550 5.1.1 Recipient address rejected: "
+                                "User unknown in local recipient table; from=<alice@remote.example> "
+                                "to=<nobody@example.test>")
 
 
 def test_full_mailbox_gets_a_temporary_refusal(mailsystem):
     system, port = smtp_system(mailsystem, OUTSIDE, tls=False)
     make_users(system)
-    store = open_store(load_main_cf(str(system.etc / "main.cf")))
+    store = open_store(params_of(system))
     store.deliver("dave", "INBOX", b"Subject: filler\r\n\r\n" + b"x" * 10300 + b"\r\n")
     assert rcpt_reply(port, "dave@example.test") == (452, b"4.2.2 Mailbox full")
     assert rcpt_reply(port, "bob@example.test")[0] == 250
@@ -69,12 +74,3 @@ def test_luser_relay_takes_unknown_users(mailsystem):
     assert refused == {"carol@example.test": (550, b"5.2.1 Recipient address rejected: Mailbox disabled")}
     [item] = queued(system)
     assert [r.address for r in item.envelope.recipients] == ["nobody@example.test"]
-
-
-def test_unknown_users_only_is_no_transaction(mailsystem):
-    system, port = smtp_system(mailsystem, OUTSIDE, tls=False)
-    make_users(system)
-    with client(port, source="127.0.0.9") as smtp:
-        with pytest.raises(smtplib.SMTPRecipientsRefused):
-            smtp.sendmail("alice@remote.example", ["x@example.test", "y@example.test"], b"Subject: x\r\n\r\n")
-    assert queued(system) == []

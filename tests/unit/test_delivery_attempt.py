@@ -170,3 +170,30 @@ def test_rerun_after_a_crash_does_not_duplicate(setup):
     # as if the file were recovered from active/ after a crash: delivered again from the start
     assert attempt(ctx, qid, ctx.queue.load(qid).state.next_try) == "finished"
     assert {u: len(m) for u, m in ctx.deliver_mailbox.stored.items()} == {"bob": 1, "carol": 1}
+
+
+def test_one_delay_warning_after_delay_warning_time(setup):
+    ctx = setup(Mailboxes(full={"carol"}), delay_warning_time="1h")
+    qid = enqueue(ctx.queue, [Recipient("carol@example.test", orcpt="rfc822;carol@example.test")])
+    now = ctx.queue.load(qid).envelope.arrival
+    assert attempt(ctx, qid, now) == "deferred"
+    assert bounces(ctx.queue) == []                    # too early to warn
+    for later in (3700, 3800):
+        assert attempt(ctx, qid, now + later) == "deferred"
+    [(_env, dsn)] = bounces(ctx.queue)                  # warned once only
+    assert dsn["Subject"].startswith("Delayed Mail")
+    block = dsn.get_payload()[1].get_payload()[1]
+    assert (block["Action"], block["Status"], block["Original-Recipient"]) == \
+        ("delayed", "4.2.2", "rfc822;carol@example.test")
+
+
+def test_delivered_to_header_of_the_same_address_is_a_loop(setup):
+    ctx = setup()
+    body = (b"Delivered-To: bob@example.test\r\nDelivered-To: other@example.org\r\nSubject: again\r\n\r\n"
+            b"Delivered-To: carol@example.test\r\n")
+    qid = enqueue(ctx.queue, ["bob@example.test", "carol@example.test"], body=body)
+    assert attempt(ctx, qid) == "finished"
+    assert list(ctx.deliver_mailbox.stored) == ["carol"]           # a Delivered-To in the body does not count
+    [(_env, dsn)] = bounces(ctx.queue)
+    block = dsn.get_payload()[1].get_payload()[1]
+    assert (block["Final-Recipient"], block["Status"]) == ("rfc822; bob@example.test", "5.4.6")

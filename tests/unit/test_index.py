@@ -99,6 +99,13 @@ def test_uids_out_of_order_and_chunk_splits(index, monkeypatch):
     assert index.open_view("bob", "INBOX").uids() == [3, 25, 30, 35, 40, 45, 50, 60, 61]
 
 
+def test_a_recreated_mailbox_gets_a_new_uidvalidity(index):
+    first = index.create_mailbox("bob", "Trash")
+    index.delete_mailbox("bob", "Trash")
+    second = index.create_mailbox("bob", "Trash")
+    assert second.uidvalidity > first.uidvalidity and second.mailbox_id != first.mailbox_id
+
+
 def test_create_rename_delete_mailboxes(index):
     index.create_mailbox("bob", "Work")
     index.create_mailbox("bob", "Work/2024", special_use="\\Archive")
@@ -261,16 +268,18 @@ def test_concurrent_writers_and_readers_in_processes(impl, tmp_path):
 
 # ---------------------------------------------------------------- reference vs compiled
 
+# sizes and bounds from one small set, so that boundary cases (size == larger) come up
+append_op = st.tuples(st.just("append"), st.integers(1, 60), st.sampled_from([10, 20, 30]),
+                      st.lists(st.sampled_from(["\\Seen", "\\Deleted", "\\Flagged", "$A", "$B"]), max_size=3))
 operation = st.one_of(
-    st.tuples(st.just("append"), st.integers(1, 60), st.integers(0, 30),
-              st.lists(st.sampled_from(["\\Seen", "\\Deleted", "\\Flagged", "$A", "$B"]), max_size=3)),
+    append_op,
     st.tuples(st.just("store"), st.sampled_from(["1:*", "2:5", "*", "1,3,7:9", "10:20"]),
               st.sampled_from(["+", "-", "="]),
               st.lists(st.sampled_from(["\\Seen", "\\Deleted", "\\Answered", "$A", "$C"]), max_size=3),
               st.booleans()),
     st.tuples(st.just("expunge"), st.sampled_from([None, "1:4", "3:*"])),
     st.tuples(st.just("search"), st.sampled_from([(), ("\\Seen",), ("$A",)]), st.sampled_from([(), ("\\Deleted",)]),
-              st.sampled_from(["larger", "smaller", "since", "before"]), st.integers(0, 30)),
+              st.sampled_from(["larger", "smaller", "since", "before"]), st.sampled_from([10, 20, 30])),
     st.tuples(st.just("resolve"), st.sampled_from(["1:*", "2,4:6", "*", "3:1"]), st.booleans()),
     st.tuples(st.just("sort"), st.sampled_from(["uid", "size", "date", "modseq"]), st.booleans()),
 )
@@ -308,9 +317,10 @@ def _run(ix, operations):
     return results
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(operations=st.lists(operation, max_size=25))
-def test_reference_and_compiled_agree(tmp_path_factory, operations):
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(append_op, min_size=1, max_size=12), operations=st.lists(operation, min_size=1, max_size=25))
+def test_reference_and_compiled_agree(tmp_path_factory, messages, operations):
+    operations = messages + operations
     compiled = _module("store._index")
     outcomes = []
     for module in (_index_py, compiled):

@@ -285,7 +285,8 @@ def test_mailctl_accounts_and_reconstruct(tmp_path, messages, capsys):
     store.deliver("bob", "INBOX", b"x" * 1000)
     store.deliver("carol", "INBOX", b"y" * 2048)
     store.index.close()
-    os.unlink(os.path.join(store.mailbox_dir("carol", "INBOX"), os.listdir(store.mailbox_dir("carol", "INBOX"))[-1]))
+    [carols_file] = message_files(store, "carol", "INBOX")
+    os.unlink(os.path.join(store.mailbox_dir("carol", "INBOX"), carols_file))
 
     assert run(["-c", str(etc), "accounts", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -301,3 +302,88 @@ def test_mailctl_accounts_and_reconstruct(tmp_path, messages, capsys):
     assert table[2].split() == ["carol", "1048576", "0", "100.0%"]
     assert run(["-c", str(etc), "reconstruct", "nobody"]) == 1
     assert "no mail store for user 'nobody'" in capsys.readouterr().err
+
+
+def test_journal_is_compacted_and_still_restores_flags(tmp_path, store, messages, monkeypatch):
+    import store.mailstore as mailstore_module
+    monkeypatch.setattr(mailstore_module, "JOURNAL_COMPACT_BYTES", 300)
+    for m in messages[:3]:
+        store.deliver("bob", "INBOX", m)
+    for _ in range(20):
+        store.set_flags("bob", "INBOX", [(1, 3)], "+", ["\\Seen", "$Later"])
+        store.set_flags("bob", "INBOX", [(2, 3)], "-", ["\\Seen", "$Later"])
+    journal = os.path.join(store.mailbox_dir("bob", "INBOX"), ".journal")
+    assert os.path.getsize(journal) < 400
+    before = _snapshot(store, "bob")
+    store.index.close()
+    shutil.rmtree(tmp_path / "index")
+    fresh = MailStore(tmp_path / "store", tmp_path / "index")
+    fresh.reconstruct("bob")
+    assert _snapshot(fresh, "bob") == before
+    assert fresh.open_mailbox("bob", "INBOX").message(1).flags == ("\\Seen", "$Later")
+    fresh.close()
+
+
+def test_a_deletion_cut_short_never_brings_the_mailbox_back(store, messages, monkeypatch):
+    store.create_mailbox("bob", "Old")
+    store.deliver("bob", "Old", messages[0])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+    monkeypatch.setattr(store.index, "delete_mailbox", crash)
+    with pytest.raises(RuntimeError):
+        store.delete_mailbox("bob", "Old")
+    monkeypatch.undo()
+    [report] = store.reconstruct("bob")
+    assert report.mailboxes_dropped == ["Old"]
+    assert store.list_mailboxes("bob") == []
+    assert os.listdir(store.user_dir("bob")) == []  # the half-deleted directory is gone too
+    assert store.usage("bob") == 0
+
+
+# ---------------------------------------------------------------- several processes
+
+def _deliverer(root, worker, count):
+    with MailStore(os.path.join(root, "store"), os.path.join(root, "index")) as ms:
+        for i in range(count):
+            ms.deliver("bob", "INBOX", f"Subject: {worker}/{i}\r\n\r\nbody\r\n".encode(), delivery_id=f"{worker}:{i}")
+            if i % 5 == 0:  # a retry of an earlier delivery must not store it again
+                ms.deliver("bob", "INBOX", b"retried", delivery_id=f"{worker}:{i}")
+
+
+def _watcher(root, rounds, queue):
+    problems = 0
+    with MailStore(os.path.join(root, "store"), os.path.join(root, "index")) as ms:
+        last_uidnext = 0
+        for _ in range(rounds):
+            view = ms.open_mailbox("bob", "INBOX")
+            # an index entry always has its file, and UIDs only ever grow
+            problems += sum(1 for m in view.messages() if os.path.getsize(m.path) != m.size)
+            problems += view.info.uidnext < last_uidnext
+            last_uidnext = view.info.uidnext
+    queue.put(problems)
+
+
+def test_concurrent_deliveries_and_readers_in_processes(tmp_path):
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    writers = [ctx.Process(target=_deliverer, args=(str(tmp_path), w, 25)) for w in range(3)]
+    watcher = ctx.Process(target=_watcher, args=(str(tmp_path), 100, queue))
+    for p in (*writers, watcher):
+        p.start()
+    for p in (*writers, watcher):
+        p.join(60)
+        assert p.exitcode == 0
+    assert queue.get(timeout=10) == 0
+    with MailStore(tmp_path / "store", tmp_path / "index") as ms:
+        view = ms.open_mailbox("bob", "INBOX")
+        assert view.view.uids() == list(range(1, 76))  # no gaps, no duplicates
+        bodies = set()
+        for m in view.messages():
+            with open(m.path, "rb") as f:
+                bodies.add(f.read())
+        assert len(bodies) == 75 and b"retried" not in bodies
+        assert ms.usage("bob") == sum(len(b) for b in bodies)
+        [report] = ms.reconstruct("bob")
+        assert not report.changed

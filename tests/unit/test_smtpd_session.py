@@ -12,6 +12,7 @@ import base64
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from master.params import Params
 from store.fsio import StorageError
@@ -290,7 +291,7 @@ def test_idle_timeout_closes_with_421():
 
 
 def test_recipient_limit():
-    rcpts = "".join(f"RCPT TO:<bob@example.test>\n" for _ in range(3))
+    rcpts = "".join("RCPT TO:<bob@example.test>\n" for _ in range(3))
     lines, _, _ = run(f"EHLO c\nMAIL FROM:<a@b.example>\n{rcpts}QUIT\n", smtpd_recipient_limit="2")
     assert codes(lines)[2:] == ["250", "250", "250", "452", "221"]
     assert "452 4.5.3 Error: too many recipients" in lines
@@ -510,3 +511,66 @@ def test_mail_arguments_accept_common_forms():
     assert parse_rcpt("TO:<x@y.example> NOTIFY=NEVER").notify == ["NEVER"]
     with pytest.raises(ArgError):
         parse_rcpt("TO:<x@y.example> NOTIFY=NEVER,SUCCESS")
+
+
+def test_failing_user_database_is_a_temporary_error():
+    backend = FakeBackend()
+
+    def broken(name):
+        raise StorageError("user database: MDB_PANIC")
+    backend.directory.user = broken
+    lines, conn, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nQUIT\n", backend)
+    assert "451 4.3.0 Temporary lookup failure" in lines
+    assert any(line.startswith("E ") and "MDB_PANIC" in line for line in conn.log.lines)
+
+
+# ---------------------------------------------------------------------------- DNSBL names
+
+@pytest.mark.parametrize("ip, name", [
+    ("192.0.2.99", "99.2.0.192.bl.test."),
+    ("2001:db8::1", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test."),
+])
+def test_dnsbl_query_names(ip, name):
+    from workers.smtpd.rbl import query_name
+    assert query_name(ip, "bl.test.") == name
+
+
+# ---------------------------------------------------------------------------- DATA reader vs a line model
+
+def reference_data(stream: bytes) -> tuple[bytes, bool, bytes]:
+    """The rules of workers/smtpd/data.py, one line at a time: (message, line too long, rest)."""
+    out, too_long, after_crlf, pos = [], False, True, 0
+    while True:
+        end = stream.index(b"\n", pos) + 1
+        line, pos = stream[pos:end], end
+        if after_crlf and line == b".\r\n":
+            return b"".join(out), too_long, stream[pos:]
+        too_long = too_long or len(line) > 1000
+        after_crlf = line.endswith(b"\r\n")
+        line = line[1:] if line.startswith(b".") else line
+        out.append(line if after_crlf else line[:-1] + b"\r\n")
+
+
+TOKENS = [b"a", b".", b"\r", b"\n", b"\r\n", b".\r\n", b"\r\n.\r\n"[:3], b"x" * 333]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=40), st.sampled_from([16, 64, 128 * 1024]))
+def test_data_reader_matches_the_line_model(tokens, reader_limit):
+    from workers.smtpd.data import read_message
+    stream = b"".join(tokens) + b"\r\n.\r\nNEXT COMMAND\r\n"
+    expected, too_long, rest = reference_data(stream)
+
+    async def read():
+        reader = asyncio.StreamReader(limit=reader_limit)
+        reader.feed_data(stream)
+        reader.feed_eof()
+        stored = []
+        result = await read_message(reader, stored.append, 0, 5)
+        return result, b"".join(stored), await reader.read()
+
+    result, stored, left = asyncio.run(read())
+    assert left == rest
+    assert result.line_too_long == too_long
+    if not too_long:
+        assert stored == expected and result.size == len(expected)

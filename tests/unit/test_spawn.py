@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 from types import SimpleNamespace
 
@@ -52,3 +53,16 @@ def test_log_lines_are_split_and_bounded():
     os.close(write_end)
     assert read_log_lines(worker) == ([b"x" * 10], True)     # the rest, at the end of the pipe
     os.close(read_end)
+
+
+def test_workers_drop_to_mail_owner_only_as_root_and_when_unpriv(monkeypatch):
+    from master import spawn
+    me = pwd.getpwuid(os.getuid())
+    svc = _service()
+    svc.params = Params({"mail_owner": me.pw_name}, {}, "/tmp")
+    monkeypatch.setattr(spawn.os, "geteuid", lambda: 0)
+    assert spawn._privileges(svc) == {}                        # unpriv n: keep the master's user
+    svc.spec.unpriv = True
+    assert spawn._privileges(svc) == {"user": me.pw_uid, "group": me.pw_gid, "extra_groups": []}
+    monkeypatch.setattr(spawn.os, "geteuid", lambda: 1000)
+    assert spawn._privileges(svc) == {}                        # not root: nothing to drop

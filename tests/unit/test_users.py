@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 
-import lmdb
 import pytest
 
 from store import passwords, users as users_mod
@@ -202,3 +201,17 @@ def test_map_full_grows_the_map(tmp_path, monkeypatch):
         assert len(small.list()) == 40 and small.env.info()["map_size"] > 64 * 1024
     finally:
         small.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make files for another owner")
+def test_key_made_by_root_belongs_to_the_env_owner(tmp_path):
+    env_path = tmp_path / "users"
+    env_path.mkdir()
+    os.chown(env_path, 65534, 65534)
+    users = UserDB(str(env_path), str(tmp_path / "secret.key"))
+    try:
+        users.add("bob", password="pw")
+        key = os.stat(tmp_path / "secret.key")
+        assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (65534, 65534, 0o600)
+    finally:
+        users.close()

@@ -15,14 +15,17 @@ recipient pending: the file is deferred with a doubling back-off between
 minimal_backoff_time and maximal_backoff_time, a delay warning is sent once after
 delay_warning_time, and after maximal_queue_lifetime the temporary failures bounce.
 Remote targets stay deferred ("remote delivery not built yet") and never bounce for now.
+A message whose header already has `Delivered-To: <the final address>` has been here
+before (a forwarding loop through another system): that target bounces with 5.4.6.
 Diagnostics: one smtp.log line per recipient and outcome, Postfix style:
     ID: to=<bob@example.org>, relay=local, delay=0.2, status=sent (delivered to INBOX)
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 from store.queue import Envelope, Queue, QueueItem, Recipient
 from workers._log import Log
@@ -64,6 +67,13 @@ def target_key(target: Target) -> str:
     return f"t:remote:{target.address}" if isinstance(target, Remote) else ""
 
 
+def delivered_to(message: bytes) -> set[str]:
+    """Lower-cased addresses of the Delivered-To: headers (the header section only)."""
+    head = re.split(rb"\r?\n\r?\n", message, maxsplit=1)[0]
+    return {m.decode("utf-8", "replace").strip().lower()
+            for m in re.findall(rb"(?im)^Delivered-To:[ \t]*(\S+)", head)}
+
+
 def describe(target: Target) -> str:
     if isinstance(target, Mailbox):
         return "delivered to INBOX"
@@ -93,6 +103,7 @@ class Attempt:
         self.queue_id = queue_id
         self.item: QueueItem | None = None
         self.message = b""
+        self.delivered_to: set[str] = set()
 
     # ------------------------------------------------------------ entry point
     async def run(self, now: float | None = None) -> str:
@@ -103,6 +114,7 @@ class Attempt:
         env = item.envelope
         with ctx.queue.message_file(qid, "active") as f:
             self.message = f.read()
+        self.delivered_to = delivered_to(self.message)
         ctx.log.info(f"{qid}: from=<{env.sender}>, size={env.size}, nrcpt={len(env.recipients)} (queue active)")
         done_targets = {k for k in item.state.done if k.startswith("t:")}
         results: list[RecipientResult] = []
@@ -154,6 +166,11 @@ class Attempt:
         if key in done:
             return
         final = self._final_address(target, rcpt)
+        if final.lower() in self.delivered_to:
+            loop = Failed("5.4.6", f"mail forwarding loop for {final} (Delivered-To: already present)")
+            result.failures.append(loop)
+            self._log_status(final, rcpt, "local", "bounced", loop.reason)
+            return
         outcome = await self._local(target, final, rcpt)
         if outcome.ok:
             self.ctx.queue.mark_done(self.queue_id, key, "delivered", describe(target))

@@ -1,15 +1,15 @@
 """Local delivery agents for `|command` and `/file` alias targets.
 
-    outcome = await run_pipe(command, message, envelope_env, run_as, time_limit)
-    outcome = await append_to_file(path, message, sender, run_as, time_limit)
+    outcome = await run_pipe(command, message, sender, recipient, original, run_as, time_limit)
+    outcome = await append_to_file(path, message, sender, recipient, run_as, time_limit)
 
 Both return an Outcome(ok, permanent, status, detail). Both hand the message over in UNIX
 form (LF line ends) behind Return-Path: and Delivered-To: lines, as local(8) does.
 When qmgr runs as root, the command or the appending runs as `mail_owner` (run_as), never
-as root; `/file` deliveries therefore go through this module's own command line
-(`python -m workers.delivery.local append PATH`) in a child process that has dropped its
-privileges: the file is opened O_APPEND, locked (lockf), written in mbox form (a "From "
-separator line, ">From " quoting) and fsynced.
+as root: a `/file` is appended by a forked child that has dropped its privileges (no
+exec: the interpreter may not be readable by mail_owner). The file is opened O_APPEND
+(never through a symlink), locked (lockf), written in mbox form (a "From " separator
+line, ">From " quoting) and fsynced; a failed write is truncated away.
 Outcomes follow sysexits: exit 0 delivered; 75 (EX_TEMPFAIL), a signal, or a command
 that runs past command_time_limit (its whole process group is killed) are temporary;
 64-78 are permanent (5.3.0, the command's first output line as the reason); other exit
@@ -24,7 +24,6 @@ import fcntl
 import os
 import pwd
 import signal
-import sys
 import time
 from dataclasses import dataclass
 
@@ -53,7 +52,10 @@ class RunAs:
     def for_mail_owner(cls, mail_owner: str) -> "RunAs":
         """mail_owner when we are root; ourselves otherwise (nothing to drop)."""
         if os.geteuid() != 0:
-            return cls(name=pwd.getpwuid(os.geteuid()).pw_name)
+            try:
+                return cls(name=pwd.getpwuid(os.geteuid()).pw_name)
+            except KeyError:                  # a uid without a passwd entry (containers)
+                return cls(name=str(os.geteuid()))
         try:
             entry = pwd.getpwnam(mail_owner)
         except KeyError:
@@ -127,14 +129,44 @@ async def run_pipe(command: str, message: bytes, sender: str, recipient: str, or
 
 async def append_to_file(path: str, message: bytes, sender: str, recipient: str,
                          run_as: RunAs, time_limit: float) -> Outcome:
-    env = {"PATH": SAFE_PATH, "LANG": "C", "PYTHONPATH": _package_root()}
-    code, output = await _run([sys.executable, "-m", "workers.delivery.local", "append", path, sender],
-                              unix_form(message, sender, recipient), env, run_as, time_limit)
+    entry = mbox_entry(unix_form(message, sender, recipient), sender, time.time())
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                  # the child: drop privileges, append, _exit
+        code = 70                                 # EX_SOFTWARE if anything below raises
+        try:
+            os.close(read_end)
+            if run_as.uid is not None:
+                os.setgroups([])
+                os.setgid(run_as.gid)
+                os.setuid(run_as.uid)
+            code, text = append_mbox(path, entry)
+            os.write(write_end, text.encode("utf-8", "replace")[:MAX_OUTPUT])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        code = await _wait_child(pid, time_limit)
+        output = os.read(read_end, MAX_OUTPUT) if code is not None else b""
+    finally:
+        os.close(read_end)
     return _outcome(code, output, f"file {path}", time_limit)
 
 
-def _package_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+async def _wait_child(pid: int, time_limit: float) -> int | None:
+    """The child's exit code (negative: killed by that signal); None after time_limit (killed)."""
+    deadline = time.monotonic() + time_limit
+    delay = 0.001
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def mbox_entry(message: bytes, sender: str, now: float) -> bytes:
@@ -147,19 +179,18 @@ def mbox_entry(message: bytes, sender: str, now: float) -> bytes:
     return b"\n".join([separator, *quoted]) + b"\n\n"
 
 
-def _append_main(path: str, sender: str) -> int:
-    """The child of append_to_file, already running as run_as: append stdin to path."""
-    data = mbox_entry(sys.stdin.buffer.read(), sender, time.time())
+def append_mbox(path: str, entry: bytes) -> tuple[int, str]:
+    """Append entry to the mbox at path under a lock, fsynced; (sysexits code, reason)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        print(f"cannot open {path}: {e.strerror}")
-        return EX_TEMPFAIL if e.errno in (errno.ENOSPC, errno.EDQUOT) else 73      # 73: EX_CANTCREAT
+        code = EX_TEMPFAIL if e.errno in (errno.ENOSPC, errno.EDQUOT) else 73      # 73: EX_CANTCREAT
+        return code, f"cannot open {path}: {e.strerror}"
     before = None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         before = os.fstat(fd).st_size
-        view = memoryview(data)
+        view = memoryview(entry)
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
@@ -169,15 +200,7 @@ def _append_main(path: str, sender: str) -> int:
                 os.ftruncate(fd, before)          # no half message left in the mbox
             except OSError:
                 pass
-        print(f"cannot write {path}: {e.strerror}")
-        return EX_TEMPFAIL
+        return EX_TEMPFAIL, f"cannot write {path}: {e.strerror}"
     finally:
         os.close(fd)
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "append":
-        print("usage: python -m workers.delivery.local append PATH SENDER", file=sys.stderr)
-        sys.exit(64)
-    sys.exit(_append_main(sys.argv[2], sys.argv[3]))
+    return 0, ""

@@ -7,7 +7,8 @@ MailboxDeliverer(params)(user, message, delivery_id, check_quota) -> local.Outco
 user's INBOX through store.mailstore (idempotent per delivery id: the id is recorded in the
 same index transaction as the message). A message that would take the user over quota is
 a temporary failure (4.2.2 "mailbox full"): it is retried and bounces only after
-maximal_queue_lifetime; a message larger than the whole quota bounces at once (5.2.2). A storage error (disk full, I/O) is temporary too (4.3.0).
+maximal_queue_lifetime; a message larger than the whole quota bounces at once (5.2.2).
+A storage error (disk full, I/O) is temporary too (4.3.0).
 """
 from __future__ import annotations
 

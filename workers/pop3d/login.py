@@ -55,7 +55,7 @@ def can_stls(session) -> bool:
 
 async def capa(session, args: list[str]) -> None:
     lines = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"]
-    if session.state.name == "AUTHORIZATION":
+    if not session.logged_in:
         if not tls_required(session):
             if offers(session, "CLEAR"):
                 lines.append("USER")

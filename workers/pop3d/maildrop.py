@@ -1,11 +1,12 @@
 """The maildrop of one POP3 session: a locked snapshot of the user's INBOX.
 
-Maildrop.open(store, user, lock_dir) takes the user's POP3 lock and snapshots INBOX from the
-index (quick); MaildropBusy when another POP3 session (in any process) holds it. Then
-.measure() computes the sizes (file reads, no index access: callers run it in a thread, and
-the index stays on the event loop's thread, where its LMDB env was opened). The lock is an flock() on
-lock_dir/<user>.lock, separate from the mailbox directory's own lock, so deliveries and
-IMAP go on while a POP3 session holds the maildrop (new mail shows in the next session).
+The lock is an flock() on lock_dir/<user>.lock, apart from the mailbox directory's own lock,
+so deliveries and IMAP go on while a POP3 session holds the maildrop (new mail shows in the
+next session).
+    Maildrop.open(store, user, lock_dir)   lock + snapshot from the index (quick; on the
+                         event loop's thread, where the index's LMDB env lives);
+                         MaildropBusy when another POP3 session, in any process, holds it
+    .measure()           the sizes (file reads, no index access: run it in a thread)
     .messages            the snapshot, numbered from 1 (Entry: number, uid, pop_size, path)
     .get(n)              the entry, None when out of range or marked deleted
     .stat()              (count, octets) of the messages not marked deleted

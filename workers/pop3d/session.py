@@ -87,8 +87,12 @@ class Session:
 
     # -- replies
     async def send(self, data: bytes) -> None:
-        """Bytes to the client; one that stops reading for pop3d_timeout is dropped."""
-        await asyncio.wait_for(self.conn.send(data), self.params.pop3d_timeout)
+        """Bytes to the client; one that stops reading for pop3d_timeout is dropped.
+        asyncio.timeout, not wait_for: no extra task, so a write that need not wait does not
+        yield to the loop (STLS relies on that: the client's handshake must not be read
+        into the plain-text buffer between "+OK Begin TLS" and the upgrade)."""
+        async with asyncio.timeout(self.params.pop3d_timeout):
+            await self.conn.send(data)
 
     async def ok(self, text: str = "") -> None:
         await self.send(("+OK " + text).rstrip().encode("utf-8") + b"\r\n")
@@ -119,7 +123,8 @@ class Session:
         except TimeoutError:
             self.log.info(f"timeout: user={self.user or '-'} ip={self.conn.peer_ip}")
             try:  # the client may have stopped reading: do not wait long to say goodbye
-                await asyncio.wait_for(self.conn.send(b"-ERR Disconnected for inactivity\r\n"), FAREWELL_TIMEOUT)
+                async with asyncio.timeout(FAREWELL_TIMEOUT):
+                    await self.conn.send(b"-ERR Disconnected for inactivity\r\n")
             except (TimeoutError, ConnectionError):
                 pass
         finally:
@@ -143,6 +148,10 @@ class Session:
             await self.bad_command(f"Syntax error in {verb}")
             return
         await cmd.handler(self, args)
+
+    @property
+    def logged_in(self) -> bool:
+        return self.state is not State.AUTHORIZATION
 
     def enter_transaction(self, user: str, maildrop: Maildrop) -> None:
         self.state = State.TRANSACTION

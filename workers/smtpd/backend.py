@@ -10,12 +10,16 @@ Backend(params) is built once per worker process and shared by its sessions:
                                    (the account exists and is enabled)
     await rbl_lookup(ip, zones) -> (Listing | None, [failure, ...])
 The unit tests give the session a fake with the same members instead.
-Diagnostics: none of its own; StorageError from the queue reaches the session.
+Diagnostics: none of its own; StorageError from the queue, and a failing user or alias
+database (turned into StorageError here), reach the session as temporary errors.
 """
 from __future__ import annotations
 
+import lmdb
+
 from master import diskwatch
 from store import aliases
+from store.fsio import StorageError
 from store.mailstore import open_store
 from store.queue import Queue, QueueWriter, wake_qmgr
 from store.users import UserDB
@@ -33,15 +37,21 @@ class StoreDirectory:
         self.users = UserDB.from_params(params)
 
     def user(self, name: str) -> UserState | None:
-        account = self.users.get(name)
-        if account is None:
-            return None
-        quota = self.params.default_quota if account.quota is None else account.quota
-        used = open_store(self.params).usage(account.name) if quota else 0
+        try:
+            account = self.users.get(name)
+            if account is None:
+                return None
+            quota = self.params.default_quota if account.quota is None else account.quota
+            used = open_store(self.params).usage(account.name) if quota else 0
+        except lmdb.Error as e:
+            raise StorageError(f"user database: {e}") from None
         return UserState(account.enabled, quota, used)
 
     def is_alias(self, name: str) -> bool:
-        return aliases.lookup(self.params, name) is not None
+        try:
+            return aliases.lookup(self.params, name) is not None
+        except lmdb.Error as e:
+            raise StorageError(f"alias map: {e}") from None
 
 
 class Backend:

@@ -4,13 +4,16 @@ lookup(ip, zones, resolver, timeout) -> Listing | None asks every zone at once f
 A record of the reversed address (`2.0.0.127.zone`, nibbles for IPv6) and, for a listed
 address, the TXT record with the list's reason. make_resolver(dns_resolver) builds a
 dnspython resolver for `host[:port]` (main.cf dns_resolver) or the system's settings.
-A zone that answers NXDOMAIN / no data does not list the client. A zone that times out
-or fails does not list it either: a broken blocklist must never stop mail; the failure is
-returned in Listing-less form through the `failures` list so the session can log it.
+A zone that answers NXDOMAIN / no data, or an A record outside 127.0.0.0/8 or in
+127.255.255.0/24 (the lists' error codes), does not list the client. A zone that times out
+or fails does not list it either (a broken blocklist must never stop mail); its failure is
+appended to the caller's `failures` list for the log. Without a usable system resolver
+configuration the resolver asks 127.0.0.1.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from dataclasses import dataclass
 
@@ -20,6 +23,8 @@ import dns.resolver
 import dns.reversename
 
 MAX_REASON = 200               # octets of TXT put into the reply
+LISTING_CODES = ipaddress.ip_network("127.0.0.0/8")
+ERROR_CODES = ipaddress.ip_network("127.255.255.0/24")
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,10 @@ class Listing:
 
 def make_resolver(hostport: tuple[str, int] | None) -> dns.asyncresolver.Resolver:
     if hostport is None:
-        return dns.asyncresolver.Resolver()
+        try:
+            return dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            hostport = ("127.0.0.1", 53)
     host, port = hostport
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [socket.getaddrinfo(host, None)[0][4][0]]
@@ -41,8 +49,15 @@ def make_resolver(hostport: tuple[str, int] | None) -> dns.asyncresolver.Resolve
 
 def query_name(ip: str, zone: str) -> str:
     reversed_name = dns.reversename.from_address(ip).to_text(omit_final_dot=True)
-    suffix = ".in-addr.arpa" if ":" not in ip or ip.lower().startswith("::ffff:") else ".ip6.arpa"
+    suffix = ".ip6.arpa" if ":" in ip else ".in-addr.arpa"
     return f"{reversed_name.removesuffix(suffix)}.{zone.strip('.')}."
+
+
+def _is_listing_code(code: str) -> bool:
+    """Lists answer 127.0.0.2-127.0.0.255 and the like; 127.255.255.x (Spamhaus: "you may not
+    query us") and anything outside 127/8 are errors, which must not refuse everybody."""
+    address = ipaddress.ip_address(code)
+    return address in LISTING_CODES and address not in ERROR_CODES
 
 
 def _clean(text: str) -> str:
@@ -57,6 +72,8 @@ async def _ask(resolver, ip: str, zone: str, timeout: float) -> Listing | None:
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return None
     code = answer[0].to_text()
+    if not _is_listing_code(code):
+        raise dns.exception.DNSException(f"answer {code} is no listing (a list's error code)")
     try:
         txt = await resolver.resolve(name, "TXT", lifetime=timeout)
         reason = " ".join(b"".join(r.strings).decode("ascii", "replace") for r in txt)
@@ -79,5 +96,5 @@ async def lookup(ip: str, zones: list[str], resolver, timeout: float,
             if not isinstance(result, (dns.exception.DNSException, OSError)):
                 raise result
             if failures is not None:
-                failures.append(f"{zone}: {type(result).__name__}")
+                failures.append(f"{zone}: {type(result).__name__}: {result}"[:300])
     return None

@@ -23,9 +23,6 @@ from typing import Protocol
 
 from workers.smtpd import replies as R
 
-RESTRICTIONS = ("permit_mynetworks", "permit_sasl_authenticated", "reject_unauth_destination", "reject")
-
-
 @dataclass(frozen=True)
 class UserState:
     enabled: bool
@@ -59,7 +56,7 @@ class Policy:
         self.local_domains = {d.lower().rstrip(".") for d in params.mydestination}
         self.mynetworks = params.mynetworks
         self.refused_hosts = params.smtpd_refused_hosts
-        self.restrictions = [r.lower() for r in params.smtpd_relay_restrictions]
+        self.restrictions = params.smtpd_relay_restrictions       # validated by master/params.py
         self.luser_relay = params.luser_relay
 
     def host_refused(self, ip: str) -> bool:

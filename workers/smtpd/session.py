@@ -10,8 +10,8 @@ accepted). DATA is not a state of the table: the message is read by data.read_me
 separate receiver and the session goes back to READY. COMMANDS says, per verb, in which
 states it is legal and what a client hears otherwise; the dispatcher alone enforces that,
 line lengths (512 octets, 12288 for AUTH, RFC 4954 4), `smtpd_tls_security_level=encrypt`
-(530 5.7.0 before STARTTLS, AUTH included), the error budget (smtpd_hard_error_limit -> 421) and the idle
-time (smtpd_timeout -> 421).
+(530 5.7.0 for AUTH, MAIL, RCPT and DATA before STARTTLS), the error budget
+(smtpd_hard_error_limit -> 421) and the idle time (smtpd_timeout -> 421).
 
 Diagnostics (smtp.log): connect/disconnect with command counts at level high; rejected
 commands, authentications and every accepted message (`QUEUEID: from=<a>, size=N, nrcpt=K`)
@@ -48,7 +48,6 @@ class State(enum.Enum):
 
 
 ANY = frozenset(State)
-GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
 IN_TRANSACTION = frozenset({State.MAIL, State.RCPT})
 
 
@@ -290,9 +289,9 @@ class Session:
             return
         limit = self.params.message_size_limit
         if limit and args.size is not None and args.size > limit:
-            await self.reject(R.MESSAGE_TOO_BIG, f"MAIL from <{args.sender}> SIZE={args.size}")
+            await self.reject(R.MESSAGE_TOO_BIG, "MAIL", f"from=<{args.sender}> size={args.size}")
         elif self.backend.disk_low():
-            await self.reject(R.INSUFFICIENT_STORAGE, f"MAIL from <{args.sender}>: disk below disk_min_free")
+            await self.reject(R.INSUFFICIENT_STORAGE, "MAIL", f"from=<{args.sender}> (disk below disk_min_free)")
         else:
             self.txn = Transaction(args)
             self.state = State.MAIL
@@ -310,7 +309,7 @@ class Session:
         refusal = await self.check_recipient(args.address, txn)
         if refusal:
             txn.refused += 1
-            await self.reject(refusal, f"RCPT from <{txn.mail.sender}> to=<{args.address}>")
+            await self.reject(refusal, "RCPT", f"from=<{txn.mail.sender}> to=<{args.address}>")
             return
         txn.recipients.append(Recipient(args.address, args.notify or None, args.orcpt))
         self.state = State.RCPT
@@ -325,7 +324,11 @@ class Session:
         refusal = self.policy.relay_check(self.conn.peer_ip, self.user is not None, address)
         if refusal or not self.policy.is_local(address):
             return refusal
-        return self.policy.recipient_check(address, self.backend.directory, txn.mail.size)
+        try:
+            return self.policy.recipient_check(address, self.backend.directory, txn.mail.size)
+        except StorageError as e:
+            self.log.error(f"{self.client}: recipient lookup for <{address}> failed: {e}")
+            return R.TEMP_LOOKUP_FAILURE
 
     async def rbl_listing(self) -> R.Reply | None:
         """The blocklists' verdict; authenticated and mynetworks clients are exempt."""
@@ -340,8 +343,9 @@ class Session:
         return R.RBL_LISTED.with_text(
             f"Service unavailable; client host {self.client} blocked using {listing.zone}{reason}")
 
-    async def reject(self, reply: R.Reply, what: str) -> None:
-        self.log.info(f"NOQUEUE: reject: {what} from {self.client}: {reply}")
+    async def reject(self, reply: R.Reply, verb: str, details: str) -> None:
+        """Refuse a command and log it Postfix-style: `NOQUEUE: reject: RCPT from [ip]: 550 ...; from=<a> to=<b>`."""
+        self.log.info(f"NOQUEUE: reject: {verb} from {self.client}: {reply}; {details}")
         await self.reply(reply)
 
     async def data(self, arg: str) -> None:
@@ -371,12 +375,12 @@ class Session:
         result = await read_message(self.conn.reader, writer.write, self.params.message_size_limit,
                                     self.params.smtpd_timeout,
                                     head=self.received_header([r.address for r in txn.recipients]))
-        what = f"DATA from <{txn.mail.sender}> nrcpt={len(txn.recipients)}"
+        details = f"from=<{txn.mail.sender}> nrcpt={len(txn.recipients)}"
         if result.too_big:
-            await self.reject(R.MESSAGE_TOO_BIG, what)
+            await self.reject(R.MESSAGE_TOO_BIG, "DATA", details)
             return
         if result.line_too_long:
-            await self.reject(R.DATA_LINE_TOO_LONG, what)
+            await self.reject(R.DATA_LINE_TOO_LONG, "DATA", details)
             return
         if result.storage_error:
             self.log.error(f"{self.client}: cannot spool a message: {result.storage_error}")
@@ -395,7 +399,7 @@ class Session:
                       + (f", tls={self.conn.tls_version()}" if self.conn.tls else ""))
         self.log.info(f"{queue_id}: from=<{txn.mail.sender}>, size={envelope.size}, nrcpt={len(txn.recipients)}")
         self.backend.wake_qmgr()
-        await self.conn.send_line(f"{R.QUEUED}{queue_id}".encode())
+        await self.reply(R.QUEUED.with_text(f"Ok: queued as {queue_id}"))
 
     def received_header(self, recipients: list[str]) -> bytes:
         return received_header(helo=self.helo_name or "unknown", client_ip=self.conn.peer_ip,
