@@ -15,7 +15,10 @@ deliveries, flag changes and expunges wait):
 - temp files older than an hour (their writer died) and mailbox directories whose deletion
   was cut short (.deleted.*) are removed.
 Entries that are fine keep their flags, UIDs and modseqs untouched.
-Diagnostics: the Reports say what changed; StorageError if the index cannot be written.
+Directories whose names are not the store's encoding of a mailbox name (made by hand) are
+skipped and reported, never guessed at.
+Diagnostics: the Reports say what changed; StorageError if the index cannot be written or
+the mail store directory is missing (an unmounted filesystem must not empty the index).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from dataclasses import dataclass, field
 from store import fsio
 from store.index import NoSuchMailbox, ranges_from_values
 from store.mailstore import (
-    DELETED_PREFIX, JOURNAL_FILE, META_FILE, SEPARATOR, MailStore, decode_component, message_file_name, parse_message_file_name,
+    DELETED_PREFIX, JOURNAL_FILE, META_FILE, SEPARATOR, BadMailboxName, MailStore, decode_component,
+    message_file_name, normalise_mailbox, parse_message_file_name,
 )
 
 DELIVERY_MEMORY = 30 * 86400  # delivery ids older than this are forgotten on a full run
@@ -44,12 +48,13 @@ class Report:
     renumbered: list[tuple[str, str, int]] = field(default_factory=list)
     dropped: list[tuple[str, int]] = field(default_factory=list)
     removed_files: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     usage: tuple[int, int] = (0, 0)
 
     @property
     def changed(self) -> bool:
         return any((self.mailboxes_added, self.mailboxes_dropped, self.adopted, self.renumbered, self.dropped,
-                    self.removed_files))
+                    self.removed_files, self.skipped))
 
     def lines(self) -> list[str]:
         out = [f"{self.user}: mailbox {m} re-created" for m in self.mailboxes_added]
@@ -58,9 +63,31 @@ class Report:
         out += [f"{self.user}: {m}: file {name} added as UID {uid}" for m, name, uid in self.renumbered]
         out += [f"{self.user}: {m}: UID {uid} dropped (file missing)" for m, uid in self.dropped]
         out += [f"{self.user}: {m}: removed {name} (expunged before)" for m, name in self.removed_files]
+        out += [f"{self.user}: directory {d} skipped: not a name this store writes (see README)"
+                for d in self.skipped]
         out.append(f"{self.user}: {self.usage[1]} messages, {self.usage[0]} bytes"
                    + ("" if self.changed else ", nothing to repair"))
         return out
+
+
+def _decoded(entry: str) -> str | None:
+    try:
+        return decode_component(entry)
+    except UnicodeDecodeError:
+        return None
+
+
+def _mailbox_name(store: MailStore, user: str, relative: str, directory: str) -> str | None:
+    """The mailbox a directory holds, or None when its name is not the store's encoding of a
+    valid mailbox name (made by hand: indexing it would point at files under another name)."""
+    parts = [_decoded(p) for p in relative.split(os.sep)]
+    if None in parts:
+        return None
+    try:
+        name = normalise_mailbox(SEPARATOR.join(parts))
+        return name if store.mailbox_dir(user, name) == directory else None
+    except BadMailboxName:
+        return None
 
 
 @dataclass
@@ -71,12 +98,17 @@ class _Journal:
 
 
 def reconstruct(store: MailStore, user: str | None = None) -> list[Report]:
+    if not os.path.isdir(store.store_dir):
+        # an unmounted mail filesystem must not empty the index
+        raise fsio.StorageError(f"mail store directory {store.store_dir} is missing; nothing done")
     if user is not None:
         return [_reconstruct_user(store, user)]
     on_disk = set()
-    if os.path.isdir(store.store_dir):
-        on_disk = {decode_component(n) for n in os.listdir(store.store_dir)
-                   if not n.startswith(".") and os.path.isdir(os.path.join(store.store_dir, n))}
+    for entry in os.listdir(store.store_dir):
+        if not entry.startswith(".") and os.path.isdir(os.path.join(store.store_dir, entry)):
+            name = _decoded(entry)
+            if name is not None:
+                on_disk.add(name)
     reports = [_reconstruct_user(store, name) for name in sorted(on_disk | set(store.index.users()))]
     store.index.prune_deliveries(time.time() - DELIVERY_MEMORY)
     return reports
@@ -92,8 +124,12 @@ def _reconstruct_user(store: MailStore, user: str) -> Report:
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         if directory == root:
             continue
-        parts = os.path.relpath(directory, root).split(os.sep)
-        name = SEPARATOR.join(decode_component(p) for p in parts)
+        relative = os.path.relpath(directory, root)
+        name = _mailbox_name(store, user, relative, directory)
+        if name is None:
+            report.skipped.append(relative)
+            subdirs[:] = []
+            continue
         found.add(name)
         with store.locked(directory):
             _reconstruct_mailbox(store, user, name, directory, report)

@@ -153,16 +153,20 @@ class Connection:
         obj = self.writer.get_extra_info("ssl_object")
         return obj.cipher()[0] if obj and obj.cipher() else None
 
-    async def start_tls(self) -> None:
-        """STARTTLS/STLS: upgrade after the protocol's go-ahead reply has been sent.
+    async def start_tls(self, go_ahead: bytes) -> None:
+        """STARTTLS/STLS: send the protocol's go-ahead line, then upgrade the stream.
 
         Raises TLSUnavailable (no certificate), ssl.SSLError or ConnectionError (handshake
         failed: the session is over) and TimeoutError.
         """
         ctx = server_context(self.params)
+        # Stop reading before the go-ahead leaves: the client's handshake then waits in the
+        # socket for the TLS layer instead of landing in (and being lost from) our buffer.
+        self.writer.transport.pause_reading()
         # Bytes the client pipelined after the STARTTLS command were sent in clear text and
         # must not be taken as if they came over TLS (command injection, CVE-2011-0411).
         self.reader._buffer.clear()  # noqa: SLF001 - asyncio offers no public way
+        await self.send_line(go_ahead)
         await self.writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
 
     def set_user(self, name: str) -> None:

@@ -7,7 +7,8 @@ accounts lists the accounts that have used the store (they have mailboxes in the
 quota_bytes is the user's quota or default_quota, 0 meaning unlimited (percent_free is
 then empty: null in JSON). reconstruct runs while the server runs (store/reconstruct.py)
 and prints one line per repair and a summary line per user.
-Diagnostics: a user name that is neither on disk nor in the index is refused (exit 1).
+Diagnostics: a user name that is neither on disk nor in the index, a missing mail store
+directory and an index that cannot be written are refused (exit 1, one line).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import os
 
 from master.ctl import Refused
+from store.fsio import StorageError
 from store.mailstore import MailStore, quota_limits
 
 
@@ -60,7 +62,10 @@ def cmd_reconstruct(args, config) -> int:
         for name in args.users:
             if name not in known and not os.path.isdir(store.user_dir(name)):
                 raise Refused(f"no mail store for user {name!r}")
-        reports = [r for name in args.users for r in store.reconstruct(name)] if args.users else store.reconstruct()
+        try:
+            reports = [r for name in args.users for r in store.reconstruct(name)] if args.users else store.reconstruct()
+        except StorageError as e:
+            raise Refused(str(e)) from None
     for report in reports:
         for line in report.lines():
             print(line)

@@ -38,8 +38,7 @@ async def handle(conn: Connection) -> None:
         elif verb == "PARAM":
             await conn.send_line(f"+OK {conn.params.get(arg)}".encode())
         elif verb == "STARTTLS":
-            await conn.send_line(b"+OK begin TLS")
-            await conn.start_tls()
+            await conn.start_tls(b"+OK begin TLS")
         elif verb == "TLS":
             await conn.send_line(f"+OK {conn.tls_version() or 'none'}".encode())
         elif verb == "USER":

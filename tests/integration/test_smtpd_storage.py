@@ -51,3 +51,19 @@ def test_low_disk_gives_452_at_mail_from(mailsystem):
         assert refused.value.smtp_code == 452
         assert refused.value.smtp_error == b"4.3.1 Insufficient system storage"
     assert queued(system) == []
+
+
+def test_kill_right_after_250_loses_nothing(mailsystem):
+    """250 comes after the rename into incoming/: a SIGKILL of everything right after it keeps the file."""
+    system, port = smtp_system(mailsystem, {"luser_relay": "bob"}, tls=False)
+    ids = []
+    with client(port) as smtp:
+        smtp.ehlo("client.example")
+        for n in range(5):
+            smtp.mail("alice@remote.example")
+            smtp.rcpt("bob@example.test")
+            code, text = smtp.data(f"Subject: {n}\r\n\r\nbody {n}\r\n".encode())
+            assert code == 250
+            ids.append(text.decode().rsplit(" ", 1)[1])
+        system.kill()
+    assert sorted(item.queue_id for item in queued(system)) == sorted(ids)

@@ -84,6 +84,10 @@ def test_delivery_id_makes_append_idempotent(index):
     assert index.usage("bob") == (10, 1)
     fresh = index.reserve_uid("bob", "INBOX", "q2:bob", fresh=True)
     assert fresh.uid == first.uid + 1
+    block = index.reserve_uid("bob", "INBOX", count=10)
+    assert block.uid == fresh.uid + 1 and index.mailbox("bob", "INBOX").uidnext == block.uid + 10
+    with pytest.raises(ValueError):
+        index.reserve_uid("bob", "INBOX", "q3:bob", count=2)
 
 
 def test_uids_out_of_order_and_chunk_splits(index, monkeypatch):

@@ -182,6 +182,44 @@ def test_flags_and_expunge_remove_files_and_usage(store, messages):
     assert store.expunge("bob", "INBOX", [(4, 4)], deleted_only=False).uids() == [4]
 
 
+def test_copy_and_move_keep_flags_dates_and_link_the_files(store, messages):
+    for i, m in enumerate(messages[:4]):
+        store.deliver("bob", "INBOX", m, flags=["$Work"] if i == 1 else [], internal_date=1_650_000_000 + i)
+    store.set_flags("bob", "INBOX", [(2, 3)], "+", ["\\Seen"])
+    store.create_mailbox("bob", "Archive")
+    store.deliver("bob", "Archive", messages[5])
+    assert store.copy("bob", "INBOX", [(2, 3), (9, 9)], "Archive") == [(2, 2), (3, 3)]
+    archive = store.open_mailbox("bob", "Archive")
+    assert [(m.uid, m.flags, m.internal_date) for m in archive.messages()][1:] == [
+        (2, ("\\Seen", "$Work"), 1_650_000_001), (3, ("\\Seen",), 1_650_000_002)]
+    assert os.stat(archive.path(2)).st_nlink == 2
+    with open(archive.path(3), "rb") as f:
+        assert f.read() == messages[2]
+    assert store.copy("bob", "INBOX", [(4, 4)], "Archive", move=True) == [(4, 4)]
+    assert store.open_mailbox("bob", "INBOX").view.uids() == [1, 2, 3]
+    assert store.usage("bob") == sum(map(len, messages[:4])) + len(messages[5]) + len(messages[1]) + len(messages[2])
+    with pytest.raises(NoSuchMailbox):
+        store.copy("bob", "INBOX", [(1, 1)], "Nowhere")
+    assert store.copy("bob", "INBOX", [(50, 60)], "Archive") == []
+
+
+def test_copy_that_runs_out_of_space_leaves_nothing(store, messages, monkeypatch):
+    store.deliver("bob", "INBOX", messages[0])
+    store.create_mailbox("bob", "Other")
+
+    def cross_device(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "link", cross_device)  # so the file is copied, and the copy fails
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(fsio.StorageError):
+        store.copy("bob", "INBOX", [(1, 1)], "Other")
+    monkeypatch.undo()
+    assert message_files(store, "bob", "Other") == [] and len(store.open_mailbox("bob", "Other")) == 0
+
+
 def test_over_quota(store, messages):
     assert not store.over_quota("bob", 10**12)  # no limit
     store.deliver("small", "INBOX", b"x" * 9000)
@@ -257,6 +295,21 @@ def test_reconstruct_adopts_a_file_whose_index_entry_never_came(store, messages)
     # the retried delivery finds its message and stores nothing new
     assert store.deliver("bob", "INBOX", messages[1], delivery_id="Q9:bob") == reservation.uid
     assert len(store.open_mailbox("bob", "INBOX")) == 2
+
+
+def test_reconstruct_skips_directories_made_by_hand_and_refuses_a_missing_store(tmp_path, store, messages):
+    store.deliver("bob", "INBOX", messages[0])
+    for odd in ("Entwürfe", "%ZZ", "inbox"):
+        os.makedirs(os.path.join(store.user_dir("bob"), odd, "Sub"))
+        with open(os.path.join(store.user_dir("bob"), odd, "x.eml"), "wb") as f:
+            f.write(messages[1])
+    [report] = store.reconstruct("bob")
+    assert sorted(report.skipped) == ["%ZZ", "Entwürfe", "inbox"]
+    assert [m.name for m in store.list_mailboxes("bob")] == ["INBOX"] and store.usage("bob") == len(messages[0])
+    empty = MailStore(tmp_path / "not-mounted", tmp_path / "index2")
+    with pytest.raises(fsio.StorageError):
+        empty.reconstruct()
+    empty.close()
 
 
 def test_encode_component_round_trips():

@@ -80,7 +80,8 @@ class FakeConn:
     async def send_line(self, line):
         await self.send(line if line.endswith(b"\r\n") else line + b"\r\n")
 
-    async def start_tls(self):
+    async def start_tls(self, go_ahead):
+        await self.send_line(go_ahead)
         self.tls = True
         self.tls_started = True
 

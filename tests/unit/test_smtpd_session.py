@@ -60,7 +60,8 @@ class FakeConn:
     async def send_line(self, line: bytes):
         self.out.extend(line.split(b"\r\n"))
 
-    async def start_tls(self):
+    async def start_tls(self, go_ahead):
+        await self.send_line(go_ahead)
         self.tls = True
 
     def tls_version(self):

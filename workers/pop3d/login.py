@@ -75,8 +75,7 @@ async def stls(session, args: list[str]) -> None:
     if not can_stls(session):
         await session.bad_command("STLS not available")
         return
-    await session.ok("Begin TLS negotiation now")
-    await session.conn.start_tls()
+    await session.conn.start_tls(b"+OK Begin TLS negotiation now")
     session.log.debug(f"tls: ip={session.conn.peer_ip} {session.conn.tls_version()} {session.conn.tls_cipher()}")
 
 

@@ -17,7 +17,9 @@ characters that cannot break the header.
 from __future__ import annotations
 
 import re
-from email.utils import formatdate
+import time
+from datetime import datetime, timezone
+from email.utils import format_datetime
 
 
 def protocol_name(esmtp: bool, tls: bool, authenticated: bool) -> str:
@@ -41,7 +43,7 @@ def received_header(*, helo: str, client_ip: str, hostname: str, esmtp: bool,
     lines.append(f"\tby {hostname} (mailhouse) with {protocol_name(esmtp, bool(tls_version), bool(user))}")
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")
-    date = formatdate(now, localtime=False, usegmt=False)
+    date = format_datetime(datetime.fromtimestamp(time.time() if now is None else now, timezone.utc))
     if tls_cipher:
         lines.append(f"\ttls {tls_cipher}; {date}")
     else:

@@ -237,9 +237,8 @@ class Session:
         elif not self.can_starttls():
             await self.reply(R.TLS_UNAVAILABLE)
         else:
-            await self.conn.send_line(bytes(R.TLS_READY))
             try:
-                await self.conn.start_tls()
+                await self.conn.start_tls(bytes(R.TLS_READY))
             except Exception as e:          # a failed handshake leaves no usable stream
                 self.log.info(f"STARTTLS handshake failed from {self.client}: {type(e).__name__}: {e}")
                 raise Close from None
