@@ -141,12 +141,13 @@ cdef class _Ranges:
 
 class Kernels:
     @staticmethod
-    def apply_flags(bytes chunk, ranges, str mode, mask, uint64_t modseq, long long unchanged_since):
+    def apply_flags(const unsigned char[::1] chunk, ranges, str mode, mask, uint64_t modseq,
+                    long long unchanged_since):
         cdef _Ranges rs = _Ranges(ranges)
-        cdef Py_ssize_t n = _count(chunk), i, r = 0, n_changed = 0, n_conflicts = 0
-        cdef bytes out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk))
+        cdef Py_ssize_t n = chunk.shape[0] // sizeof(Rec), i, r = 0, n_changed = 0, n_conflicts = 0
+        cdef bytes out = PyBytes_FromStringAndSize(<const char*> &chunk[0] if n else NULL, n * sizeof(Rec))
         cdef Rec* recs = <Rec*> PyBytes_AS_STRING(out)
-        cdef Rec* changed = <Rec*> malloc(max(n, 1) * sizeof(Rec))
+        cdef uint32_t* changed = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
         cdef uint32_t* conflicts = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
         cdef uint64_t m = mask, new
         cdef int op = 0 if mode == "+" else (1 if mode == "-" else 2)
@@ -178,9 +179,9 @@ class Kernels:
                 unseen_delta += (not (new & SEEN_BIT)) - (not (recs[i].flags & SEEN_BIT))
                 recs[i].flags = new
                 recs[i].modseq = modseq
-                changed[n_changed] = recs[i]
+                changed[n_changed] = i
                 n_changed += 1
-            return (out, PyBytes_FromStringAndSize(<char*> changed, n_changed * sizeof(Rec)), unseen_delta,
+            return (out, PyBytes_FromStringAndSize(<char*> changed, n_changed * sizeof(uint32_t)), unseen_delta,
                     PyBytes_FromStringAndSize(<char*> conflicts, n_conflicts * sizeof(uint32_t)))
         finally:
             free(changed)

@@ -137,13 +137,14 @@ class Index:
             with env.begin(buffers=True) as txn:
                 return action(txn)
 
-    def _write(self, action):
-        """Run action(txn) in one write transaction; a full map is grown once and retried."""
+    def _write(self, action, buffers: bool = False):
+        """Run action(txn) in one write transaction; a full map is grown once and retried.
+        buffers=True: values are read in place, valid only until the next write."""
         env = self._open()
         grown = False
         while True:
             try:
-                with env.begin(write=True) as txn:
+                with env.begin(write=True, buffers=buffers) as txn:
                     return action(txn)
             except lmdb.MapResizedError:
                 env.set_mapsize(0)  # another process grew it: adopt its size, then retry
@@ -457,21 +458,25 @@ class Index:
                 mask, keywords = flag_mask(flags, info.keywords)
             modseq = info.highestmodseq + 1
             changed, conflicts, unseen_delta = [], [], 0
-            db = self._db["messages"]
-            for key, chunk in list(self._chunks(txn, info.mailbox_id)):
+            prefix = struct.pack(">I", info.mailbox_id)
+            cursor = txn.cursor(db=self._db["messages"])
+            found = cursor.set_range(prefix)
+            while found and bytes(cursor.key()[:4]) == prefix:
+                # the chunk is read in place; the kernel's copy is what gets written back
                 new_chunk, chunk_changed, delta, chunk_conflicts = self.kernels.apply_flags(
-                    chunk, ranges, mode, mask, modseq, -1 if unchanged_since is None else unchanged_since)
+                    cursor.value(), ranges, mode, mask, modseq, -1 if unchanged_since is None else unchanged_since)
                 if chunk_changed:
-                    txn.put(key, new_chunk, db=db)
-                    changed.append(chunk_changed)
+                    cursor.put(bytes(cursor.key()), new_chunk)
+                    changed.append((new_chunk, chunk_changed))
                     unseen_delta += delta
                 if chunk_conflicts:
                     conflicts.append(chunk_conflicts)
+                found = cursor.next()
             if changed or keywords != info.keywords:
                 self._put_header(txn, replace(info, highestmodseq=modseq if changed else info.highestmodseq,
                                                unseen=info.unseen + unseen_delta, keywords=keywords))
             return Records(changed, keywords, conflicts)
-        return self._write(store)
+        return self._write(store, buffers=True)
 
     def expunge(self, user: str, name: str, uid_ranges: Sequence[tuple[int, int]] | None = None,
                 deleted_only: bool = True) -> "Records":
@@ -488,7 +493,7 @@ class Index:
                 kept, gone = self.kernels.remove_records(chunk, ranges, DELETED if deleted_only else 0)
                 if not gone:
                     continue
-                removed.append(gone)
+                removed.append((gone, None))
                 txn.delete(key, db=db)
                 if kept:
                     txn.put(CHUNK_KEY.pack(info.mailbox_id, RECORD.unpack_from(kept)[0]), kept, db=db)

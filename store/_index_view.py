@@ -193,9 +193,10 @@ class Kernels:
     """Operations on a chunk of packed records; _index.pyx replaces these with C loops."""
 
     @staticmethod
-    def apply_flags(chunk: bytes, ranges: Sequence[tuple[int, int]], mode: str, mask: int,
+    def apply_flags(chunk: bytes | memoryview, ranges: Sequence[tuple[int, int]], mode: str, mask: int,
                     modseq: int, unchanged_since: int) -> tuple[bytes, bytes, int, bytes]:
-        """-> (new chunk, changed records packed, change of unseen count, conflicting uids packed <I).
+        """-> (new chunk, positions of the changed records in it packed <I, change of the
+        unseen count, conflicting uids packed <I).
 
         mode is "+", "-" or "=". unchanged_since < 0 means no condition.
         """
@@ -204,7 +205,7 @@ class Kernels:
         conflicts = bytearray()
         unseen_delta = 0
         r = 0
-        for offset in range(0, len(chunk), RECORD_SIZE):
+        for position, offset in enumerate(range(0, len(chunk), RECORD_SIZE)):
             uid, size, flags, date, mseq = RECORD.unpack_from(chunk, offset)
             while r < len(ranges) and ranges[r][1] < uid:
                 r += 1
@@ -225,7 +226,7 @@ class Kernels:
                 continue
             unseen_delta += (not new & SEEN) - (not flags & SEEN)
             RECORD.pack_into(out, offset, uid, size, new, date, modseq)
-            changed += out[offset:offset + RECORD_SIZE]
+            changed += struct.pack("<I", position)
         return bytes(out), bytes(changed), unseen_delta, bytes(conflicts)
 
     @staticmethod
@@ -401,17 +402,25 @@ class View:
 class Records:
     """Records changed by store_flags (with .conflicts) or removed by expunge, decoded on demand."""
 
-    def __init__(self, pieces: list[bytes], keywords: tuple[str, ...], conflicts: list[bytes]):
-        self._pieces = pieces  # packed records, one piece per chunk: joined only when asked
+    def __init__(self, pieces: list[tuple[bytes, bytes | None]], keywords: tuple[str, ...],
+                 conflicts: list[bytes]):
+        # per chunk: (packed records, positions of the ones meant packed <I, or None for all);
+        # decoded only when asked, so a silent STORE over 1:* builds no objects
+        self._pieces = pieces
         self.keywords = keywords
         self.conflicts = [uid for piece in conflicts for (uid,) in struct.iter_unpack("<I", piece)]
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self._pieces) // RECORD_SIZE
+        return sum(len(packed) // RECORD_SIZE if positions is None else len(positions) // 4
+                   for packed, positions in self._pieces)
 
     def _unpacked(self) -> Iterator[tuple]:
-        for piece in self._pieces:
-            yield from RECORD.iter_unpack(piece)
+        for packed, positions in self._pieces:
+            if positions is None:
+                yield from RECORD.iter_unpack(packed)
+            else:
+                for (position,) in struct.iter_unpack("<I", positions):
+                    yield RECORD.unpack_from(packed, position * RECORD_SIZE)
 
     def __iter__(self) -> Iterator[MessageRecord]:
         for uid, size, flags, date, modseq in self._unpacked():

@@ -254,6 +254,16 @@ class ScramSHA256(Mechanism):
 MECHANISMS: dict[str, type[Mechanism]] = {m.name: m for m in (ScramSHA256, CramMD5, Plain, Login)}
 
 
+def decode_response(text: str) -> bytes | None:
+    """A client's base64 SASL line (RFC 4954 / 5034): `=` is the empty response; None = bad base64."""
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+
+
 def offered_mechanisms(configured: list[str], tls_active: bool, level: str) -> list[str]:
     """The configured mechanisms this module implements, in the configured order; none
     before TLS when the security level is `encrypt` (the password must not cross in clear)."""

@@ -374,6 +374,23 @@ def run_worker(handle: Handler, refuse: Handler, log_name: str) -> None:
     sys.exit(0)
 
 
+def run_sessions(session_class, backend_class, refuse: Handler, log_name: str) -> None:
+    """The usual protocol worker: session_class(conn, backend).run() for each connection.
+
+    One backend_class(params) per process, built on the first connection (after the
+    process is ready, so a slow store open never delays the master's ready report).
+    """
+    backend = None
+
+    async def handle(conn: Connection) -> None:
+        nonlocal backend
+        if backend is None:
+            backend = backend_class(conn.params)
+        await session_class(conn, backend).run()
+
+    run_worker(handle, refuse, log_name)
+
+
 def run_daemon(main: Callable[[Daemon], Awaitable[None]], log_name: str = "server") -> None:
     """Run a unix service's main(daemon) until it returns (it should once daemon.stopping)."""
     _prepare_process()

@@ -1,28 +1,15 @@
 """`python -m workers.pop3d`: the pop3d worker process started by the master.
 
-handle(conn) runs one Session; refuse(conn) answers a client over the service's connection
+Each connection runs one Session; refuse(conn) answers a client over the service's connection
 limit with `-ERR [SYS/TEMP]` (RFC 3206) and closes. The Backend (user database, mail store,
 SASL) is built on first use and shared by every session of the process.
 Diagnostics: refusals are logged in pop.log.
 """
 from __future__ import annotations
 
-from workers._server import Connection, run_worker
+from workers._server import Connection, run_sessions
 from workers.pop3d.backend import Backend
 from workers.pop3d.session import Session
-
-_backend: Backend | None = None
-
-
-def backend_for(conn: Connection) -> Backend:
-    global _backend
-    if _backend is None:
-        _backend = Backend(conn.params)
-    return _backend
-
-
-async def handle(conn: Connection) -> None:
-    await Session(conn, backend_for(conn)).run()
 
 
 async def refuse(conn: Connection) -> None:
@@ -31,7 +18,7 @@ async def refuse(conn: Connection) -> None:
 
 
 def main() -> None:
-    run_worker(handle, refuse, log_name="pop")
+    run_sessions(Session, Backend, refuse, log_name="pop")
 
 
 if __name__ == "__main__":

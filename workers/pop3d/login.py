@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import re
 
 from store.fsio import StorageError
+from workers._auth import decode_response
 from workers._limits import LineTooLong
 from workers.pop3d.maildrop import MaildropBusy
 
@@ -135,7 +135,7 @@ async def auth(session, args: list[str]) -> None:
         await session.bad_command("[AUTH] Unsupported authentication mechanism")
         return
     server = session.backend.sasl_server(mechanism)
-    response = _decode(args[1]) if len(args) > 1 else None
+    response = decode_response(args[1]) if len(args) > 1 else None
     if len(args) > 1 and response is None:
         await session.bad_command("Invalid base64 in initial response")
         return
@@ -157,20 +157,12 @@ async def auth(session, args: list[str]) -> None:
         if text == "*":
             await session.err("Authentication cancelled")
             return
-        response = _decode(text)
+        response = decode_response(text)
         if response is None:
             await session.bad_command("Invalid base64 in response")
             return
     await finish(session, None, "-", mechanism)
 
-
-def _decode(text: str) -> bytes | None:
-    if text == "=":
-        return b""
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return None
 
 
 # ---------------------------------------------------------------- the common end

@@ -1,28 +1,15 @@
 """`python -m workers.smtpd`: the smtpd worker process started by the master.
 
-handle(conn) runs one Session; refuse(conn) answers a client over the service's
+Each connection runs one Session; refuse(conn) answers a client over the service's
 connection limit with `421 4.7.0` and closes. The Backend (queue, user directory, DNS
 resolver) is built on first use and shared by every session of the process.
 """
 from __future__ import annotations
 
-from workers._server import Connection, run_worker
+from workers._server import Connection, run_sessions
 from workers.smtpd import replies as R
 from workers.smtpd.backend import Backend
 from workers.smtpd.session import Session
-
-_backend: Backend | None = None
-
-
-def backend_for(conn: Connection) -> Backend:
-    global _backend
-    if _backend is None:
-        _backend = Backend(conn.params)
-    return _backend
-
-
-async def handle(conn: Connection) -> None:
-    await Session(conn, backend_for(conn)).run()
 
 
 async def refuse(conn: Connection) -> None:
@@ -31,7 +18,7 @@ async def refuse(conn: Connection) -> None:
 
 
 def main() -> None:
-    run_worker(handle, refuse, log_name="smtp")
+    run_sessions(Session, Backend, refuse, log_name="smtp")
 
 
 if __name__ == "__main__":

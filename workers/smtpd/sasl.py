@@ -13,9 +13,9 @@ overlong line. The session sends that reply (and waits auth_failure_delay after 
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 
+from workers._auth import decode_response
 from workers._limits import LineTooLong
 from workers.smtpd import replies as R
 
@@ -30,15 +30,6 @@ class AuthOutcome:
     reason: str = ""                  # for the log only, never for the client
 
 
-def _decode(text: str) -> bytes | None:
-    if text == "=":
-        return b""
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return None
-
-
 class AuthExchange:
     def __init__(self, conn, backend, mechanism: str, timeout: float, max_line: int):
         self.conn = conn
@@ -49,7 +40,7 @@ class AuthExchange:
     async def run(self, initial: str | None) -> AuthOutcome:
         response: bytes | None = None
         if initial is not None:
-            response = _decode(initial)
+            response = decode_response(initial)
             if response is None:
                 return AuthOutcome(reply=R.AUTH_BAD_ENCODING)
         for _ in range(MAX_ROUNDS):
@@ -68,7 +59,7 @@ class AuthExchange:
             text = line.rstrip(b"\r\n").decode("latin-1").strip()
             if text == "*":
                 return AuthOutcome(reply=R.AUTH_CANCELLED)
-            response = _decode(text)
+            response = decode_response(text)
             if response is None:
                 return AuthOutcome(reply=R.AUTH_BAD_ENCODING)
         return AuthOutcome(reply=R.AUTH_FAILED)
