@@ -280,7 +280,7 @@ operation = st.one_of(
     st.tuples(st.just("store"), st.sampled_from(["1:*", "2:5", "*", "1,3,7:9", "10:20"]),
               st.sampled_from(["+", "-", "="]),
               st.lists(st.sampled_from(["\\Seen", "\\Deleted", "\\Answered", "$A", "$C"]), max_size=3),
-              st.booleans()),
+              st.booleans(), st.one_of(st.none(), st.integers(0, 12))),
     st.tuples(st.just("expunge"), st.sampled_from([None, "1:4", "3:*"])),
     st.tuples(st.just("search"), st.sampled_from([(), ("\\Seen",), ("$A",)]), st.sampled_from([(), ("\\Deleted",)]),
               st.sampled_from(["larger", "smaller", "since", "before"]), st.sampled_from([10, 20, 30])),
@@ -299,7 +299,7 @@ def _run(ix, operations):
                 results.append(ix.append("bob", "INBOX", op[1], op[2], op[2] * 7, op[3]))
             elif op[0] == "store":
                 seqs = view.resolve(op[1], uid=op[4]) if len(view) else []
-                result = ix.store_flags("bob", "INBOX", view.uid_ranges(seqs), op[2], op[3])
+                result = ix.store_flags("bob", "INBOX", view.uid_ranges(seqs), op[2], op[3], unchanged_since=op[5])
                 results.append((list(result), result.conflicts))
             elif op[0] == "expunge":
                 ranges = None if op[1] is None else view.uid_ranges(view.resolve(op[1], uid=True))
