@@ -18,9 +18,10 @@ chunk; opening a mailbox concatenates its chunks into one buffer for the View.
 Interface: Index(path, durable=True) — open_view(user, mailbox) -> View (a consistent
 snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idempotent per
 delivery id: the id is recorded in the same transaction as the entry); append_many;
-store_flags over UID ranges; expunge; expunged_since / changes_since(modseq); usage(user),
-recount_usage; prune_deliveries. The environment opens lazily in the process that uses it
-(after exec; a fork reopens it). A full map is grown and the write retried once.
+delivered(user, delivery_id); store_flags over UID ranges; expunge; expunged_since /
+changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge).
+The environment opens lazily in the process that uses it (after exec; a fork reopens it).
+A full map is grown and the write retried once.
 Diagnostics: NoSuchMailbox, MailboxExists, TooManyKeywords, ValueError (store/_index_view.py);
 StorageError (store.fsio) when LMDB cannot grow or write.
 """
@@ -235,14 +236,33 @@ class Index:
             return info
         return self._write(delete)
 
+    def remove_user(self, user: str) -> list[MailboxInfo]:
+        """Forget everything about user in one transaction: mailboxes, their messages and
+        expunge records, quota usage and delivery ids. Returns the mailboxes that were there
+        (none for a user the index never saw). The caller removes the files."""
+        def remove(txn):
+            boxes = self._mailboxes_in(txn, user)
+            for info in boxes:
+                self._drop_messages(txn, info.mailbox_id)
+                txn.delete(_mailbox_key(user, info.name), db=self._db["mailboxes"])
+            txn.delete(user.encode(), db=self._db["usage"])
+            self._drop_prefix(txn, self._db["deliveries"], _delivery_key(user, ""))
+            return boxes
+        return self._write(remove)
+
     def _drop_messages(self, txn, mailbox_id: int) -> None:
-        for db, key_struct in ((self._db["messages"], CHUNK_KEY), (self._db["expunged"], EXPUNGE_KEY)):
-            cursor = txn.cursor(db=db)
-            prefix = struct.pack(">I", mailbox_id)
-            if cursor.set_range(prefix):
-                while bytes(cursor.key()).startswith(prefix):
-                    if not cursor.delete():
-                        break
+        prefix = struct.pack(">I", mailbox_id)
+        for db in (self._db["messages"], self._db["expunged"]):
+            self._drop_prefix(txn, db, prefix)
+
+    @staticmethod
+    def _drop_prefix(txn, db, prefix: bytes) -> None:
+        """Delete every key of db that starts with prefix."""
+        cursor = txn.cursor(db=db)
+        if cursor.set_range(prefix):
+            while bytes(cursor.key()).startswith(prefix):
+                if not cursor.delete():
+                    break
 
     def rename_mailbox(self, user: str, old: str, new: str, separator: str = "/") -> list[tuple[str, str]]:
         """Rename old and every mailbox below it; returns the (old, new) name pairs."""
@@ -320,6 +340,12 @@ class Index:
                 self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, False)
             return Reservation(uid, info.uidvalidity, "new")
         return self._write(reserve)
+
+    def delivered(self, user: str, delivery_id: str) -> bool:
+        """True when delivery_id's message is in the index (its append is done); False for
+        an unknown id or one whose file may exist but was never indexed (pending)."""
+        value = self._read(lambda txn: txn.get(_delivery_key(user, delivery_id), db=self._db["deliveries"]))
+        return value is not None and bool(DELIVERY.unpack(value)[3])
 
     def _record_delivery(self, txn, user, delivery_id, mailbox_id, uid, done) -> None:
         txn.put(_delivery_key(user, delivery_id), DELIVERY.pack(mailbox_id, uid, time.time(), done),

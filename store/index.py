@@ -6,7 +6,8 @@ IMPL names the one in use (workers log it once at start).
 Interface, the same in both (details in store/_index_py.py and store/_index_view.py):
   Index(path): open_view, mailbox, mailboxes, users, create_mailbox, delete_mailbox,
     rename_mailbox, set_mailbox_attributes, reserve_uid, append, append_many, store_flags,
-    expunge, expunged_since, changes_since, usage, recount_usage, prune_deliveries, close
+    delivered, expunge, expunged_since, changes_since, usage, recount_usage, prune_deliveries,
+    remove_user, close
   View (a snapshot): len, uid, seq, uids, record, flag_bits, total_size, resolve,
     seqs_in_uid_ranges, uid_ranges, search, sort, changed_since, diff
   parse_sequence_set(text, largest); flag_names; ranges_from_values; normalise_ranges; the data classes

@@ -14,7 +14,8 @@ Interface: MailStore(store_dir, index_dir, quota_limit) or open_store(params) (o
 process, opened after exec). deliver(user, mailbox, source, delivery_id=None, flags=(),
 internal_date=None) -> UID, idempotent per delivery id; create/delete/rename/list/subscribe
 mailboxes; open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags,
-path); set_flags; expunge; copy (COPY/MOVE); usage(user); over_quota(user, extra_bytes).
+path); set_flags; expunge; copy (COPY/MOVE); usage(user); over_quota(user, extra_bytes);
+delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail).
 Ordering that keeps crashes safe: message file durable -> index entry (with the delivery id
 in the same transaction); expunge: index first, then unlink (reconstruct removes the files of
 expunged UIDs it still finds). A mailbox directory is flock()ed while its UIDs are handed out,
@@ -30,7 +31,7 @@ import os
 import secrets
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote
@@ -272,6 +273,32 @@ class MailStore:
         shutil.rmtree(doomed, ignore_errors=True)
         return info
 
+    def remove_user(self, user: str) -> list[MailboxInfo]:
+        """Remove all of user's mail (mailctl user del --purge): every mailbox with its
+        messages, the quota usage and the delivery ids; returns the mailboxes there were.
+        As in delete_mailbox, the user's directory goes out of sight first (a .deleted.*
+        name that reconstruct skips and removes), then the index, then the files, so a crash
+        at any point never brings the mail back. Deliveries under way wait for the
+        mailboxes' locks and then find no mailbox (a temporary failure)."""
+        directory = self.user_dir(user)
+        doomed = os.path.join(self.store_dir, f"{DELETED_PREFIX}{secrets.token_hex(6)}")
+        with ExitStack() as locks:
+            for info in self.index.mailboxes(user):
+                mailbox_dir = self.mailbox_dir(user, info.name)
+                if os.path.isdir(mailbox_dir):
+                    locks.enter_context(self.locked(mailbox_dir))
+            try:
+                os.rename(directory, doomed)
+                fsio.fsync_dir(self.store_dir)
+            except FileNotFoundError:
+                doomed = None  # no mail on disk (or a purge cut short): the index may still hold some
+            except OSError as e:
+                raise fsio.StorageError(f"cannot remove {directory}: {e.strerror}", e.errno) from e
+            removed = self.index.remove_user(user)
+        if doomed is not None:
+            shutil.rmtree(doomed, ignore_errors=True)
+        return removed
+
     def rename_mailbox(self, user: str, old: str, new: str) -> None:
         """Rename a mailbox with its children (UIDs and UIDVALIDITY stay). The directory moves
         first: a crash before the index follows is repaired by reconstruct."""
@@ -462,6 +489,11 @@ class MailStore:
     def over_quota(self, user: str, extra_bytes: int = 0) -> bool:
         limit = self.quota_limit(user)
         return bool(limit) and self.usage(user) + extra_bytes > limit
+
+    def delivered(self, user: str, delivery_id: str) -> bool:
+        """True when the message of delivery_id is already stored and indexed: a re-run after
+        a crash (before the queue's done mark) must count it as delivered, whatever the quota."""
+        return self.index.delivered(user, delivery_id)
 
     def reconstruct(self, user: str | None = None):
         """Rebuild the index from the files (see store/reconstruct.py); returns the report."""

@@ -12,8 +12,10 @@ deliveries, flag changes and expunges wait):
   renamed to its canonical name, so UIDVALIDITY never has to change;
 - index entries whose files are gone are dropped (expunged, so sessions are told);
 - index mailboxes without a directory are dropped; quota usage is recounted;
-- temp files older than an hour (their writer died) and mailbox directories whose deletion
-  was cut short (.deleted.*) are removed.
+- temp files older than an hour (their writer died) and mailbox or user directories whose
+  deletion was cut short (.deleted.*) are removed;
+- a user without a directory has no mail: everything the index holds for them goes
+  (a `user del --purge` cut short after its rename).
 Entries that are fine keep their flags, UIDs and modseqs untouched.
 Directories whose names are not the store's encoding of a mailbox name (made by hand) are
 skipped and reported, never guessed at.
@@ -101,6 +103,7 @@ def reconstruct(store: MailStore, user: str | None = None) -> list[Report]:
     if not os.path.isdir(store.store_dir):
         # an unmounted mail filesystem must not empty the index
         raise fsio.StorageError(f"mail store directory {store.store_dir} is missing; nothing done")
+    _remove_cut_short_deletions(store.store_dir, os.listdir(store.store_dir))
     if user is not None:
         return [_reconstruct_user(store, user)]
     on_disk = set()
@@ -114,13 +117,21 @@ def reconstruct(store: MailStore, user: str | None = None) -> list[Report]:
     return reports
 
 
+def _remove_cut_short_deletions(directory: str, entries: list[str]) -> None:
+    for leftover in entries:
+        if leftover.startswith(DELETED_PREFIX):
+            shutil.rmtree(os.path.join(directory, leftover), ignore_errors=True)
+
+
 def _reconstruct_user(store: MailStore, user: str) -> Report:
     report = Report(user)
     root = store.user_dir(user)
+    if not os.path.isdir(root):
+        report.mailboxes_dropped = [info.name for info in store.index.remove_user(user)]
+        return report
     found = set()
     for directory, subdirs, _ in os.walk(root):
-        for leftover in [d for d in subdirs if d.startswith(DELETED_PREFIX)]:
-            shutil.rmtree(os.path.join(directory, leftover), ignore_errors=True)  # a deletion cut short
+        _remove_cut_short_deletions(directory, subdirs)
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         if directory == root:
             continue

@@ -197,11 +197,7 @@ def cmd_del(args, config) -> int:
 
 def _purge_mail(params, name: str) -> None:
     from store import mailstore          # only --purge needs the mail store
-    store = mailstore.open_store(params)
-    remove = getattr(store, "remove_user", None)
-    if remove is None:
-        raise Refused("--purge: this mail store cannot remove a user's mail; the user was not deleted")
-    remove(name)
+    mailstore.open_store(params).remove_user(name)
 
 
 @_refuse_errors
