@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench clean
+.PHONY: run test test-pure install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The same suite with the pure-Python index (the reference the compiled one is checked against).
+test-pure: install
+	MAILHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: install
 	$(BIN)/python -m pytest -q bench --benchmark-only

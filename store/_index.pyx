@@ -3,13 +3,15 @@
 
 Same interface as store/_index_py.py, which owns the LMDB layout and transactions; this
 module subclasses its Index and replaces the parts that touch every record: the View
-(open, UID<->sequence mapping, sequence sets, search, sort, diff), the flag and expunge
-kernels, and sequence-set parsing. Records are read in place from one contiguous buffer.
+(open, UID<->sequence mapping, sequence sets resolved straight into an array("I"), search,
+sort, diff), the flag and expunge kernels, and sequence-set parsing. Records are read in place from one contiguous buffer.
 Diagnostics: the same errors as the reference; on a big-endian host this module refuses to
 import (the records are little-endian), and store.index falls back to the reference.
 """
+import array
 import sys
 
+from cpython cimport array
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
@@ -43,6 +45,24 @@ cdef inline Py_ssize_t _count(bytes blob):
 
 cdef inline const Rec* _records(bytes blob):
     return <const Rec*> PyBytes_AS_STRING(blob)
+
+
+cdef array.array _NO_SEQS = array.array("I")
+
+
+cdef array.array _seq_array(Py_ssize_t n):
+    """An uninitialised array("I") of n sequence numbers."""
+    return array.clone(_NO_SEQS, n, zero=False)
+
+
+cdef array.array _as_seq_array(seqs):
+    """seqs as an array("I") (itself when it is one already)."""
+    if isinstance(seqs, array.array) and seqs.typecode == "I":
+        return seqs
+    try:
+        return array.array("I", seqs)
+    except OverflowError:
+        raise IndexError("sequence number out of range") from None
 
 
 cdef list _int_list(const uint32_t* values, Py_ssize_t n):
@@ -299,42 +319,38 @@ cdef class View:
         ranges = parse_sequence_set(text, n)
         if ranges and ranges[len(ranges) - 1][1] > n:
             raise ValueError("sequence number out of range")
-        cdef Py_ssize_t total = 0, k = 0, s
-        for lo, hi in ranges:
-            total += hi - lo + 1
-        cdef list out = PyList_New(total)
-        cdef object item
-        for lo, hi in ranges:
-            for s in range(<Py_ssize_t> lo, <Py_ssize_t> hi + 1):
-                item = s
-                Py_INCREF(item)
-                PyList_SET_ITEM(out, k, item)
+        cdef _Ranges rs = _Ranges(ranges)
+        cdef Py_ssize_t total = 0, k = 0, r
+        cdef uint64_t s
+        for r in range(rs.n):
+            total += rs.hi[r] - rs.lo[r] + 1
+        cdef array.array out = _seq_array(total)
+        for r in range(rs.n):
+            for s in range(rs.lo[r], rs.hi[r] + 1):
+                out.data.as_uints[k] = s
                 k += 1
         return out
 
     def seqs_in_uid_ranges(self, ranges):
         cdef _Ranges rs = _Ranges(ranges)
-        cdef uint32_t* found = <uint32_t*> malloc(max(self._n, 1) * sizeof(uint32_t))
+        cdef array.array found = _seq_array(self._n)
         cdef Py_ssize_t i, r = 0, n_found = 0
-        if found == NULL:
-            raise MemoryError()
-        try:
-            for r in range(rs.n):  # each range starts with a binary search: fast for sparse sets
-                i = self._index_of(rs.lo[r])
-                while i < self._n and self._recs[i].uid <= rs.hi[r]:
-                    found[n_found] = i + 1
-                    n_found += 1
-                    i += 1
-            return _int_list(found, n_found)
-        finally:
-            free(found)
+        for r in range(rs.n):  # each range starts with a binary search: fast for sparse sets
+            i = self._index_of(rs.lo[r])
+            while i < self._n and self._recs[i].uid <= rs.hi[r]:
+                found.data.as_uints[n_found] = i + 1
+                n_found += 1
+                i += 1
+        array.resize(found, n_found)
+        return found
 
     def uid_ranges(self, seqs):
         ranges = []
-        cdef Py_ssize_t s, previous = -2
+        cdef array.array values = _as_seq_array(seqs)
+        cdef Py_ssize_t k, s, previous = -2
         cdef uint32_t lo = 0, hi = 0
-        for item in seqs:
-            s = item
+        for k in range(len(values)):
+            s = values.data.as_uints[k]
             if s < 1 or s > self._n:
                 raise IndexError(f"no message {s}")
             if s == previous + 1:

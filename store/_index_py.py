@@ -342,10 +342,16 @@ class Index:
         return self._write(reserve)
 
     def delivered(self, user: str, delivery_id: str) -> bool:
-        """True when delivery_id's message is in the index (its append is done); False for
-        an unknown id or one whose file may exist but was never indexed (pending)."""
-        value = self._read(lambda txn: txn.get(_delivery_key(user, delivery_id), db=self._db["deliveries"]))
-        return value is not None and bool(DELIVERY.unpack(value)[3])
+        """True when delivery_id's message made it into the index: its append is done, or
+        reconstruct adopted the file of a delivery cut short. False for an unknown id or a
+        file never indexed (the delivery has to be done, or finished, still)."""
+        def look(txn):
+            value = txn.get(_delivery_key(user, delivery_id), db=self._db["deliveries"])
+            if value is None:
+                return False
+            mailbox_id, uid, _, done = DELIVERY.unpack(value)
+            return bool(done) or self._has_record(txn, mailbox_id, uid)
+        return self._read(look)
 
     def _record_delivery(self, txn, user, delivery_id, mailbox_id, uid, done) -> None:
         txn.put(_delivery_key(user, delivery_id), DELIVERY.pack(mailbox_id, uid, time.time(), done),
@@ -410,6 +416,11 @@ class Index:
             piece = records[start:start + CHUNK]
             txn.put(CHUNK_KEY.pack(mailbox_id, uids[start]), b"".join(piece), db=db)
         return records
+
+    def _has_record(self, txn, mailbox_id: int, uid: int) -> bool:
+        _, chunk = self._chunk_holding(txn.cursor(db=self._db["messages"]), mailbox_id, uid)
+        position = self._position(chunk, uid)
+        return position < len(chunk) and RECORD.unpack_from(chunk, position)[0] == uid
 
     def _insert_record(self, txn, mailbox_id: int, uid: int, record: bytes) -> bool:
         """Put record into its chunk in UID order (False if uid is there already). A full

@@ -8,7 +8,8 @@ table (56 keywords per mailbox at most).
 Interface: flag_mask / known_flag_mask / flag_names (names <-> bits); parse_sequence_set
 (text, largest) -> merged inclusive ranges; ranges_from_values; Kernels.apply_flags and
 Kernels.remove_records (one chunk of records at a time); View (a snapshot of one mailbox:
-UID<->sequence mapping, sequence sets, search, sort, diff); Records (changed or removed
+UID<->sequence mapping, sequence sets resolved to an array("I") of sequence numbers, search,
+sort, diff); Records (changed or removed
 records, decoded on demand); the data classes and errors shared by both implementations.
 store/_index.pyx replaces parse_sequence_set, Kernels and View with C loops over the same
 bytes; store/_index_py.py is the LMDB side that both use.
@@ -19,6 +20,7 @@ sequence number outside the view.
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -297,19 +299,24 @@ class View:
         return sum(self._sizes)
 
     # -- sequence sets
-    def resolve(self, text: str, uid: bool = False) -> list[int]:
-        """Sequence numbers named by an IMAP set. A UID set ignores absent UIDs; a sequence
-        number beyond the snapshot raises ValueError (IMAP answers BAD)."""
+    def resolve(self, text: str, uid: bool = False) -> array:
+        """Sequence numbers named by an IMAP set, ascending, as an array("I") (iterable,
+        indexable, no int object per message until one is read). A UID set ignores absent
+        UIDs; a sequence number beyond the snapshot raises ValueError (IMAP answers BAD)."""
         if uid:
             largest = self._uids[-1] if self._uids else 0
             return self.seqs_in_uid_ranges(parse_sequence_set(text, largest))
         ranges = parse_sequence_set(text, len(self._uids))
         if ranges and ranges[-1][1] > len(self._uids):
             raise ValueError("sequence number out of range")
-        return [s for lo, hi in ranges for s in range(lo, hi + 1)]
+        seqs = array("I")
+        for lo, hi in ranges:
+            seqs.extend(range(lo, hi + 1))
+        return seqs
 
-    def seqs_in_uid_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
-        seqs = []
+    def seqs_in_uid_ranges(self, ranges: Sequence[tuple[int, int]]) -> array:
+        """Sequence numbers of the messages in UID ranges (sorted, merged), as resolve gives them."""
+        seqs = array("I")
         r = 0
         for i, uid in enumerate(self._uids):
             while r < len(ranges) and ranges[r][1] < uid:

@@ -9,6 +9,7 @@ import pytest
 
 from store.aliases import AliasMap
 from store.queue import Envelope, Queue, Recipient
+from tests.integration.delivery_support import Inbox, delivery_system, parse, sendmail, wait_queues_empty
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,35 @@ def test_user_lifecycle_seen_by_pop3d(system):
 
     ms.mailctl("user", "del", "bob")
     assert "[AUTH] Authentication failed" in pop_login(ms, "bob", "second pw")
+
+
+def account_names(ms) -> set[str]:
+    return {row["user"] for row in json.loads(ms.mailctl("accounts", "--json").stdout)}
+
+
+def test_user_del_purge_removes_the_mail_and_a_new_user_starts_empty(mailsystem):
+    system = delivery_system(mailsystem, users={"bob": (), "carol": ()})
+    system.start()
+    inbox = Inbox(system)
+    try:
+        for rcpt in ("bob", "bob", "carol"):
+            sendmail(system, "-f", "alice@example.org", rcpt, message=b"Subject: before\n\nbody\n")
+        assert len(inbox.wait("bob", 2)) == 2 and len(inbox.wait("carol", 1)) == 1
+        assert account_names(system) == {"bob", "carol"}
+
+        assert system.mailctl("user", "del", "bob", "--purge").stdout == "deleted user bob and the mail\n"
+        assert account_names(system) == {"carol"}
+        assert sorted(p.name for p in (system.var / "store").iterdir()) == ["carol"]
+        assert "bob" not in {row["name"] for row in json.loads(system.mailctl("user", "list", "--json").stdout)}
+
+        system.mailctl("user", "add", "bob", "--password", "new-pw")
+        assert inbox.messages("bob") == []
+        sendmail(system, "-f", "alice@example.org", "bob", message=b"Subject: after\n\nbody\n")
+        assert [parse(raw)["Subject"] for raw in inbox.wait("bob", 1)] == ["after"]
+        assert inbox.store.mailbox("bob", "INBOX").uidnext == 2 and len(inbox.messages("carol")) == 1
+        assert wait_queues_empty(system) == {q: [] for q in ("maildrop", "incoming", "active", "deferred")}
+    finally:
+        inbox.close()
 
 
 def test_user_options_list_and_exit_codes(mailsystem):

@@ -32,7 +32,7 @@ class Mailboxes:
         self.ids: set[str] = set()
         self.full = set(full)
 
-    def __call__(self, user, message, delivery_id, check_quota=True):
+    def __call__(self, user, message, delivery_id):
         if user in self.full:
             return Outcome(False, False, "4.2.2", "mailbox full")
         if delivery_id not in self.ids:

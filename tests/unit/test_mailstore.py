@@ -166,6 +166,56 @@ def test_delete_mailbox(store, messages):
     assert store.usage("bob") == 0
 
 
+def test_remove_user_takes_all_their_mail_and_nobody_elses(store, messages):
+    store.create_mailbox("bob", "Work/2024")
+    store.deliver("bob", "INBOX", messages[0], delivery_id="Q1:bob")
+    store.deliver("bob", "Work/2024", messages[1])
+    store.set_flags("bob", "INBOX", [(1, 1)], "+", ["\\Deleted"])
+    store.expunge("bob", "INBOX")
+    store.deliver("bob", "INBOX", messages[2], delivery_id="Q2:bob")
+    store.deliver("carol", "INBOX", messages[3], delivery_id="Q2:carol")
+    carol = _snapshot(store, "carol")
+
+    removed = store.remove_user("bob")
+    assert [m.name for m in removed] == ["INBOX", "Work", "Work/2024"]
+    assert not os.path.exists(store.user_dir("bob")) and os.listdir(store.store_dir) == ["carol"]
+    assert store.list_mailboxes("bob") == [] and store.usage("bob") == 0
+    assert store.index.users() == ["carol"]
+    assert not store.delivered("bob", "Q2:bob") and store.delivered("carol", "Q2:carol")
+    assert _snapshot(store, "carol") == carol
+    assert store.remove_user("bob") == []  # nothing left: no error
+
+    # a new bob starts empty, and an old delivery id is a new delivery for him
+    assert store.deliver("bob", "INBOX", messages[4], delivery_id="Q2:bob") == 1
+    assert store.usage("bob") == len(messages[4])
+    assert [m.name for m in store.list_mailboxes("bob")] == ["INBOX"]
+
+
+@pytest.mark.parametrize("crash_in", ["index", "files"])
+def test_a_purge_cut_short_never_brings_the_mail_back(store, messages, monkeypatch, crash_in):
+    store.deliver("bob", "INBOX", messages[0])
+    store.deliver("carol", "INBOX", messages[1])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+    if crash_in == "index":  # after the rename, before the index transaction
+        monkeypatch.setattr(store.index, "remove_user", crash)
+    else:                    # after the index transaction, before the files are gone
+        monkeypatch.setattr(shutil, "rmtree", crash)
+    with pytest.raises(RuntimeError):
+        store.remove_user("bob")
+    monkeypatch.undo()
+    [hidden, carols] = sorted(os.listdir(store.store_dir))
+    assert hidden.startswith(".deleted.") and carols == "carol"  # bob's is out of sight already
+    reports = {r.user: r for r in store.reconstruct()}
+    assert sorted(reports) == (["bob", "carol"] if crash_in == "index" else ["carol"])
+    assert os.listdir(store.store_dir) == ["carol"]
+    assert store.index.users() == ["carol"] and store.list_mailboxes("bob") == []
+    if crash_in == "index":
+        assert reports["bob"].mailboxes_dropped == ["INBOX"]
+    assert not reports["carol"].changed
+
+
 # ---------------------------------------------------------------- flags, expunge, quota
 
 def test_flags_and_expunge_remove_files_and_usage(store, messages):
@@ -225,6 +275,19 @@ def test_over_quota(store, messages):
     store.deliver("small", "INBOX", b"x" * 9000)
     assert not store.over_quota("small", 1000)
     assert store.over_quota("small", 1001)
+
+
+def test_delivered_knows_ids_whose_message_is_indexed(store, messages):
+    store.deliver("bob", "INBOX", messages[0], delivery_id="Q1:bob")
+    assert store.delivered("bob", "Q1:bob")
+    assert not store.delivered("bob", "Q1:carol") and not store.delivered("carol", "Q1:bob")
+    # cut short after the file's rename: not delivered until the index has it
+    reservation = store.index.reserve_uid("bob", "INBOX", "Q2:bob")
+    fsio.write_durably(store.mailbox_dir("bob", "INBOX"), f"{reservation.uid}.{reservation.uidvalidity}.eml",
+                       messages[1])
+    assert not store.delivered("bob", "Q2:bob")
+    store.reconstruct("bob")  # adopts the file: the message is there now
+    assert store.delivered("bob", "Q2:bob")
 
 
 # ---------------------------------------------------------------- reconstruct

@@ -36,8 +36,8 @@ from workers.delivery.resolve import Failed, File, Mailbox, Pipe, Remote, Resolv
 REMOTE_PENDING = "remote delivery not built yet"
 BCC_KEY = "bcc"
 
-# (user, message, delivery id, check_quota) -> Outcome
-MailboxDelivery = Callable[[str, bytes, str, bool], Outcome]
+# (user, message, delivery id) -> Outcome
+MailboxDelivery = Callable[[str, bytes, str], Outcome]
 
 
 @dataclass
@@ -188,11 +188,8 @@ class Attempt:
         limit = ctx.params.command_time_limit
         if isinstance(target, Mailbox):
             # After a crash the message may be in the mailbox already, its done mark lost: the
-            # quota would count it against itself. The store's delivery id makes the retry
-            # a no-op then, so the quota is not checked (over by one message at worst).
-            check_quota = not self.item.state.recoveries
-            return ctx.deliver_mailbox(target.user, self._with_trace(final), f"{self.queue_id}:{target.user}",
-                                       check_quota)
+            # deliverer asks the store for the delivery id before it looks at the quota.
+            return ctx.deliver_mailbox(target.user, self._with_trace(final), f"{self.queue_id}:{target.user}")
         if ctx.run_as is None:
             return Outcome(False, False, "4.3.5", f"mail_owner {ctx.params.mail_owner!r} is not a user here")
         if isinstance(target, Pipe):
