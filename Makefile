@@ -28,8 +28,12 @@ test: install
 test-pure: install
 	MAILHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# Benchmarks are not tests: each prints its numbers (pytest-benchmark tables, JSON lines).
 bench: install
-	$(BIN)/python -m pytest -q bench --benchmark-only
+	$(BIN)/python -m pytest -q bench/bench_index.py bench/bench_queue.py --benchmark-only
+	$(BIN)/python bench/smtp_load.py
+	$(BIN)/python bench/pop3_load.py
+	$(BIN)/python bench/idle_connections.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info store/*.so store/_index.c

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+from array import array
 import os
 
 import pytest
@@ -182,13 +183,17 @@ def test_view_mapping_resolve_search_sort(index):
     index.expunge("bob", "INBOX", [(4, 4)], deleted_only=False)
     view = index.open_view("bob", "INBOX")
     assert len(view) == 9 and view.uid(4) == 5 and view.seq(5) == 4 and view.seq(4) == 0
-    assert view.resolve("2,4:5") == [2, 4, 5]
-    assert view.resolve("*") == [9]
-    assert view.resolve("3:5", uid=True) == [3, 4]
-    assert view.resolve("20:*", uid=True) == [9]
+    assert view.resolve("2,4:5") == array("I", [2, 4, 5])
+    assert view.resolve("*").tolist() == [9]
+    assert view.resolve("3:5", uid=True).tolist() == [3, 4]
+    assert view.resolve("20:*", uid=True).tolist() == [9]
+    assert view.resolve("4", uid=True).tolist() == [] and view.seqs_in_uid_ranges([]).tolist() == []
     with pytest.raises(ValueError):
         view.resolve("10")
-    assert view.uid_ranges([1, 2, 3, 4, 6]) == [(1, 5), (7, 7)]
+    assert view.uid_ranges([1, 2, 3, 4, 6]) == view.uid_ranges(array("I", [1, 2, 3, 4, 6])) == [(1, 5), (7, 7)]
+    for outside in ([0], [10], [-1]):
+        with pytest.raises(IndexError):
+            view.uid_ranges(outside)
     assert view.search(has=["\\seen"]) == [1, 3, 4, 6, 8]
     assert view.search(lacks=["\\Seen"], larger=105) == [5, 7, 9]
     assert view.search(since=1_700_000_003, before=1_700_000_006, smaller=106) == [3, 4]
