@@ -7,8 +7,8 @@ reference (store._index_py), in the same run.
 Each benchmark runs once per implementation: append one message (reserve + append, two
 durable LMDB commits); flag update over 1:* (+\\Seen then -\\Seen), also without the commit
 fsync (the index's own work) and as a no-op (every message has the flag already); UID set ->
-sequence numbers and sequence numbers -> UID ranges (what STORE and UID FETCH do first); a
-flag/size/date search; open-mailbox (load the snapshot). The mailbox has holes in its UIDs
+sequence numbers (an array("I")) and sequence numbers -> UID ranges (what STORE and UID FETCH
+do first); a flag/size/date search; open-mailbox (load the snapshot). The mailbox has holes in its UIDs
 (every 11th is missing) and random sizes, dates and flags from a fixed seed. README
 "Benchmarks" records the ratios.
 """

@@ -1,6 +1,7 @@
-"""A child process is killed (SIGKILL) at each step of a delivery or an expunge; afterwards
-the store holds the old or the new state, never half a message nor an index entry without
-its file, and a retried delivery with the same delivery id stores the message exactly once."""
+"""A child process is killed (SIGKILL) at each step of a delivery, an expunge or a purge of a
+user's mail; afterwards the store holds the old or the new state, never half a message nor an
+index entry without its file, a retried delivery with the same delivery id stores the message
+exactly once, and purged mail never comes back."""
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ CHILD = textwrap.dedent("""
     root, point, action = sys.argv[1], sys.argv[2], sys.argv[3]
     calls = {"write": 0, "fsync": 0}
     real_write, real_fsync, real_rename, real_unlink = os.write, os.fsync, os.rename, os.unlink
-    real_append, real_expunge = Index.append, Index.expunge
+    real_append, real_expunge, real_remove_user = Index.append, Index.expunge, Index.remove_user
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -66,16 +67,24 @@ CHILD = textwrap.dedent("""
             die()
         return result
 
+    def remove_user(self, *args, **kwargs):
+        result = real_remove_user(self, *args, **kwargs)
+        if point == "after-index-purge":
+            die()
+        return result
+
     def unlink(path, *args, **kwargs):
         if point == "mid-unlink" and not os.path.basename(path).startswith("1."):
             die()
         return real_unlink(path, *args, **kwargs)
 
     os.write, os.fsync, os.rename, os.unlink = write, fsync, rename, unlink
-    Index.append, Index.expunge = append, expunge
+    Index.append, Index.expunge, Index.remove_user = append, expunge, remove_user
     store = MailStore(os.path.join(root, "store"), os.path.join(root, "index"))
     if action == "deliver":
         store.deliver("bob", "INBOX", iter([b"Subject: new\\r\\n\\r\\n", b"x" * 5000]), delivery_id="Q7:bob")
+    elif action == "purge":
+        store.remove_user("bob")
     else:
         store.set_flags("bob", "INBOX", [(1, 3)], "+", ["\\\\Deleted"])
         store.expunge("bob", "INBOX")
@@ -143,6 +152,20 @@ def test_expunge_killed_at_each_step(root, point):
     assert store.open_mailbox("bob", "INBOX").view.uids() == []
     assert [n for n in os.listdir(view.directory) if n.endswith(".eml")] == []
     assert store.usage("bob") == 0
+    store.index.close()
+
+
+@pytest.mark.parametrize("point", ["before-rename", "after-rename", "after-index-purge", "mid-unlink", "none"])
+def test_purge_killed_at_each_step(root, point):
+    killed = run_child(root, point, "purge") != 0
+    assert killed == (point != "none")
+    store = MailStore(root / "store", root / "index")
+    store.reconstruct()
+    if point == "before-rename":  # nothing was out of sight yet: the old state, whole
+        assert len(check_no_entry_without_file(store)) == 3
+        store.remove_user("bob")  # `mailctl user del --purge` once more
+    assert store.index.users() == [] and store.list_mailboxes("bob") == []
+    assert os.listdir(store.store_dir) == []
     store.index.close()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
-from array import array
 import os
+from array import array
 
 import pytest
 from hypothesis import HealthCheck, given, settings
