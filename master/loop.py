@@ -301,11 +301,17 @@ class Arbiter:
         return worker
 
     def retire(self, worker: Worker, reason: str) -> None:
+        """Take no more connections to worker; its sessions finish (recycling, reload)."""
         if worker.draining:
             return
         worker.draining = True
         spawn.send_op(worker, {"op": "drain"})
         self.log("H", f"service {worker.service.name}: worker {worker.pid} retires: {reason}")
+
+    def tell_stopping(self, worker: Worker) -> None:
+        """Like retire, and the worker tells its idle sessions to end (graceful stop)."""
+        worker.draining = True
+        spawn.send_op(worker, {"op": "drain", "stop": True})
 
     def on_control(self, worker: Worker) -> None:
         messages = spawn.read_messages(worker)
@@ -485,7 +491,7 @@ class Arbiter:
         for svc in self.services.values():
             self._close_listener(svc)
         for worker in list(self.workers.values()):
-            self.retire(worker, "stopping")
+            self.tell_stopping(worker)
         return {"ok": True}
 
     def finish(self) -> None:

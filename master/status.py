@@ -112,13 +112,16 @@ class StatusServer:
     def _answer(self, client: socket.socket, line: bytes) -> None:
         try:
             req = json.loads(line)
-            handler = self.handlers.get(req.get("op")) if isinstance(req, dict) else None
-            if handler is None:
-                answer = {"ok": False, "error": f"unknown request {line[:100]!r}"}
-            else:
-                answer = handler(req)
-        except ValueError:
+        except (ValueError, RecursionError):
+            req = None
+        op = req.get("op") if isinstance(req, dict) else None
+        handler = self.handlers.get(op) if isinstance(op, str) else None
+        if handler is not None:
+            answer = handler(req)
+        elif req is None:
             answer = {"ok": False, "error": "request is not JSON"}
+        else:
+            answer = {"ok": False, "error": f"unknown request {line[:100]!r}"}
         self.selector.unregister(client)
         del self.clients[client]
         try:

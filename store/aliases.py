@@ -38,6 +38,7 @@ MAX_LINE = 64 * 1024                 # one logical entry, continuation lines joi
 MAX_TARGETS = 10_000                 # per name
 MAX_INCLUDE_DEPTH = 5
 MAX_EXPAND_DEPTH = 20
+MAX_NAME_BYTES = 255                 # LMDB keys stop at 511 bytes; local parts at 64 (RFC 5321)
 NAME = re.compile(r'[^\s:,"@|/][^\s:,"@]*')
 META_KEY = b"\0meta"
 
@@ -161,6 +162,8 @@ def parse(source: str) -> tuple[dict[str, list[str]], list[str]]:
         name = name.strip().strip('"').lower()
         if not sep or not NAME.fullmatch(name):
             raise AliasError(f"{where}: expected `name: target, ...`, got {text[:60]!r}")
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise AliasError(f"{where}: alias name longer than {MAX_NAME_BYTES} bytes")
         targets = _resolve_targets(split_targets(rest, where), base_dir, where, 0)
         if name in entries:
             warnings.append(f"{where}: duplicate alias {name!r} ignored (the first one counts)")
@@ -231,8 +234,11 @@ class AliasMap:
         env = self._current()
         if env is None:
             return None
+        key = name.strip().lower().encode()
+        if not key or len(key) > MAX_NAME_BYTES:
+            return None                  # no alias can have it (and LMDB would refuse the key)
         with env.begin() as txn:
-            raw = txn.get(name.strip().lower().encode())
+            raw = txn.get(key)
         return json.loads(raw) if raw is not None else None
 
     def close(self) -> None:

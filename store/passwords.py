@@ -10,7 +10,8 @@ make_forms(name, password, secret_key) -> dict, JSON-ready, with
     "apop"           the password itself, AES-256-GCM encrypted with the data directory's
                      key file (APOP's digest needs the secret; the user name is the AAD)
 verify_scrypt(form, password), ScramKeys.from_form(form), cram_md5_digest(form, challenge),
-open_apop(form, name, key), saslprep(text), load_secret_key(path) (created 0600 on first use).
+open_apop(form, name, key), saslprep(text), load_secret_key(path) (created 0600 on first use;
+an existing key readable by group or others is tightened to 0600).
 Diagnostics: ValueError for a malformed stored form; SecretKeyError if the key file is
 unreadable or of the wrong size (APOP then fails, every other form keeps working).
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from Crypto.Cipher import AES
 
-from store.fsio import StorageError, write_durably
+from store.fsio import StorageError, fsync_dir, write_durably
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SCRAM_ITERATIONS = 4096                  # RFC 7677's minimum recommendation
@@ -179,6 +180,9 @@ def load_secret_key(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             key = f.read(SECRET_KEY_BYTES + 1)
+            info = os.fstat(f.fileno())
+            if info.st_mode & 0o077 and info.st_uid == os.geteuid():   # copied in loosely
+                os.fchmod(f.fileno(), 0o600)
     except FileNotFoundError:
         key = _create_secret_key(path)
     except OSError as e:
@@ -201,6 +205,10 @@ def _create_secret_key(path: str) -> bytes:
         pass
     finally:
         os.unlink(os.path.join(directory, draft))
+    try:
+        fsync_dir(directory)                             # the link, durably
+    except OSError as e:
+        raise SecretKeyError(f"cannot sync {directory}: {e.strerror}") from None
     with open(path, "rb") as f:
         return f.read(SECRET_KEY_BYTES + 1)
 

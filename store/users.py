@@ -4,10 +4,15 @@ The env lives at $data_directory/users (not under index_directory: deleting the 
 reconstruct it must not delete the accounts). Two named databases: "users" (name -> JSON
 profile: enabled, quota, protocols, forward, keep_copy, full_name) and "credentials"
 (name -> JSON password forms of store/passwords.py), so a listing never touches secrets.
-Names are lower-cased; they are what a user logs in with and the local part of the address.
+Names are lower-cased; they are the local part of the user's address. A client may log in
+with the bare name or with name@domain for a domain of mydestination (the domains a user
+receives mail at): db.canonical() maps both to the user, for every protocol and mechanism.
+Names are checked (NAME) before any use, so none can reach outside a directory ('/' and a
+leading '.' are refused).
 
 Interface:
-    db = UserDB.from_params(params) / UserDB.open(params) / UserDB(env_path, key_path); `with` works
+    db = UserDB.from_params(params) / UserDB.open(params) / UserDB(env_path, key_path, login_domains)
+    db.canonical(login) -> str | None        # "bob", "Bob@example.test" -> "bob"; None if invalid
     get_user(params, name) -> User | None    # the one-call form for readers
     db.get(name) -> User | None;  db.list() -> [User];  db.add(user or name, password=None)
     db.update(user);  db.set_password(name, password);  db.delete(name) -> bool
@@ -80,14 +85,15 @@ def _shared_env(path: str) -> lmdb.Environment:
     path = os.path.abspath(path)
     if path not in _ENVS:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        _ENVS[path] = lmdb.open(path, map_size=MAP_SIZE, max_dbs=4, subdir=True)
+        _ENVS[path] = lmdb.open(path, map_size=MAP_SIZE, max_dbs=4, subdir=True, mode=0o600)
     return _ENVS[path]
 
 
 class UserDB:
-    def __init__(self, env_path: str, key_path: str):
+    def __init__(self, env_path: str, key_path: str, login_domains=()):
         self.env_path = os.path.abspath(env_path)
         self.key_path = key_path
+        self.login_domains = frozenset(d.lower().rstrip(".") for d in login_domains)
         self.env = _shared_env(self.env_path)
         self._users = self.env.open_db(b"users")
         self._creds = self.env.open_db(b"credentials")
@@ -96,7 +102,7 @@ class UserDB:
     @classmethod
     def from_params(cls, params) -> "UserDB":
         return cls(os.path.join(params.data_directory, "users"),
-                   os.path.join(params.data_directory, "secret.key"))
+                   os.path.join(params.data_directory, "secret.key"), params.mydestination)
 
     open = from_params           # reads well as `with UserDB.open(params) as users:`
 
@@ -147,19 +153,27 @@ class UserDB:
         with self.env.begin(db=db) as txn:
             return txn.get(name.encode())
 
-    def _forms(self, name: str) -> dict:
+    def canonical(self, login: str) -> str | None:
+        """The user name a login means: `bob`, or `bob@DOMAIN` for a domain of mydestination
+        (case-insensitive); None for anything else (another domain, a bad name)."""
+        local, at, domain = login.strip().partition("@")
+        if at and domain.lower().rstrip(".") not in self.login_domains:
+            return None
         try:
-            raw = self._read(self._creds, check_name(name))
+            return check_name(local)
         except UserError:
-            return {}
+            return None
+
+    def _forms(self, name: str) -> dict:
+        user = self.canonical(name)
+        raw = self._read(self._creds, user) if user else None
         return json.loads(raw) if raw else {}
 
     # ---------------------------------------------------------------- profiles
     def get(self, name: str) -> User | None:
-        try:
-            raw = self._read(self._users, check_name(name))
-        except UserError:
-            return None
+        """The user of a bare name or a login name (see canonical)."""
+        user = self.canonical(name)
+        raw = self._read(self._users, user) if user else None
         return User.from_json(raw) if raw else None
 
     def list(self) -> list[User]:
@@ -243,7 +257,7 @@ class UserDB:
         if not form or key is None:
             return None
         try:
-            return passwords.open_apop(form, check_name(name), key)
+            return passwords.open_apop(form, self.canonical(name), key)
         except ValueError:
             return None
 

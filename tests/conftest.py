@@ -52,6 +52,7 @@ class MailSystem:
         self.services: list[str] = []
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen | None = None
+        self.python = sys.executable     # the master's (and so its workers') interpreter
 
     # -- configuration
     def add_service(self, command: str, *args: str, maxproc: str | int = "-", name: str | None = None,
@@ -90,7 +91,7 @@ class MailSystem:
     def start(self, wait: bool = True) -> None:
         self.write_config()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "master", "-c", str(self.etc / "master.cf")],
+            [self.python, "-m", "master", "-c", str(self.etc / "master.cf")],
             cwd=self.root, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -16,7 +16,9 @@ Mechanisms prove credentials only; the protocol then checks enabled / protocols
     CRAM-MD5       RFC 2195   <random.time@host>, answer "user hexdigest"
     SCRAM-SHA-256  RFC 7677   gs2 "n" or "y" (no channel binding), server-final sent as a
                               challenge whose answer must be empty (as SMTP and POP3 require)
-An authorization identity other than the authentication identity is refused.
+An authorization identity other than the authentication identity is refused. Names are
+login names: `bob` or `bob@` a mydestination domain (UserDB.canonical); Step.user is the
+bare user name either way.
 
 Authenticator(users, hostname): sasl_mechanisms(), sasl_is_plaintext(name),
 sasl_server(name), verify_password(name, pw), verify_apop(name, timestamp, hexdigest),
@@ -35,7 +37,7 @@ import time
 from dataclasses import dataclass
 
 from store.passwords import saslprep
-from store.users import User, UserDB, UserError, check_name
+from store.users import User, UserDB
 
 MAX_RESPONSE = 4096            # bytes of one decoded client message; SASL needs far less
 SCRAM_NONCE_MAX = 256
@@ -51,17 +53,6 @@ class Step:
 
 def _fail(reason: str, user: str | None = None) -> Step:
     return Step(user=user, failed=True, reason=reason)
-
-
-def _canonical(name: str) -> str | None:
-    try:
-        return check_name(name)
-    except UserError:
-        return None
-
-
-def _authorized(authzid: str, authcid: str) -> bool:
-    return not authzid or _canonical(authzid) == _canonical(authcid)
 
 
 class Mechanism:
@@ -90,13 +81,20 @@ class Mechanism:
         self._over = True
         return step
 
+    def _canonical(self, name: str) -> str | None:
+        """The user a login name means (`bob` or `bob@` a mydestination domain)."""
+        return self.users.canonical(name)
+
+    def _authorized(self, authzid: str, authcid: str) -> bool:
+        return not authzid or self._canonical(authzid) == self._canonical(authcid)
+
     def _check_password(self, authzid: str, authcid: str, password: str) -> Step:
-        user = _canonical(authcid)
+        user = self._canonical(authcid)
         if not authcid or not password:
             return self._end(_fail("empty name or password", authcid or None))
         if not self.users.verify_password(authcid, password) or user is None:
             return self._end(_fail("bad credentials", authcid))
-        if not _authorized(authzid, authcid):
+        if not self._authorized(authzid, authcid):
             return self._end(_fail(f"may not act as {authzid!r}", user))
         return self._end(Step(user=user))
 
@@ -150,7 +148,7 @@ class CramMD5(Mechanism):
             return self._end(_fail("malformed CRAM-MD5 answer", name or None))
         if not self.users.cram_md5(name, self._challenge, bytes.fromhex(digest)):
             return self._end(_fail("bad credentials", name))
-        return self._end(Step(user=_canonical(name)))
+        return self._end(Step(user=self._canonical(name)))
 
 
 def server_nonce() -> str:
@@ -202,7 +200,7 @@ class ScramSHA256(Mechanism):
         if not client_nonce or len(client_nonce) > SCRAM_NONCE_MAX or any(k == "m" for k, _ in attrs[2:]):
             return self._end(_fail("bad nonce or unsupported extension", self._user))
         authz = _scram_name(authzid) if authzid else ""
-        if not _authorized(authz, self._user):
+        if not self._authorized(authz, self._user):
             return self._end(_fail(f"may not act as {authz!r}", self._user))
         self._keys = self.users.scram_keys(self._user) or self.users.decoy_scram_keys(self._user)
         self._gs2_header = text[:len(text) - len(bare)]
@@ -248,7 +246,7 @@ class ScramSHA256(Mechanism):
     def _acknowledged(self, response: bytes | None) -> Step:
         if response:
             return self._end(_fail("unexpected data after server-final-message", self._user))
-        return self._end(Step(user=_canonical(self._user)))
+        return self._end(Step(user=self._canonical(self._user)))
 
 
 MECHANISMS: dict[str, type[Mechanism]] = {m.name: m for m in (ScramSHA256, CramMD5, Plain, Login)}

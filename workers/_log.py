@@ -5,7 +5,9 @@ levels low / medium / high of `log_level`. A line on the wire is `<L> <name> <te
 one of E, M, H; the master's logwriter (the single writer of the files) adds the time and
 `service[pid]:` prefix, filters by level and rotates. Anything else a worker prints
 (a traceback) is logged by the master as an error in server.log.
-Standalone tools (mailctl, sendmail) have no master pipe: their Log writes straight to the file.
+Only processes the master started log this way (their stderr is the master's pipe); outside
+the master (a tool, a unit test) the lines simply land on the process's own stderr.
+Diagnostics: a failed write (the master is gone) is dropped silently.
 """
 from __future__ import annotations
 

@@ -10,11 +10,18 @@ run_worker; it never accepts, never reads main.cf, never rotates logs:
 
 The master hands over accepted sockets through the control socket (env
 MAILHOUSE_CONTROL_FD, SOCK_SEQPACKET, fd via SCM_RIGHTS, header {"conn", "refuse"}) and
-may send {"op": "drain"} (take nothing more, finish the sessions, exit) or
-{"op": "wakeup"}. The worker reports {"op": "ready", "protocol"}, {"op": "closed", "conn"} and
-{"op": "session", "conn", "user", "protocol"}. SIGTERM drains like {"op": "drain"};
-SIGINT is ignored (the master decides when sessions end). The process exits 0 once
-draining and idle.
+may send {"op": "drain"} (take nothing more, finish the sessions, exit; recycling and
+reload), {"op": "drain", "stop": true} (the same, and tell the sessions: the master is
+stopping) or {"op": "wakeup"}. The worker reports {"op": "ready", "protocol"},
+{"op": "closed", "conn"} and {"op": "session", "conn", "user", "protocol"}. SIGTERM is a
+stop like {"op": "drain", "stop": true}; SIGINT is ignored (the master decides when
+sessions end). The process exits 0 once draining and idle.
+
+Graceful stop inside a session: conn.draining (an asyncio.Event, one per worker) is set when
+the master stops; conn.read_command(limit, timeout) is read_line for a session waiting for
+its next command and returns None instead once draining is set, so the session can answer
+its protocol's goodbye (SMTP `421 4.3.2`, IMAP `* BYE`, POP3 `-ERR`) and return. A session in
+the middle of a command (a DATA transfer) finishes it first.
 
 Settings come from the master (env MAILHOUSE_PARAMS: JSON of the raw settings including
 the service's -o overrides, MAILHOUSE_BASE_DIR), so a reload the master refused never
@@ -127,7 +134,8 @@ class Connection:
     """One client session: streams, addresses, settings, TLS and limits."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int,
-                 params: Params, log: Log, protocol: str, control: _Control):
+                 params: Params, log: Log, protocol: str, control: _Control,
+                 draining: asyncio.Event | None = None):
         self.reader = reader
         self.writer = writer
         self.conn_id = conn_id
@@ -136,6 +144,7 @@ class Connection:
         self.protocol = protocol
         self.user: str | None = None
         self._control = control
+        self.draining = draining if draining is not None else asyncio.Event()
         peer = writer.get_extra_info("peername") or ("", 0)
         local = writer.get_extra_info("sockname") or ("", 0)
         self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
@@ -178,6 +187,23 @@ class Connection:
         """A line with its terminator; b"" at EOF. Raises LineTooLong / TimeoutError."""
         return await read_line(self.reader, limit, timeout)
 
+    async def read_command(self, limit: int, timeout: float) -> bytes | None:
+        """read_line between commands: None once the master stops (draining), line or not."""
+        if self.draining.is_set():
+            return None
+        line = asyncio.ensure_future(self.read_line(limit, timeout))
+        stop = asyncio.ensure_future(self.draining.wait())
+        try:
+            await asyncio.wait((line, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not line.done():
+                line.cancel()           # readuntil consumes nothing until a whole line is there
+                await asyncio.wait((line,))
+        if line.cancelled():
+            return None
+        return line.result()
+
     async def send(self, data: bytes) -> None:
         """Raw bytes (multi-line replies, literals, message bodies)."""
         self.writer.write(data)
@@ -197,13 +223,14 @@ class _WorkerBase:
         self.params = worker_params()
         self.control = _Control()
         self.stopping = False
+        self.draining = asyncio.Event()       # the master stops: sessions are told (Connection)
         self.done = asyncio.Event()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.control.sock is not None:
             loop.add_reader(self.control.sock.fileno(), self._on_control)
-        loop.add_signal_handler(signal.SIGTERM, self.drain)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.control.send({"op": "ready", "protocol": self.log_name})
 
     def _on_control(self) -> None:
@@ -221,7 +248,7 @@ class _WorkerBase:
             os.close(fd)
         op = message.get("op")
         if op == "drain":
-            self.drain()
+            self.stop() if message.get("stop") else self.drain()
         elif op == "wakeup":
             self.on_wakeup()
         else:
@@ -233,6 +260,10 @@ class _WorkerBase:
     def drain(self) -> None:
         self.stopping = True
         self.check_done()
+
+    def stop(self) -> None:
+        self.draining.set()
+        self.drain()
 
     def check_done(self) -> None:
         if self.stopping and self.idle():
@@ -303,7 +334,8 @@ class _InetWorker(_WorkerBase):
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        conn_id: int, refused: bool) -> None:
-        conn = Connection(reader, writer, conn_id, self.params, self.log, self.log_name, self.control)
+        conn = Connection(reader, writer, conn_id, self.params, self.log, self.log_name, self.control,
+                          self.draining)
         try:
             if refused:
                 await asyncio.wait_for(self.refuse(conn), REFUSE_TIMEOUT)

@@ -12,9 +12,9 @@ sends its periodic wakeup, and at least every minimal_backoff_time seconds. Whil
 master's disk guard flag is up (run/lowspace) no pass runs: nothing is written.
 Drain (SIGTERM or the master's drain) stops after the current message.
 Diagnostics (smtp.log): one line per recipient outcome and per queue file (see attempt);
-a file that cannot be read goes to corrupt/ with an error line; an unexpected error in one
-attempt is logged with its traceback and the file is deferred for a later try (done marks
-kept); the other files go on.
+a file that cannot be read goes to corrupt/ with an error line; a storage error (queue or
+index not writable) and an unexpected error in one attempt (logged with its traceback) defer
+the file for a later try (done marks kept); the other files go on.
 """
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ class QueueManager:
         except NotQueued:
             pass                           # deleted by mailctl meanwhile
         except StorageError as e:
-            self.log.error(f"{queue_id}: cannot update the queue, will retry: {e}")
+            self.log.error(f"{queue_id}: storage error, will retry: {e}")
+            self._park(queue_id, f"storage error: {e}")
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
             self.log.error(f"{queue_id}: delivery attempt failed: {type(e).__name__}: {e}")
             traceback.print_exc()

@@ -88,6 +88,8 @@ def cmd_show(args, config) -> int:
             head = f.read(HEADER_LIMIT).split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     except (NotQueued, QueueCorrupt) as e:
         raise Refused(str(e)) from None
+    except FileNotFoundError:       # the queue manager moved or finished it meanwhile
+        raise Refused(f"{queue_id} changed queues or was delivered just now; try again") from None
     print(json.dumps(describe(item), indent=2))
     print(head.decode("utf-8", "replace"))
     return 0

@@ -1,6 +1,6 @@
 """sendmail: the sendmail-compatible submission command that scripts and cron use.
 
-    sendmail [-t] [-i] [-f SENDER] [-F NAME] [-c PATH] [RCPT ...] < message
+    sendmail [-t] [-i] [-f SENDER] [-F NAME] [-c PATH] [-N DSN] [-R RET] [-V ENVID] [RCPT ...] < message
 
 Reads the message on stdin and writes it durably into the `maildrop` queue, then pokes
 qmgr (if it is not running, the mail waits there and is delivered when the master starts).
@@ -8,8 +8,10 @@ qmgr (if it is not running, the mail waits there and is delivered when the maste
 headers) in addition to those on the command line; Bcc headers are removed. Without -i
 (or -oi) a line holding a single dot ends the message, as in sendmail. Unqualified
 addresses get `@myhostname`. From, Date and Message-ID are added when missing.
+DSN requests as in Postfix: -N never | success,failure,delay (for every recipient),
+-R full | hdrs, -V envid (printable ASCII, at most 100 characters).
 Accepted and ignored, because cron and scripts pass them: -bm, -oXXX, -odb/-odi, -v,
--N DSN, -R RET, -V ENVID, -B TYPE, -L LABEL, -em/-ep/-eq.
+-B TYPE, -L LABEL, -em/-ep/-eq.
 Exit codes (sysexits): 0 queued, 64 usage, 65 bad message (too big, no recipients,
 bad address), 75 temporary (queue not writable, disk full), 78 configuration.
 """
@@ -38,7 +40,8 @@ MAX_RECIPIENTS = 10_000
 _WITH_ARG = set("fFcCNRVBLOhpqrX")
 _IGNORED_FLAGS = {"-bm", "-v", "-odb", "-odi", "-em", "-ep", "-eq", "-ew", "-Am", "-Ac"}
 
-USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F full name] [-c config] [recipient ...]"
+USAGE = ("usage: sendmail [-t] [-i] [-f sender] [-F full name] [-c config] [-N dsn] [-R ret] [-V envid]"
+         " [recipient ...]")
 
 
 class UsageError(Exception):
@@ -57,6 +60,29 @@ class Options:
     extract: bool = False               # -t
     dot_ends: bool = True               # cleared by -i / -oi
     recipients: list[str] = field(default_factory=list)
+    notify: list[str] | None = None     # -N: ["NEVER"] or a subset of NOTIFY_WORDS
+    ret: str | None = None              # -R: FULL | HDRS
+    envid: str | None = None            # -V
+
+
+NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
+
+
+def _dsn_option(letter: str, value: str, opts: Options) -> None:
+    """-N, -R and -V: checked like the SMTP parameters they stand for (RFC 3461)."""
+    if letter == "N":
+        words = [w.strip().upper() for w in value.split(",")]
+        if words != ["NEVER"] and not (words and set(words) <= NOTIFY_WORDS and len(set(words)) == len(words)):
+            raise UsageError(f"-N wants never or a list of success, failure, delay, not {value!r}")
+        opts.notify = words
+    elif letter == "R":
+        if value.upper() not in ("FULL", "HDRS"):
+            raise UsageError(f"-R wants full or hdrs, not {value!r}")
+        opts.ret = value.upper()
+    else:
+        if not value or len(value) > 100 or not all(" " <= c <= "~" for c in value):
+            raise UsageError("-V wants an envelope id of 1 to 100 printable ASCII characters")
+        opts.envid = value
 
 
 def parse_options(argv: list[str]) -> Options:
@@ -83,6 +109,8 @@ def parse_options(argv: list[str]) -> Options:
                 opts.full_name = value
             elif letter in "cC":
                 opts.config = value
+            elif letter in "NRV":
+                _dsn_option(letter, value, opts)
             continue
         if letter == "o":
             if arg in ("-oi", "-oitrue"):
@@ -212,8 +240,8 @@ def queue_message(params: Params, opts: Options, raw: bytes) -> str:
     for line in complete_headers(headers, sender, opts.full_name, hostname, label, now):
         writer.write(line)
     writer.write(body if body else b"\r\n")
-    envelope = Envelope(sender=sender, recipients=[Recipient(r) for r in recipients],
-                        client={"protocol": "sendmail", "user": login_name()})
+    envelope = Envelope(sender=sender, recipients=[Recipient(r, opts.notify) for r in recipients],
+                        ret=opts.ret, envid=opts.envid, client={"protocol": "sendmail", "user": login_name()})
     queue_id = writer.commit(envelope)
     wake_qmgr(params)
     return queue_id

@@ -149,6 +149,13 @@ def _refuse_errors(action):
     return run
 
 
+def _existing(users: UserDB, name: str) -> User:
+    user = users.get(name)
+    if user is None:
+        raise Refused(f"no such user: {name}")
+    return user
+
+
 def describe(user: User, users: UserDB) -> dict:
     return {"name": user.name, "enabled": user.enabled, "quota": user.quota, "protocols": user.protocols,
             "forward": user.forward, "keep_copy": user.keep_copy, "full_name": user.full_name,
@@ -170,9 +177,7 @@ def cmd_add(args, config) -> int:
 @_refuse_errors
 def cmd_set(args, config) -> int:
     users = _users(config)
-    user = users.get(args.name)
-    if user is None:
-        raise Refused(f"no such user: {args.name}")
+    user = _existing(users, args.name)
     password = _password(args)
     _apply(user, args)
     users.update(user)
@@ -185,9 +190,7 @@ def cmd_set(args, config) -> int:
 @_refuse_errors
 def cmd_del(args, config) -> int:
     users = _users(config)
-    user = users.get(args.name)
-    if user is None:
-        raise Refused(f"no such user: {args.name}")
+    user = _existing(users, args.name)
     if args.purge:
         _purge_mail(config.params, user.name)
     users.delete(user.name)
@@ -219,9 +222,7 @@ def cmd_list(args, config) -> int:
 @_refuse_errors
 def cmd_passwd(args, config) -> int:
     users = _users(config)
-    user = users.get(args.name)
-    if user is None:
-        raise Refused(f"no such user: {args.name}")
+    user = _existing(users, args.name)
     if sys.stdin.isatty():
         password = getpass.getpass(f"New password for {user.name}: ")
         if password != getpass.getpass("Again: "):

@@ -6,7 +6,8 @@ options) and returns it unstarted (call .start()); smtpd_port(system) is its SMT
 write_aliases(system, text) writes the aliases file and runs newaliases.
 Inbox(system) reads users' INBOX through store.mailstore (one LMDB environment per test
 process): .messages(user) -> list of bytes, .wait(user, count) waits (bounded) until user has
-count messages and returns them; parse(raw) -> email.message.EmailMessage.
+count messages and returns them; parse(raw) -> email.message.EmailMessage. The `inboxes`
+fixture (import it into the test module) makes Inbox objects and closes them after the test.
 sendmail(system, *args, message=bytes) runs the real sendmail command.
 queue_files(system, queue) lists a queue folder; wait_queues_empty(system) waits for qmgr to finish.
 """
@@ -16,6 +17,8 @@ import email
 import email.policy
 import os
 import time
+
+import pytest
 
 from store.mailstore import INBOX, MailStore
 
@@ -77,6 +80,18 @@ class Inbox:
 
     def close(self) -> None:
         self.store.index.close()
+
+
+@pytest.fixture
+def inboxes():
+    opened: list[Inbox] = []
+
+    def make(system) -> Inbox:
+        opened.append(Inbox(system))
+        return opened[-1]
+    yield make
+    for inbox in opened:
+        inbox.close()
 
 
 def queue_files(system, queue: str) -> list[str]:

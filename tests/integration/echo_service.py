@@ -2,7 +2,9 @@
 
 Greeting `+OK echo <pid> <smtpd_banner>` (the banner shows which settings the worker got).
 Commands, one per line: `PID` -> `+OK <pid>`, `PARAM <name>` -> `+OK <value>`,
-`USER <name>` -> reported to the master (mailctl connections), `STARTTLS` -> `+OK begin TLS`
+`USER <name>` -> reported to the master (mailctl connections), `NEXT` -> `+OK waiting`, then
+the next line is read with read_command: echoed, or `-ERR [SYS/TEMP] shutting down` and close
+when the master stops meanwhile, `STARTTLS` -> `+OK begin TLS`
 and the upgrade, `TLS` -> `+OK <version>` or `+OK none`, `QUIT` -> `+OK bye` and close;
 any other line is echoed as `+OK <line>`. Over the connection limit: `-ERR [SYS/TEMP]`.
 """
@@ -41,6 +43,13 @@ async def handle(conn: Connection) -> None:
             await conn.start_tls(b"+OK begin TLS")
         elif verb == "TLS":
             await conn.send_line(f"+OK {conn.tls_version() or 'none'}".encode())
+        elif verb == "NEXT":
+            await conn.send_line(b"+OK waiting")
+            line = await conn.read_command(LINE_LIMIT, IDLE_TIMEOUT)
+            if line is None:
+                await conn.send_line(b"-ERR [SYS/TEMP] shutting down")
+                return
+            await conn.send_line(b"+OK " + line.rstrip(b"\r\n"))
         elif verb == "USER":
             conn.set_user(arg)
             await conn.send_line(b"+OK")

@@ -84,7 +84,9 @@ def pop_ssl(port: int, timeout: float = 10) -> poplib.POP3_SSL:
 
 
 def login(port: int, user: str, password: str, attempts: int = 50) -> poplib.POP3:
-    """USER/PASS, waiting (bounded) while a just-closed session still holds the lock."""
+    """USER/PASS, waiting (bounded) while a dropped session still holds the lock (the server
+    sees the drop only when it next reads). After a QUIT the lock is already free: pass
+    attempts=1 to check that."""
     for _ in range(attempts):
         client = pop(port)
         client.user(user)

@@ -9,11 +9,15 @@ database (what `mailctl user add` does, without a process start per user).
 queued(system) -> list of store.queue.QueueItem in incoming/ (no qmgr runs in these tests,
 so accepted mail stays there), message(system, item) -> its bytes.
 raw_session(port, data) sends bytes on a plain socket and returns all replies until close.
+swaks(*args) runs the real swaks client (installed by .ci/run; a missing swaks is a failure,
+not a skip) and returns the CompletedProcess (text, stdout and stderr captured).
 """
 from __future__ import annotations
 
+import shutil
 import smtplib
 import socket
+import subprocess
 import time
 
 from master.params import Params, load_main_cf
@@ -66,3 +70,9 @@ def raw_session(port: int, data: bytes, source: str = "127.0.0.1", timeout: floa
                 break
             received += chunk
     return [line for line in received.split(b"\r\n") if line]
+
+
+def swaks(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    path = shutil.which("swaks")
+    assert path, "swaks is not installed (apt-get install -y swaks; .ci/run does it)"
+    return subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout)

@@ -1,5 +1,9 @@
 """kill -9 of the whole process group right after acknowledgements, then a restart: every
-acknowledged message is in each of its mailboxes exactly once."""
+acknowledged message is in each of its mailboxes exactly once.
+
+Each message has several envelope recipients that lead to the same mailboxes more than once:
+an alias with two members (team: bob, carol), a user forwarding with a kept copy (dave ->
+carol), a user forwarding without one (erin -> bob), and the always_bcc archive copy."""
 from __future__ import annotations
 
 import re
@@ -20,14 +24,15 @@ def message_ids(messages: list[bytes]) -> list[str]:
     return sorted(parse(raw)["Message-ID"] for raw in messages)
 
 
-def wait_delivered(inbox: Inbox, expected: int) -> None:
-    for user in ("bob", "carol", "archive"):
-        inbox.wait(user, expected, timeout=30)
+MAILBOXES = ("bob", "carol", "dave", "archive")
+RECIPIENTS = ["team@example.test", "dave@example.test", "erin@example.test"]
 
 
 def test_kill_after_acknowledgements_then_restart(mailsystem, corpus):
     system = delivery_system(mailsystem, smtpd=True, main={"always_bcc": "archive@example.test"},
-                             users={"bob": (), "carol": (), "archive": ()})
+                             users={"bob": (), "carol": (), "archive": (),
+                                    "dave": ("--forward", "carol@example.test", "--keep-copy"),
+                                    "erin": ("--forward", "bob")})
     write_aliases(system, "team: bob, carol\n")
     template = (corpus / "05-mixed-attachment.eml").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     acknowledged: list[str] = []
@@ -37,13 +42,13 @@ def test_kill_after_acknowledgements_then_restart(mailsystem, corpus):
             for n in range(PER_ROUND):
                 message_id = f"<crash-{round_number}-{n}@example.org>"
                 message = re.sub(rb"(?m)^Message-ID: .*$", f"Message-ID: {message_id}\r".encode(), template, count=1)
-                refused = client.sendmail("alice@example.org", ["team@example.test"], message)
+                refused = client.sendmail("alice@example.org", RECIPIENTS, message)
                 assert refused == {}
                 acknowledged.append(message_id)
         system.kill()          # the master and every worker, right after the last 250
     # and once more through sendmail into the maildrop, killed at once too
     system.start()
-    sendmail(system, "-f", "alice@example.org", "team@example.test",
+    sendmail(system, "-f", "alice@example.org", *RECIPIENTS,
              message=b"Message-ID: <crash-sendmail@example.org>\nSubject: last\n\nbody\n")
     acknowledged.append("<crash-sendmail@example.org>")
     system.kill()
@@ -51,11 +56,13 @@ def test_kill_after_acknowledgements_then_restart(mailsystem, corpus):
     system.start()
     inbox = Inbox(system)
     try:
-        wait_delivered(inbox, len(acknowledged))
+        for user in MAILBOXES:
+            inbox.wait(user, len(acknowledged), timeout=30)
         # every queue file finished: nothing is left that could still deliver a second copy
         left = wait_queues_empty(system, ("maildrop", "incoming", "active", "deferred", "corrupt"))
         assert not any(left.values()), left
-        for user in ("bob", "carol", "archive"):
+        for user in MAILBOXES:
             assert message_ids(inbox.messages(user)) == sorted(acknowledged), user
+        assert inbox.messages("erin") == []
     finally:
         inbox.close()

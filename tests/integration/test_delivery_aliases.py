@@ -4,7 +4,6 @@ from __future__ import annotations
 import mailbox
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from tests.integration.delivery_support import (Inbox, delivery_system, parse, sendmail, smtpd_port,
                                                 write_aliases)
+from tests.integration.smtpd_support import swaks
 
 pytestmark = pytest.mark.integration
 
@@ -106,10 +106,9 @@ def test_mail_over_smtp_reaches_every_alias_member(mailsystem, corpus):
     write_aliases(system, "staff: team\nteam: bob, carol@example.test, DAVE@mail.example.test\n")
     system.start()
     message = corpus / "06-nested-multipart.eml"
-    swaks = subprocess.run(["swaks", "--server", f"127.0.0.1:{smtpd_port(system)}", "--from", "alice@example.org",
-                            "--to", "staff@example.test", "--data", f"@{message}", "--silent", "2"],
-                           capture_output=True, text=True, timeout=30)
-    assert swaks.returncode == 0, swaks.stdout + swaks.stderr
+    result = swaks("--server", f"127.0.0.1:{smtpd_port(system)}", "--from", "alice@example.org",
+                   "--to", "staff@example.test", "--data", f"@{message}", "--silent", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
     inbox = Inbox(system)
     try:
         for user in ("bob", "carol", "dave"):

@@ -1,24 +1,15 @@
 """Local users through the real master: virtual domains, forwards, luser_relay, always_bcc,
-unknown and disabled users, quotas."""
+unknown and disabled users, quotas, DSN parameters given over SMTP."""
 from __future__ import annotations
+
+import smtplib
 
 import pytest
 
-from tests.integration.delivery_support import Inbox, delivery_system, parse, queue_files, sendmail
+from tests.integration.delivery_support import (delivery_system, inboxes, parse, queue_files, sendmail,  # noqa: F401
+                                                smtpd_port, wait_queues_empty, write_aliases)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def inboxes():
-    opened: list[Inbox] = []
-
-    def make(system) -> Inbox:
-        opened.append(Inbox(system))
-        return opened[-1]
-    yield make
-    for inbox in opened:
-        inbox.close()
 
 
 def subjects(messages: list[bytes]) -> list[str]:
@@ -76,7 +67,7 @@ def test_bounce_of_a_bounce_is_never_sent(mailsystem, inboxes):
     system = delivery_system(mailsystem, users={"bob": ()})
     system.start()
     sendmail(system, "-f", "", "ghost@example.test", message=b"Subject: from nobody\n\nx\n")
-    system.wait_for_log("smtp", "undeliverable mail from the null sender discarded")
+    system.wait_for_log("smtp", "undeliverable mail from the null sender: no notification")
     assert queue_files(system, "incoming") == [] and queue_files(system, "deferred") == []
 
 
@@ -124,3 +115,46 @@ def test_remote_recipients_wait_in_deferred_without_bounce(mailsystem, inboxes):
     assert "status=deferred (remote delivery not built yet)" in log
     assert "status=bounced" not in log
     assert len(queue_files(system, "deferred")) == 1 and inbox.messages("alice") == []
+
+
+def test_dsn_parameters_over_smtp_orcpt_ret_hdrs_never_and_success(mailsystem, corpus, inboxes):
+    """RFC 3461/3464 end to end: ORCPT comes back as Original-Recipient, RET=HDRS returns the
+    header only, ENVID as Original-Envelope-Id, NOTIFY=NEVER gives no report, NOTIFY=SUCCESS one."""
+    system = delivery_system(mailsystem, smtpd=True, users={"alice": (), "bob": ()})
+    write_aliases(system, "gone: ghost\nquiet: ghost\n")      # accepted at RCPT, fails in qmgr
+    system.start()
+    original = (corpus / "01-plain.eml").read_bytes()
+    with smtplib.SMTP("127.0.0.1", smtpd_port(system), timeout=30) as client:
+        client.ehlo("client.example")
+        assert client.mail("alice@example.test", ["RET=HDRS", "ENVID=env+2B1"])[0] == 250
+        assert client.rcpt("bob@example.test", ["NOTIFY=SUCCESS"])[0] == 250
+        assert client.rcpt("gone@example.test", ["ORCPT=rfc822;Gone+2Blist@example.test"])[0] == 250
+        assert client.rcpt("quiet@example.test", ["NOTIFY=NEVER"])[0] == 250
+        assert client.data(original)[0] == 250
+    inbox = inboxes(system)
+    assert len(inbox.wait("bob", 1)) == 1
+    reports = {parse(raw)["Subject"]: parse(raw) for raw in inbox.wait("alice", 2)}
+    assert sorted(reports) == ["Successful Mail Delivery Report", "Undelivered Mail Returned to Sender"]
+    for report in reports.values():
+        assert report.get_content_type() == "multipart/report"
+        human, status, returned = report.get_payload()
+        per_message, *blocks = status.get_payload()
+        assert per_message["Reporting-MTA"] == "dns; mail.example.test"
+        assert per_message["Original-Envelope-Id"] == "env+1"
+        assert returned.get_content_type() == "text/rfc822-headers"
+        returned_text = returned.get_payload()
+        assert "Message-ID: " + parse(original)["Message-ID"] in returned_text
+        assert parse(original).get_payload().strip().splitlines()[0] not in returned_text
+    [failed] = reports["Undelivered Mail Returned to Sender"].get_payload()[1].get_payload()[1:]
+    assert (failed["Original-Recipient"], failed["Final-Recipient"], failed["Action"], failed["Status"]) == \
+        ("rfc822;Gone+list@example.test", "rfc822; gone@example.test", "failed", "5.1.1")
+    assert failed["Diagnostic-Code"].startswith("X-mailhouse; ")
+    [delivered] = reports["Successful Mail Delivery Report"].get_payload()[1].get_payload()[1:]
+    assert (delivered["Final-Recipient"], delivered["Action"], delivered["Status"]) == \
+        ("rfc822; bob@example.test", "delivered", "2.0.0")
+    assert not any(wait_queues_empty(system).values())
+    assert len(inbox.messages("alice")) == 2                  # nothing for quiet@ (NOTIFY=NEVER)
+    log = system.log("smtp")
+    assert "to=<quiet@example.test>, relay=none" in log
+    assert "no failed notification for <quiet@example.test> (NOTIFY=NEVER)" in log
+    assert "sender success notification" in log

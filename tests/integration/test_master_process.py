@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,6 +94,23 @@ def test_graceful_stop_finishes_open_session(mailsystem):
     assert "stopped" in ms.log("server")
 
 
+def test_stop_tells_idle_sessions_but_reload_does_not(mailsystem):
+    ms = mailsystem(main={"graceful_timeout": "60s"})
+    echo = ms.add_service(ECHO)
+    ms.start()
+    with EchoClient(ms.port(echo)) as session:
+        assert session.ask("NEXT") == "+OK waiting"
+        ms.signal(signal.SIGHUP)                         # reload: old workers finish in peace
+        wait_until(lambda: "reloaded " in ms.log("server"), what="the reload")
+        assert session.ask("after reload") == "+OK after reload"
+        assert session.ask("NEXT") == "+OK waiting"      # idle, between two commands
+        ms.signal(signal.SIGTERM)
+        assert session.line() == "-ERR [SYS/TEMP] shutting down"
+        assert session.line() == ""
+    assert ms.proc.wait(30) == 0                         # long before graceful_timeout
+    assert "graceful_timeout reached" not in ms.log("server")
+
+
 def test_stop_kills_sessions_after_graceful_timeout(mailsystem):
     ms = mailsystem(main={"graceful_timeout": "1s"})
     echo = ms.add_service(ECHO)
@@ -147,3 +165,22 @@ def test_sigint_stops_and_a_second_signal_kills_at_once(mailsystem):
         assert ms.proc.wait(10) == 0                    # far sooner than graceful_timeout
         assert session.line() == ""
     assert "SIGTERM while stopping: killing the remaining workers now" in ms.log("server")
+
+
+@pytest.mark.parametrize("request_line, error", [
+    (b'{"op": ["status"]}', "unknown request"),
+    (b"[" * 3000 + b"]" * 3000, "request is not JSON"),           # deeper than json may nest
+    (b"\xff\xfe{}", "request is not JSON"),
+    (b'"status"', "unknown request"),
+])
+def test_status_socket_refuses_bad_requests_and_keeps_serving(mailsystem, request_line, error):
+    ms = mailsystem()
+    ms.add_service(ECHO)
+    ms.start()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(ms.var / "run" / "master.sock"))
+        sock.sendall(request_line + b"\n")
+        answer = json.loads(sock.makefile("rb").readline())
+    assert answer["ok"] is False and answer["error"].startswith(error)
+    assert status(ms)["running"] and ms.proc.poll() is None

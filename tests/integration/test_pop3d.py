@@ -66,6 +66,28 @@ def test_every_login_method_right_and_wrong(system, method):
     assert f"login failed: user={user} method={method}" in log
 
 
+def test_login_with_a_local_domain_is_the_same_user(system):
+    """bob@ a mydestination domain logs in as bob (USER and SASL), into bob's one maildrop;
+    another domain is a wrong login."""
+    system.add_user("domuser", "pw-dom")
+    system.deliver("domuser", "01-plain.eml")
+    first = login(system.port("plain"), "DomUser@example.test", "pw-dom")
+    second = pop(system.port("plain"))
+    try:
+        assert first.stat()[0] == 1
+        assert auth_scram(second, "domuser@mail.example.test", "pw-dom").startswith(b"+OK")
+    except poplib.error_proto as e:
+        assert b"[IN-USE]" in e.args[0]             # the same maildrop, so the same lock
+    else:
+        raise AssertionError("a second session got domuser's maildrop")
+    finally:
+        first.quit()
+        second.close()
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\] Authentication failed"):
+        login(system.port("plain"), "domuser@elsewhere.example", "pw-dom")
+    system.ms.wait_for_log("pop", "login: user=domuser method=USER")
+
+
 def test_greeting_and_capa(system):
     client = pop(system.port("plain"))
     try:

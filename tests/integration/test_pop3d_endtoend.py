@@ -3,7 +3,8 @@
 smtpd accepts each tests/corpus message for bob, qmgr delivers it into bob's INBOX, and
 poplib retrieves it: the message (CRLF line ends, dots un-stuffed by poplib) ends with the
 exact bytes that were sent (delivery only adds trace headers on top), and LIST's sizes are
-what RETR sent. DELE + QUIT empties the maildrop.
+what RETR sent. DELE + QUIT empties the maildrop. Every session ends with QUIT, so each next
+login must get the maildrop at once (attempts=1): QUIT frees the lock before it answers.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_smtp_in_pop3_out(mailsystem):
 
     deadline = time.monotonic() + 30
     while True:
-        client = login(system.port(pop_key), "bob", "bob-pw")
+        client = login(system.port(pop_key), "bob", "bob-pw", attempts=1)
         count = client.stat()[0]
         if count == len(sent):
             break
@@ -47,9 +48,11 @@ def test_smtp_in_pop3_out(mailsystem):
             assert len(matches) == 1, (message[:300], [got[:600] for got in received])
         for n in range(1, count + 1):
             client.dele(n)
-        assert client.quit().startswith(f"+OK Logging out, {count} messages deleted, 0 left".encode())
+        farewell = client.quit()
+        assert farewell.startswith(f"+OK Logging out, {count} messages deleted, 0 left".encode()), farewell
     finally:
         client.close()
-    check = login(system.port(pop_key), "bob", "bob-pw")
-    assert check.stat() == (0, 0)
+    check = login(system.port(pop_key), "bob", "bob-pw", attempts=1)
+    left = check.stat()
     check.quit()
+    assert left == (0, 0), f"{left} after deleting all; pop.log: {system.log('pop')[-2000:]}"

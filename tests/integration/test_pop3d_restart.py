@@ -1,8 +1,10 @@
 """UIDL values survive a master restart and `mailctl reconstruct` of a lost index, and the
-maildrop stays readable while the disk guard says space is low.
+maildrop stays readable while the disk guard says space is low. A session open while the
+master stops (SIGTERM) is told `-ERR [SYS/TEMP]` and its DELE marks are not committed.
 """
 from __future__ import annotations
 
+import poplib
 import shutil
 import time
 
@@ -37,7 +39,12 @@ def test_uidl_stable_across_restart_reconstruct_and_low_space(tmp_path):
         before = uidls(system)
         assert len(before) == len(NAMES)
 
+        idle = login(system.port("plain"), "keeper", "keep-pw")
+        idle.dele(1)
         restart(system)
+        with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/TEMP\] Server shutting down"):
+            idle._getresp()   # the line the server sent when it stopped (nothing is sent: it is gone)
+        idle.close()
         assert uidls(system) == before
 
         system.ms.stop()

@@ -3,33 +3,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.delivery_support import Inbox, delivery_system, parse, queue_files, sendmail
+from tests.integration.delivery_support import delivery_system, inboxes, parse, queue_files, sendmail  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 USERS = {"bob": (), "carol": (), "dave": ()}
 
 
-@pytest.fixture
-def inbox_of():
-    opened: list[Inbox] = []
-
-    def make(system) -> Inbox:
-        opened.append(Inbox(system))
-        return opened[-1]
-    yield make
-    for inbox in opened:
-        inbox.close()
-
-
-def test_recipients_as_arguments(mailsystem, corpus, inbox_of):
+def test_recipients_as_arguments(mailsystem, corpus, inboxes):
     # No poll and no master wakeup within the test's waits: only the FIFO poke can deliver.
     system = delivery_system(mailsystem, users=USERS,
                              main={"minimal_backoff_time": "300s", "maximal_backoff_time": "600s"})
     system.start()
     original = (corpus / "01-plain.eml").read_bytes()
     sendmail(system, "-oi", "-f", "alice@example.org", "bob", "carol@example.test", message=original)
-    inbox = inbox_of(system)
+    inbox = inboxes(system)
     [bob] = inbox.wait("bob", 1)
     [carol] = inbox.wait("carol", 1)
     msg = parse(bob)
@@ -41,14 +29,14 @@ def test_recipients_as_arguments(mailsystem, corpus, inbox_of):
     assert inbox.messages("dave") == []
 
 
-def test_t_takes_to_cc_bcc_and_strips_bcc(mailsystem, inbox_of):
+def test_t_takes_to_cc_bcc_and_strips_bcc(mailsystem, inboxes):
     system = delivery_system(mailsystem, users=USERS)
     system.start()
     message = (b"From: Cron Daemon <root@example.test>\n"
                b"To: bob@example.test\nCc: Carol <carol@example.test>\nBcc: dave@example.test\n"
                b"Subject: nightly report\n\nall good\n.\nstill the body with -i\n")
     sendmail(system, "-t", "-i", message=message)
-    inbox = inbox_of(system)
+    inbox = inboxes(system)
     copies = {user: inbox.wait(user, 1) for user in ("bob", "carol", "dave")}
     for user, [raw] in copies.items():
         msg = parse(raw)
@@ -59,23 +47,38 @@ def test_t_takes_to_cc_bcc_and_strips_bcc(mailsystem, inbox_of):
         assert "still the body with -i" in msg.get_content()
 
 
-def test_dot_line_ends_the_message_without_i(mailsystem, inbox_of):
+def test_dot_line_ends_the_message_without_i(mailsystem, inboxes):
     system = delivery_system(mailsystem, users=USERS)
     system.start()
     sendmail(system, "bob", message=b"Subject: dot\n\nfirst\n.\nnever queued\n")
-    [raw] = inbox_of(system).wait("bob", 1)
+    [raw] = inboxes(system).wait("bob", 1)
     assert b"first" in raw and b"never queued" not in raw
 
 
-def test_works_while_the_master_is_stopped(mailsystem, corpus, inbox_of):
+def test_works_while_the_master_is_stopped(mailsystem, corpus, inboxes):
     system = delivery_system(mailsystem, users=USERS)
     sendmail(system, "-f", "alice@example.org", "bob@example.test",
              message=(corpus / "02-utf8-8bit.eml").read_bytes())
     assert len(queue_files(system, "maildrop")) == 1
     system.start()
-    [raw] = inbox_of(system).wait("bob", 1)
+    [raw] = inboxes(system).wait("bob", 1)
     assert "Köln" in parse(raw).get_content()
     assert queue_files(system, "maildrop") == [] and queue_files(system, "incoming") == []
+
+
+def test_dsn_options_reach_the_reports(mailsystem, inboxes):
+    """-N never: no bounce for ghost; -N success: a success report for bob; -V: the ENVID in it."""
+    system = delivery_system(mailsystem, users={"alice": (), "bob": ()})
+    system.start()
+    sendmail(system, "-f", "alice@example.test", "-N", "never", "ghost", message=b"Subject: quiet\n\nx\n")
+    sendmail(system, "-f", "alice@example.test", "-N", "success", "-V", "cron-7", "bob", message=b"Subject: s\n\nx\n")
+    inbox = inboxes(system)
+    [report] = [parse(raw) for raw in inbox.wait("alice", 1)]
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    per_message, block = report.get_payload()[1].get_payload()
+    assert per_message["Original-Envelope-Id"] == "cron-7" and block["Action"] == "delivered"
+    system.wait_for_log("smtp", "no failed notification for <ghost@mail.example.test> (NOTIFY=NEVER)")
+    assert queue_files(system, "incoming") == [] and len(inbox.messages("alice")) == 1
 
 
 def test_message_over_the_size_limit_is_refused(mailsystem):

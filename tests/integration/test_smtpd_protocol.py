@@ -7,14 +7,12 @@ do not depend on the user database (test_smtpd_recipients.py does).
 """
 from __future__ import annotations
 
-import shutil
 import smtplib
 import ssl
-import subprocess
 
 import pytest
 
-from tests.integration.smtpd_support import client, message, queued, raw_session, smtp_system
+from tests.integration.smtpd_support import client, message, queued, raw_session, smtp_system, swaks
 
 pytestmark = pytest.mark.integration
 
@@ -166,13 +164,22 @@ def test_refused_host_and_connection_limit(mailsystem):
     system.wait_for_log("smtp", "client host refused")
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)")
 def test_swaks_with_starttls(mailsystem):
     system, port = smtp_system(mailsystem, BASE)
-    result = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--from", "alice@remote.example",
-                             "--to", "bob@example.test", "--tls", "--helo", "swaks.example",
-                             "--header", "Subject: from swaks"], capture_output=True, text=True, timeout=30)
+    result = swaks("--server", f"127.0.0.1:{port}", "--from", "alice@remote.example",
+                   "--to", "bob@example.test", "--tls", "--helo", "swaks.example", "--header", "Subject: from swaks")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "<~  250 2.0.0 Ok: queued as" in result.stdout
     [item] = queued(system)
     assert b"Subject: from swaks" in message(system, item)
+
+
+def test_graceful_stop_tells_idle_sessions_421_instead_of_waiting_for_the_timeout(mailsystem):
+    system, port = smtp_system(mailsystem, {**BASE, "smtpd_timeout": "300s"}, tls=False)
+    with client(port, timeout=20) as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("alice@remote.example")
+        assert smtp.rcpt("bob@example.test")[0] == 250
+        assert system.stop() == 0                      # SIGTERM: returns once every worker is gone
+        assert smtp.getreply() == (421, b"4.3.2 Service shutting down")
+    system.wait_for_log("smtp", "service shutting down after rcpt")

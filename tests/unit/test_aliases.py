@@ -87,6 +87,14 @@ def test_limits(tmp_path, monkeypatch):
         parse(str(tmp_path / "bin"))
 
 
+def test_overlong_names_are_refused_in_the_file_and_unknown_in_lookups(source, tmp_path):
+    path = write(tmp_path / "long", "ok: a\n" + "n" * 300 + ": b\n")
+    with pytest.raises(AliasError, match=r":2: alias name longer than 255 bytes"):
+        parse(path)
+    amap = AliasMap(build(source).target)
+    assert amap.lookup("x" * 600) is None and amap.lookup("") is None    # LMDB refuses an empty key
+
+
 def test_duplicate_warns_and_first_wins(tmp_path):
     path = write(tmp_path / "aliases", "a: one\nA: two\n")
     entries, warnings = parse(path)

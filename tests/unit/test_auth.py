@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import hashlib
 import imaplib
 import smtplib
@@ -19,7 +20,7 @@ from workers._auth import Authenticator, offered_mechanisms
 @pytest.fixture(scope="module")
 def auth(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
-    users = UserDB(str(root / "users"), str(root / "secret.key"))
+    users = UserDB(str(root / "users"), str(root / "secret.key"), ["example.test"])
     users.add(User("bob"), "s3cret pw")
     users.add(User("user"), "pencil")
     users.add(User("nopw"))
@@ -42,6 +43,22 @@ def run(mechanism, responses):
 def test_plain_with_initial_response(auth):
     step = auth.sasl_server("PLAIN").step(b"\0bob\0s3cret pw")
     assert step.user == "bob" and not step.failed
+
+
+def test_every_mechanism_takes_a_login_with_a_local_domain(auth):
+    """bob@example.test (a mydestination domain) is bob; another domain is nobody."""
+    assert auth.sasl_server("PLAIN").step(b"\0bob@example.test\0s3cret pw").user == "bob"
+    assert auth.sasl_server("PLAIN").step(b"bob\0BOB@example.test\0s3cret pw").user == "bob"
+    assert auth.sasl_server("PLAIN").step(b"\0bob@elsewhere.example\0s3cret pw").failed
+    login = auth.sasl_server("LOGIN")
+    assert run(login, [None, b"bob@example.test", b"s3cret pw"])[-1].user == "bob"
+    assert scramp_login(auth, "bob@example.test", "s3cret pw").user == "bob"
+    cram = auth.sasl_server("CRAM-MD5")
+    challenge = cram.step(None).challenge
+    digest = hmac.new(b"s3cret pw", challenge, "md5").hexdigest()
+    assert cram.step(f"bob@example.test {digest}".encode()).user == "bob"
+    assert auth.verify_password("Bob@Example.Test", "s3cret pw")
+    assert auth.account("bob@example.test").name == "bob"
 
 
 def test_plain_without_initial_response_gets_empty_challenge(auth):
@@ -98,7 +115,7 @@ def test_oversized_and_non_utf8_responses_fail_cleanly(auth):
 
 def test_cram_md5_rfc2195_vector():
     """RFC 2195 section 2: user tim, secret tanstaaftanstaaf."""
-    users = types.SimpleNamespace()
+    users = types.SimpleNamespace(canonical=str.lower)
     from store.passwords import cram_md5_digest, make_cram_md5
     form = make_cram_md5("tanstaaftanstaaf")
     users.cram_md5 = lambda name, challenge, digest: cram_md5_digest(form, challenge) == digest
@@ -139,7 +156,7 @@ def test_cram_md5_rejects_initial_response_and_garbage(auth):
 def test_scram_sha256_rfc7677_vector(monkeypatch):
     """RFC 7677 section 3: user "user", password "pencil"."""
     keys = ScramKeys.derive("pencil", base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="), 4096)
-    users = types.SimpleNamespace(scram_keys=lambda name: keys if name == "user" else None)
+    users = types.SimpleNamespace(scram_keys=lambda name: keys if name == "user" else None, canonical=str.lower)
     monkeypatch.setattr(_auth, "server_nonce", lambda: "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
     mechanism = _auth.ScramSHA256(users, "example.test")
     first = mechanism.step(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")

@@ -8,10 +8,12 @@ import email.policy
 import pytest
 
 from master.params import Params
+from store.fsio import StorageError
 from store.queue import Envelope, Queue, Recipient
 from workers.delivery.attempt import REMOTE_PENDING, Attempt, Context, backoff
 from workers.delivery.local import Outcome, RunAs
 from workers.delivery.resolve import Resolver, UserEntry
+from workers.qmgr import QueueManager
 
 
 class Log:
@@ -197,3 +199,14 @@ def test_delivered_to_header_of_the_same_address_is_a_loop(setup):
     [(_env, dsn)] = bounces(ctx.queue)
     block = dsn.get_payload()[1].get_payload()[1]
     assert (block["Final-Recipient"], block["Status"]) == ("rfc822; bob@example.test", "5.4.6")
+
+
+def test_a_storage_error_parks_the_file_in_deferred_not_in_active(setup):
+    class BrokenStore:
+        def __call__(self, user, message, delivery_id):
+            raise StorageError("index: No space left on device")
+    ctx = setup(BrokenStore())
+    queue_id = enqueue(ctx.queue, ["bob@example.test"])
+    asyncio.run(QueueManager(ctx).deliver(queue_id))
+    assert ctx.queue.ids("active") == [] and ctx.queue.ids("deferred") == [queue_id]
+    assert any("storage error, will retry" in line for line in ctx.log.lines)

@@ -8,6 +8,7 @@ import pwd
 
 import pytest
 
+from workers.delivery import local
 from workers.delivery.local import RunAs, append_to_file, mbox_entry, run_pipe
 
 MESSAGE = b"Subject: hello\r\nFrom: a@x.org\r\n\r\nFrom the start\r\nbody\r\n"
@@ -79,3 +80,16 @@ def test_run_as_mail_owner_only_when_root():
     for bad in ("no-such-user-here", "root"):
         with pytest.raises(LookupError):
             RunAs.for_mail_owner(bad)
+
+
+def test_file_delivery_fsyncs_the_directory_only_when_it_creates_the_file(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(local, "fsync_dir", lambda path: synced.append(path))
+    path = str(tmp_path / "archive.mbox")
+    assert local.append_mbox(path, b"From a Thu Jan  1 00:00:00 1970\nx\n\n") == (0, "")
+    assert synced == [str(tmp_path)]
+    assert local.append_mbox(path, b"From a Thu Jan  1 00:00:00 1970\ny\n\n") == (0, "")
+    assert synced == [str(tmp_path)]
+    os.symlink(path, tmp_path / "link")
+    code, reason = local.append_mbox(str(tmp_path / "link"), b"z\n")
+    assert code == 73 and "cannot open" in reason

@@ -1,12 +1,13 @@
 """mailctl log: tail of a file (no master needed); --follow is shown in tests/integration/test_logs.py."""
 from __future__ import annotations
 
+import gzip
 import io
 
 import pytest
 
 from master.ctl import run
-from master.ctl.logs import BLOCK, tail_lines
+from master.ctl.logs import BLOCK, follow, tail_lines
 
 
 def tail(data: bytes, count: int) -> bytes:
@@ -62,3 +63,57 @@ def test_mailctl_log_knows_only_the_four_logs(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run(["-c", make_config(tmp_path), "log", "mail"])
     assert exit_info.value.code == 2
+
+
+class _Seen(Exception):
+    pass
+
+
+class _Collector(io.BytesIO):
+    """An output that ends follow() (by raising) once `last` has been written."""
+
+    def __init__(self, last: bytes):
+        super().__init__()
+        self.last = last
+
+    def flush(self) -> None:
+        if self.getvalue().endswith(self.last):
+            raise _Seen
+
+
+def test_follow_reads_the_middle_file_of_two_rotations_between_two_looks(tmp_path):
+    log = tmp_path / "smtp.log"
+    log.write_bytes(b"one\n")
+    reader = open(log, "rb")
+    assert reader.read() == b"one\n"                 # the follower has shown "one", then sleeps:
+    with open(log, "ab") as f:
+        f.write(b"two\n")
+    log.rename(tmp_path / "smtp.log.20261125-100000")            # first rotation
+    log.write_bytes(b"three\nfour\n")
+    middle = tmp_path / "smtp.log.20261125-100001"
+    log.rename(middle)                                          # second rotation
+    (tmp_path / "smtp.log.20261125-100001.gz").write_bytes(gzip.compress(middle.read_bytes()))
+    middle.unlink()                                             # ... already compressed
+    log.write_bytes(b"five\n")
+    out = _Collector(b"five\n")
+    with pytest.raises(_Seen):
+        follow(str(log), out, reader, older=set())
+    assert out.getvalue() == b"two\nthree\nfour\nfive\n"
+
+
+def test_follow_starts_from_the_beginning_of_a_log_that_appears(tmp_path):
+    log = tmp_path / "pop.log"
+    log.write_bytes(b"first\nsecond\n")
+    out = _Collector(b"second\n")
+    with pytest.raises(_Seen):
+        follow(str(log), out)
+    assert out.getvalue() == b"first\nsecond\n"
+
+
+@pytest.mark.parametrize("follow", [[], ["--follow"]])
+def test_mailctl_log_refuses_a_log_folder_it_cannot_read(tmp_path, capsys, follow):
+    etc = make_config(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "log").write_text("a file where the folder should be\n")
+    assert run(["-c", etc, "log", "smtp", *follow]) == 1
+    assert "cannot read" in capsys.readouterr().err

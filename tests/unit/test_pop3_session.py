@@ -10,18 +10,20 @@ import base64
 import hashlib
 import hmac
 import io
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from master.params import Params
 from store.fsio import StorageError
-from store.mailstore import INBOX
+from store.mailstore import INBOX, BadMailboxName
 from store.users import User, UserDB
 from workers._limits import LineTooLong
 from workers.pop3d import session as S
 from workers.pop3d.backend import Backend
-from workers.pop3d.maildrop import Maildrop
+from workers.pop3d.maildrop import Maildrop, MaildropBusy
 from workers.pop3d.wire import top_chunks, wire_chunks, wire_size
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -61,6 +63,15 @@ class FakeConn:
         self.tls = tls
         self.user = None
         self.tls_started = False
+        self.draining = asyncio.Event()
+
+    async def read_command(self, limit, timeout):
+        """As Connection.read_command: None once draining is set (the master stops)."""
+        if self.interactive:
+            await until(lambda: self.input or self.draining.is_set())
+        if self.draining.is_set():
+            return None
+        return await self.read_line(limit, timeout)
 
     async def read_line(self, limit, timeout):
         if self.interactive:
@@ -423,12 +434,64 @@ def test_dele_rset_and_quit_commits(backend, store, tmp_path):
     assert len(view) == 2
 
 
+def test_lock_files_stay_in_the_lock_directory(store, tmp_path):
+    """Names are checked at login already; the lock path encodes them again all the same."""
+    lock_dir = tmp_path / "run" / "pop3"
+    with pytest.raises(BadMailboxName):              # and the store refuses the name too
+        Maildrop.open(store, "../../escape", str(lock_dir))
+    assert [p.parent for p in tmp_path.rglob("*.lock")] == [lock_dir]
+    assert not (tmp_path / "escape.lock").exists()
+    assert stat.S_IMODE(os.stat(lock_dir).st_mode) == 0o700
+
+
+def test_quit_releases_the_lock_before_it_answers(backend, store, tmp_path):
+    """A client that logs in again as soon as QUIT's +OK arrives must not get [IN-USE]."""
+    deliver(store, "01-plain.eml")
+    free_at_reply = []
+
+    class Watching(FakeConn):
+        async def send(self, data):
+            if data.startswith(b"+OK Logging out"):
+                try:
+                    backend.open_maildrop("bob").release()
+                    free_at_reply.append(True)
+                except MaildropBusy:
+                    free_at_reply.append(False)
+            await super().send(data)
+
+    conn = Watching(make_params(tmp_path), [l.encode() + b"\r\n" for l in login("DELE 1", "QUIT")])
+    asyncio.run(S.Session(conn, backend).run())
+    assert free_at_reply == [True]
+    assert len(store.open_mailbox("bob", INBOX)) == 0
+
+
 def test_dropped_connection_deletes_nothing_and_releases_lock(backend, store, tmp_path):
     deliver(store, "01-plain.eml", "02-utf8-8bit.eml")
     conn, _ = run(backend, tmp_path, login("DELE 1", "DELE 2"))
     assert len(store.open_mailbox("bob", INBOX)) == 2
     assert any("disconnected without QUIT: user=bob" in l for l in conn.log.lines)
     _, out = run(backend, tmp_path, login("QUIT"))
+    assert replies(out)[2].startswith("+OK Logged in, 2 messages")
+
+
+def test_server_stop_says_so_and_deletes_nothing(backend, store, tmp_path):
+    """Graceful stop: an idle session gets -ERR [SYS/TEMP] and ends without UPDATE."""
+    deliver(store, "01-plain.eml", "02-utf8-8bit.eml")
+    conn = FakeConn(make_params(tmp_path), [], interactive=True)
+
+    async def stopped_while_idle():
+        task = asyncio.ensure_future(S.Session(conn, backend).run())
+        for line in login("DELE 1"):
+            conn.input.append(line.encode() + b"\r\n")
+        await until(lambda: b"+OK Message 1 deleted" in conn.output)
+        conn.draining.set()
+        await task
+
+    asyncio.run(stopped_while_idle())
+    assert conn.output.endswith(b"+OK Message 1 deleted\r\n-ERR [SYS/TEMP] Server shutting down\r\n")
+    assert len(store.open_mailbox("bob", INBOX)) == 2
+    assert any("server shutting down: user=bob" in l for l in conn.log.lines)
+    _, out = run(backend, tmp_path, login("QUIT"))     # the lock went with the session
     assert replies(out)[2].startswith("+OK Logged in, 2 messages")
 
 

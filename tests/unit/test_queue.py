@@ -5,6 +5,7 @@ import errno
 import os
 import subprocess
 import time
+import types
 
 import pytest
 
@@ -140,6 +141,25 @@ def test_done_marks_are_durable_and_finish_removes(q):
     assert files(q, "active") == [] and files(q, "state") == []
     with pytest.raises(NotQueued):
         q.load(qid)
+
+
+def test_queue_show_of_a_message_moved_meanwhile_is_refused(q, monkeypatch, capsys):
+    """`mailctl queue show` loads the envelope, then opens the file: qmgr may move it between."""
+    from master.ctl import Refused
+    from master.ctl import queue as queue_ctl
+    qid = store(q)
+    monkeypatch.setattr(queue_ctl, "_queue", lambda config: q)
+    assert queue_ctl.cmd_show(types.SimpleNamespace(id=qid), None) == 0
+    assert "Subject: hi" in capsys.readouterr().out
+    real_load = q.load
+
+    def load_then_move(queue_id):
+        item = real_load(queue_id)
+        q.activate(queue_id)
+        return item
+    monkeypatch.setattr(q, "load", load_then_move)
+    with pytest.raises(Refused, match="changed queues or was delivered"):
+        queue_ctl.cmd_show(types.SimpleNamespace(id=qid), None)
 
 
 def test_hold_release_delete(q):

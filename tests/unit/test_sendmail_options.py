@@ -19,7 +19,15 @@ def test_options_as_cron_and_scripts_pass_them():
     assert parse_options(["-f", "<>", "x"]).sender == "<>"
 
 
-@pytest.mark.parametrize("argv", [["-bs"], ["-bd"], ["-Z"], ["-f"]])
+def test_dsn_options():
+    opts = parse_options(["-N", "success,failure", "-Rhdrs", "-V", "job-42", "bob"])
+    assert (opts.notify, opts.ret, opts.envid) == (["SUCCESS", "FAILURE"], "HDRS", "job-42")
+    assert parse_options(["-Nnever", "bob"]).notify == ["NEVER"]
+    assert parse_options(["bob"]).notify is None
+
+
+@pytest.mark.parametrize("argv", [["-bs"], ["-bd"], ["-Z"], ["-f"], ["-N", "never,success"], ["-N", "sometimes"],
+                                  ["-R", "all"], ["-V", "a\nb"]])
 def test_bad_options(argv):
     with pytest.raises(UsageError):
         parse_options(argv)

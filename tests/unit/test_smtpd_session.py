@@ -17,7 +17,9 @@ from hypothesis import given, settings, strategies as st
 from master.params import Params
 from store.fsio import StorageError
 from workers._limits import STREAM_LIMIT, read_line
+from workers._server import Connection
 from workers.smtpd.address import ArgError, parse_mail, parse_rcpt
+from workers.smtpd.received import received_header
 from workers.smtpd.relay import UserState
 from workers.smtpd.session import Session
 
@@ -53,9 +55,12 @@ class FakeConn:
         self.tls = tls
         self.out: list[bytes] = []
         self.user = None
+        self.draining = asyncio.Event()
 
     async def read_line(self, limit, timeout):
         return await read_line(self.reader, limit, timeout)
+
+    read_command = Connection.read_command
 
     async def send_line(self, line: bytes):
         self.out.extend(line.split(b"\r\n"))
@@ -291,6 +296,42 @@ def test_idle_timeout_closes_with_421():
     assert lines[-1] == "421 4.4.2 Error: timeout exceeded"
 
 
+async def _until(condition) -> None:
+    for _ in range(1000):                      # bounded: the session runs in this same loop
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never came true")
+
+
+def test_stop_tells_an_idle_session_421_at_once():
+    async def scenario():
+        conn = FakeConn(b"EHLO c\r\n", make_params(smtpd_timeout="300s"), "192.0.2.9", eof=False)
+        task = asyncio.ensure_future(Session(conn, FakeBackend()).run())
+        await _until(lambda: any(line.startswith(b"250 ") for line in conn.out))
+        conn.draining.set()
+        await asyncio.wait_for(task, 5)
+        return [line.decode() for line in conn.out if line]
+    lines = asyncio.run(scenario())
+    assert lines[-1] == "421 4.3.2 Service shutting down"
+
+
+def test_stop_during_data_finishes_and_acknowledges_the_message_first():
+    async def scenario():
+        backend = FakeBackend()
+        conn = FakeConn(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+                        b"Subject: hi\r\n\r\nfirst half\r\n", make_params(), "192.0.2.9", eof=False)
+        task = asyncio.ensure_future(Session(conn, backend).run())
+        await _until(lambda: any(line.startswith(b"354") for line in conn.out))
+        conn.draining.set()
+        conn.reader.feed_data(b"second half\r\n.\r\n")
+        await asyncio.wait_for(task, 5)
+        return [line.decode() for line in conn.out if line], backend
+    lines, backend = asyncio.run(scenario())
+    assert codes(lines)[-2:] == ["250", "421"] and lines[-1] == "421 4.3.2 Service shutting down"
+    assert backend.committed[0][1].endswith(b"first half\r\nsecond half\r\n")
+
+
 def test_recipient_limit():
     rcpts = "".join("RCPT TO:<bob@example.test>\n" for _ in range(3))
     lines, _, _ = run(f"EHLO c\nMAIL FROM:<a@b.example>\n{rcpts}QUIT\n", smtpd_recipient_limit="2")
@@ -317,6 +358,15 @@ def test_pipelined_transaction_is_queued_with_dsn_parameters():
     assert data.endswith(b"Subject: hi\r\n\r\n.leading dot\r\nbody \xe9\r\n")
     assert backend.woken == 1
     assert "M QID1: from=<alice@remote.example>, size=%d, nrcpt=2" % envelope.size in conn.log.lines
+
+
+@pytest.mark.parametrize("param", ["MAIL FROM:<a@b.example> ENVID=x+0D+0AX-Injected:+20yes",
+                                   "RCPT TO:<bob@example.test> ORCPT=rfc822;b+0Ax@example.test"])
+def test_dsn_xtext_decoding_to_control_characters_is_refused(param):
+    """ENVID and ORCPT end up in DSN header fields: a decoded CR/LF would inject a header."""
+    first = "" if param.startswith("MAIL") else "MAIL FROM:<a@b.example>\n"
+    lines, _, _ = run(f"EHLO c\n{first}{param}\nQUIT\n")
+    assert codes(lines)[-2] == "501" and codes(lines)[-1] == "221"
 
 
 def test_null_sender_and_postmaster():
@@ -493,6 +543,14 @@ def test_received_header_names_tls_and_user():
     assert "(authenticated sender: bob)" in head
     assert "with ESMTPSA" in head and "for <x@elsewhere.example>" in head
     assert "\ttls TLS_AES_256_GCM_SHA384;" in head
+
+
+def test_received_header_shapes():
+    head = received_header(helo="bad\r\nX-Injected: 1", client_ip="2001:db8::5", hostname=HOST, esmtp=False,
+                           tls_version=None, tls_cipher=None, user=None, recipients=["a@x.example", "b@x.example"],
+                           now=0).decode()
+    assert head == (f"Received: from bad??X-Injected:?1 ([IPv6:2001:db8::5])\r\n"
+                    f"\tby {HOST} (mailhouse) with SMTP; Thu, 01 Jan 1970 00:00:00 +0000\r\n")
 
 
 # ---------------------------------------------------------------------------- argument parsing

@@ -64,6 +64,36 @@ def test_refusals(db):
     assert db.get("../x") is None
 
 
+def test_login_names_with_a_local_domain(tmp_path):
+    """bob@ any mydestination domain is bob, for lookups and every password form; names of
+    other domains, and names that could leave a directory, are nobody."""
+    db = UserDB(str(tmp_path / "users"), str(tmp_path / "secret.key"), ["example.test", "Mail.Example.Test"])
+    try:
+        db.add("bob", password="pw")
+        for login in ("bob", "BOB", "bob@example.test", "Bob@EXAMPLE.test", "bob@mail.example.test."):
+            assert db.canonical(login) == "bob" and db.get(login).name == "bob"
+            assert db.verify_password(login, "pw") and db.apop_secret(login) == "pw"
+            assert db.scram_keys(login) is not None
+        for other in ("bob@elsewhere.example", "bob@", "bob@example.test@example.test", "../bob",
+                      "bob/../../etc", ".bob", "", "@example.test"):
+            assert db.canonical(other) is None and db.get(other) is None
+            assert not db.verify_password(other, "pw") and db.apop_secret(other) is None
+        with pytest.raises(UserError, match="bad user name"):
+            db.add("carol@example.test")          # accounts are made with bare names
+    finally:
+        db.close()
+
+
+def test_database_and_key_are_private(db, tmp_path):
+    db.add("bob", password="pw")
+    assert stat.S_IMODE(os.stat(db.env_path).st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE(os.stat(os.path.join(db.env_path, name)).st_mode) == 0o600
+    os.chmod(db.key_path, 0o644)                   # e.g. restored from a backup loosely
+    passwords.load_secret_key(db.key_path)
+    assert stat.S_IMODE(os.stat(db.key_path).st_mode) == 0o600
+
+
 def test_may_login(db):
     db.add(User("imaponly", protocols=["imap"]))
     db.add(User("off", enabled=False))

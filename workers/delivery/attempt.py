@@ -10,7 +10,9 @@ gets each message once however many recipients lead to it (the mailbox delivery 
 "<queue id>:<user>", recorded by the store in the same index transaction as the message).
 A recipient is marked done when all its targets are delivered or failed for good; its
 permanent failures go into one RFC 3464 bounce from the null sender to the envelope sender
-(never for a null sender, nor when NOTIFY excludes FAILURE). Temporary failures keep the
+(never for a null sender, nor when NOTIFY excludes FAILURE; NOTIFY=NEVER: no report at all).
+A recipient whose RCPT said NOTIFY=SUCCESS gets a success report (Action: delivered, the
+returned message's header only) once it is delivered. Temporary failures keep the
 recipient pending: the file is deferred with a doubling back-off between
 minimal_backoff_time and maximal_backoff_time, a delay warning is sent once after
 delay_warning_time, and after maximal_queue_lifetime the temporary failures bounce.
@@ -35,6 +37,7 @@ from workers.delivery.resolve import Failed, File, Mailbox, Pipe, Remote, Resolv
 
 REMOTE_PENDING = "remote delivery not built yet"
 BCC_KEY = "bcc"
+DEFAULT_NOTIFY = ("FAILURE", "DELAY")      # RFC 3461 4.1: no NOTIFY means failures and delays
 
 # (user, message, delivery id) -> Outcome
 MailboxDelivery = Callable[[str, bytes, str], Outcome]
@@ -133,6 +136,7 @@ class Attempt:
                                     for t in result.temporary]
                 result.temporary = []
         self._bounce([r for r in results if r.failures and r.finished], "failed")
+        self._bounce([r for r in results if r.finished and not r.failures], "delivered")
         for result in results:
             if result.finished:
                 ctx.queue.mark_done(qid, result.key, "bounced" if result.failures else "delivered")
@@ -216,9 +220,9 @@ class Attempt:
 
     # ------------------------------------------------------------ bounce, defer
     def _bounce(self, results: list[RecipientResult], action: str) -> None:
-        """Queue one DSN for these recipients' failures (or delays) to the envelope sender."""
+        """Queue one DSN for these recipients' failures, delays or (NOTIFY=SUCCESS) deliveries."""
         env = self.item.envelope
-        wanted = "FAILURE" if action == "failed" else "DELAY"
+        wanted = {"failed": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS"}[action]
         entries: list[bounce.Failure] = []
         for result in results:
             if result.key == BCC_KEY:                  # the archive copy is not the sender's business
@@ -227,16 +231,21 @@ class Attempt:
                                        f"undeliverable: {failure.reason}")
                 continue
             notify = [n.upper() for n in (result.recipient.notify or [])]
-            if notify and wanted not in notify:
+            if wanted not in (notify or DEFAULT_NOTIFY):
+                if action != "delivered":
+                    self.ctx.log.info(f"{self.queue_id}: no {action} notification for <{result.recipient.address}>"
+                                      f" (NOTIFY={','.join(notify)})")
                 continue
-            reasons = result.failures if action == "failed" else result.temporary
+            reasons = {"failed": result.failures, "delayed": result.temporary,
+                       "delivered": [Failed("2.0.0", "delivered")]}[action]
             for failure in reasons:
                 entries.append(bounce.Failure(result.recipient.address, failure.status, failure.reason,
                                               result.recipient.orcpt or "", action))
         if not entries:
             return
         if not env.sender:
-            self.ctx.log.info(f"{self.queue_id}: undeliverable mail from the null sender discarded "
+            what = "delivered" if action == "delivered" else "undeliverable"
+            self.ctx.log.info(f"{self.queue_id}: {what} mail from the null sender: no notification "
                               f"({len(entries)} recipient(s))")
             return
         report = bounce.Report(self.ctx.params.myhostname, env.sender, self.queue_id, env.arrival,
@@ -246,7 +255,7 @@ class Attempt:
         writer = self.ctx.queue.writer("incoming")
         writer.write(dsn)
         new_id = writer.commit(Envelope(sender="", recipients=[Recipient(env.sender)]))
-        kind = "non-delivery" if action == "failed" else "delay"
+        kind = {"failed": "non-delivery", "delayed": "delay", "delivered": "success"}[action]
         self.ctx.log.info(f"{self.queue_id}: sender {kind} notification: {new_id}")
 
     def _defer(self, pending: list[RecipientResult], now: float) -> str:

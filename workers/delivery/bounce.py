@@ -5,7 +5,8 @@ MAILER-DAEMON@<reporting host> to the envelope sender: a human-readable part, th
 message/delivery-status part (per-message fields, then one block per recipient), and the
 returned message — whole (message/rfc822) when it is small and RET=HDRS was not asked,
 otherwise its header only (text/rfc822-headers, RFC 6522).
-`Failure.action` is "failed" for a bounce and "delayed" for a delay warning.
+`Failure.action` is "failed" for a bounce, "delayed" for a delay warning and "delivered"
+for a success report (NOTIFY=SUCCESS; those return the header only, as Postfix does).
 The caller queues the result as new mail from the null sender and never builds one for a
 message whose own sender is null (no bounce loops); this module does not check that.
 """
@@ -53,10 +54,19 @@ def _crlf(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def _kind(failures: list[Failure]) -> str:
+    """"delivered" or "delayed" when every entry is that; otherwise "failed"."""
+    actions = {f.action for f in failures}
+    return actions.pop() if len(actions) == 1 and actions <= {"delivered", "delayed"} else "failed"
+
+
 def _human_text(report: Report, failures: list[Failure]) -> str:
-    delayed = all(f.action == "delayed" for f in failures)
+    kind = _kind(failures)
     lines = [f"This is the mail system at host {report.reporting_host}.", ""]
-    if delayed:
+    if kind == "delivered":
+        lines += ["Your message was successfully delivered to the destination(s) listed below.",
+                  "This is only a report, as you asked for one (NOTIFY=SUCCESS)."]
+    elif kind == "delayed":
         lines += ["Your message could not be delivered yet. The mail system will keep trying;",
                   "you do not need to send it again. The recipients concerned:"]
     else:
@@ -92,9 +102,10 @@ def build_dsn(report: Report, failures: list[Failure], original: bytes,
               now: float | None = None) -> bytes:
     now = time.time() if now is None else now
     boundary = f"{report.queue_id}.{os.urandom(6).hex()}/{report.reporting_host}"
-    delayed = all(f.action == "delayed" for f in failures)
-    subject = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
-    whole = not report.headers_only and len(original) <= RETURN_WHOLE_LIMIT
+    kind = _kind(failures)
+    subject = {"delivered": "Successful Mail Delivery Report", "delayed": "Delayed Mail (still being retried)",
+               "failed": "Undelivered Mail Returned to Sender"}[kind]
+    whole = not report.headers_only and kind != "delivered" and len(original) <= RETURN_WHOLE_LIMIT
     if whole:
         returned_type, returned = "message/rfc822", _crlf(original)
     else:
@@ -120,8 +131,8 @@ def build_dsn(report: Report, failures: list[Failure], original: bytes,
          _human_text(report, failures).encode("utf-8", "replace")),
         ("message/delivery-status", "Content-Description: Delivery report",
          _status_fields(report, failures, now).encode("utf-8", "replace")),
-        (returned_type, "Content-Description: Undelivered Message" if whole else
-         "Content-Description: Undelivered Message Headers", returned),
+        (returned_type, f"Content-Description: {'Delivered' if kind == 'delivered' else 'Undelivered'} Message"
+         + ("" if whole else " Headers"), returned),
     ]
     body = [head.encode() + b"\r\n"]
     for ctype, description, payload in parts:

@@ -9,7 +9,9 @@ When qmgr runs as root, the command or the appending runs as `mail_owner` (run_a
 as root: a `/file` is appended by a forked child that has dropped its privileges (no
 exec: the interpreter may not be readable by mail_owner). The file is opened O_APPEND
 (never through a symlink), locked (lockf), written in mbox form (a "From " separator
-line, ">From " quoting) and fsynced; a failed write is truncated away.
+line, ">From " quoting) and fsynced, and its directory too when the delivery created the
+file; a failed write is truncated away. Any absolute path is allowed, as Postfix allows for
+aliases the administrator builds; the rights of mail_owner are the limit.
 Outcomes follow sysexits: exit 0 delivered; 75 (EX_TEMPFAIL), a signal, or a command
 that runs past command_time_limit (its whole process group is killed) are temporary;
 64-78 are permanent (5.3.0, the command's first output line as the reason); other exit
@@ -26,6 +28,8 @@ import pwd
 import signal
 import time
 from dataclasses import dataclass
+
+from store.fsio import fsync_dir
 
 MAX_OUTPUT = 2000
 EX_TEMPFAIL = 75
@@ -179,10 +183,24 @@ def mbox_entry(message: bytes, sender: str, now: float) -> bytes:
     return b"\n".join([separator, *quoted]) + b"\n\n"
 
 
+def _open_mbox(path: str) -> tuple[int, bool]:
+    """(fd opened for appending, never through a symlink; True when this call created the file)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        try:
+            return os.open(path, flags), False
+        except FileNotFoundError:
+            pass
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            continue                              # created meanwhile by another delivery
+
+
 def append_mbox(path: str, entry: bytes) -> tuple[int, str]:
     """Append entry to the mbox at path under a lock, fsynced; (sysexits code, reason)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd, created = _open_mbox(path)
     except OSError as e:
         code = EX_TEMPFAIL if e.errno in (errno.ENOSPC, errno.EDQUOT) else 73      # 73: EX_CANTCREAT
         return code, f"cannot open {path}: {e.strerror}"
@@ -194,6 +212,8 @@ def append_mbox(path: str, entry: bytes) -> tuple[int, str]:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        if created:                               # a new file: its directory entry must last too
+            fsync_dir(os.path.dirname(path) or "/")
     except OSError as e:
         if before is not None:
             try:

@@ -3,11 +3,13 @@
 Session(conn, backend).run() serves a client from greeting to close.
 States: AUTHORIZATION (greeting until a login succeeds) -> TRANSACTION (the maildrop is
 locked) -> UPDATE (entered only by QUIT: the DELE marks are committed, then the session
-ends). Any other end (client gone, timeout, too many errors) leaves the maildrop as it was.
+ends). Any other end (client gone, timeout, too many errors, server stop) leaves the maildrop as it was.
 COMMANDS says where each verb is legal and how many arguments it takes; the dispatcher
 alone enforces that, the line limit (MAX_LINE, RFC 2449's 255 octets), the error budget and
 pop3d_timeout (for reading a command and for every write: a client that stops reading a
-RETR is dropped too), so the handlers in login.py and transaction.py stay short.
+RETR is dropped too) and the graceful stop (conn.draining: a session waiting for its next
+command gets `-ERR [SYS/TEMP] Server shutting down` and ends without UPDATE; a command in
+progress, a RETR say, is finished first), so the handlers in login.py and transaction.py stay short.
 `conn` is a workers._server.Connection (the unit tests pass a fake with the same members);
 `backend` is workers.pop3d.backend.Backend (or a fake).
 Diagnostics: replies per RFC 1939/2449/3206 (`-ERR [AUTH]`, `[IN-USE]`, `[SYS/TEMP]`);
@@ -113,22 +115,34 @@ class Session:
         try:
             while not self.closing:
                 try:
-                    line = await self.conn.read_line(MAX_LINE, self.params.pop3d_timeout)
+                    line = await self.conn.read_command(MAX_LINE, self.params.pop3d_timeout)
                 except LineTooLong:
                     await self.bad_command("Line too long")
                     continue
+                if line is None:
+                    await self.shutting_down()
+                    return
                 if not line:
                     return
                 await self.dispatch(line)
         except TimeoutError:
             self.log.info(f"timeout: user={self.user or '-'} ip={self.conn.peer_ip}")
-            try:  # the client may have stopped reading: do not wait long to say goodbye
-                async with asyncio.timeout(FAREWELL_TIMEOUT):
-                    await self.conn.send(b"-ERR Disconnected for inactivity\r\n")
-            except (TimeoutError, ConnectionError):
-                pass
+            await self.farewell("Disconnected for inactivity")
         finally:
             self.end()
+
+    async def shutting_down(self) -> None:
+        """The master stops: say so and end without UPDATE (the DELE marks are dropped)."""
+        self.log.info(f"server shutting down: user={self.user or '-'} ip={self.conn.peer_ip}")
+        await self.farewell("[SYS/TEMP] Server shutting down")
+
+    async def farewell(self, text: str) -> None:
+        """The last -ERR line; the client may have stopped reading: do not wait long."""
+        try:
+            async with asyncio.timeout(FAREWELL_TIMEOUT):
+                await self.conn.send(f"-ERR {text}\r\n".encode())
+        except (TimeoutError, ConnectionError):
+            pass
 
     async def dispatch(self, line: bytes) -> None:
         text = line.rstrip(b"\r\n").decode("utf-8", "replace")

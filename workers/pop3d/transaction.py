@@ -3,7 +3,9 @@
 STAT, LIST, UIDL, RETR, TOP, DELE, RSET, NOOP work on session.maildrop (maildrop.py);
 RETR and TOP stream the message file through workers.pop3d.wire, so a message of any size
 goes out in bounded memory with exactly the octets LIST announced.
-QUIT in AUTHORIZATION just ends; in TRANSACTION it commits the DELE marks (UPDATE state).
+QUIT in AUTHORIZATION just ends; in TRANSACTION it commits the DELE marks (UPDATE state)
+and drops the maildrop lock before it answers, so a client that logs in again right after
+the reply (fetchmail's next poll, a test) never meets its own old session's [IN-USE].
 A commit that fails (disk full, index error) answers `-ERR [SYS/TEMP]` and keeps every
 message; reads never need free space.
 Diagnostics: `-ERR No such message` for numbers out of range or marked deleted; pop.log
@@ -117,11 +119,13 @@ async def quit(session, args: list[str]) -> None:
     try:
         removed = session.maildrop.commit()
     except StorageError as e:
+        session.maildrop.release()
         session.log.error(f"update failed: user={session.user} ip={session.conn.peer_ip}: {e}; "
                           f"every message kept")
         await session.err("[SYS/TEMP] Deleted messages could not be removed (server storage problem); "
                           "all messages kept")
         return
+    session.maildrop.release()      # before the reply: a client may log in again at once
     count, octets = session.maildrop.stat()
     session.log.info(f"logout: user={session.user} ip={session.conn.peer_ip} retr={c['retr']} top={c['top']} "
                      f"dele={c['dele']} deleted={removed} left={count}")

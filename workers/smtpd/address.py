@@ -59,7 +59,10 @@ class RcptArgs:
 def xtext_decode(text: str) -> str:
     if not _XTEXT.match(text):
         raise ValueError("bad xtext")
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+    decoded = re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+    if not all(" " <= c <= "~" for c in decoded):     # RFC 3461 4: printable US-ASCII only
+        raise ValueError("xtext decodes to a control character")  # (it goes into DSN headers)
+    return decoded
 
 
 def _split(arg: str, keyword: str, bad: R.Reply) -> tuple[str, dict[str, str]]:

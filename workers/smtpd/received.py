@@ -35,7 +35,8 @@ def _safe(text: str, limit: int = 100) -> str:
 def received_header(*, helo: str, client_ip: str, hostname: str, esmtp: bool,
                     tls_version: str | None, tls_cipher: str | None, user: str | None,
                     recipients: list[str], now: float | None = None) -> bytes:
-    lines = [f"Received: from {_safe(helo)} ([{client_ip}])"]
+    literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip       # RFC 5321 4.1.3
+    lines = [f"Received: from {_safe(helo)} ([{literal}])"]
     if tls_version:
         lines.append(f"\t(using {tls_version} with cipher {tls_cipher})")
     if user:

@@ -59,6 +59,7 @@ START_DATA = Reply(354, "End data with <CR><LF>.<CR><LF>")
 # 4xx: temporary
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Too many connections, try again later")
 TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded")
+SHUTTING_DOWN = Reply(421, "4.3.2 Service shutting down")
 TOO_MANY_ERRORS = Reply(421, "4.7.0 Error: too many errors")
 TEMP_LOOKUP_FAILURE = Reply(451, "4.3.0 Temporary lookup failure")
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1 Insufficient system storage")

@@ -11,7 +11,9 @@ separate receiver and the session goes back to READY. COMMANDS says, per verb, i
 states it is legal and what a client hears otherwise; the dispatcher alone enforces that,
 line lengths (512 octets, 12288 for AUTH, RFC 4954 4), `smtpd_tls_security_level=encrypt`
 (530 5.7.0 for AUTH, MAIL, RCPT and DATA before STARTTLS), the error budget
-(smtpd_hard_error_limit -> 421) and the idle time (smtpd_timeout -> 421).
+(smtpd_hard_error_limit -> 421) and the idle time (smtpd_timeout -> 421). When the master
+stops (conn.draining), a session waiting for a command gets `421 4.3.2 Service shutting
+down` at once; a message being received is finished (and acknowledged) first.
 
 Diagnostics (smtp.log): connect/disconnect with command counts at level high; rejected
 commands, authentications and every accepted message (`QUEUEID: from=<a>, size=N, nrcpt=K`)
@@ -143,10 +145,13 @@ class Session:
     async def serve(self) -> None:
         while True:
             try:
-                line = await self.conn.read_line(MAX_AUTH_LINE, self.params.smtpd_timeout)
+                line = await self.conn.read_command(MAX_AUTH_LINE, self.params.smtpd_timeout)
             except LineTooLong:
                 await self.reply(R.LINE_TOO_LONG)
                 continue
+            if line is None:
+                self.log.debug(f"{self.client}: service shutting down after {self.state.value}")
+                await self.reply(R.SHUTTING_DOWN)
             if not line:
                 return
             await self.dispatch(line)
