@@ -17,8 +17,9 @@ build(source, target=None) compiles source into target (default `<source>.lmdb`)
 single-file LMDB is written beside it, fsynced and renamed over the old one, so readers
 see either the old or the new map, never a mix; a file with an error changes nothing.
 lookup(params, name) -> [targets] | None reads the map of alias_maps; AliasMap(path)
-reopens the map when a build replaced it. expand(name, lookup_fn) resolves recursively.
-Diagnostics: AliasError("file:line: reason"); ExpansionError for loops past the depth limit.
+reopens the map when a build replaced it. Recursive expansion (loops, depth) is the queue
+manager's (workers/delivery/resolve.py).
+Diagnostics: AliasError("file:line: reason").
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable
 
 import lmdb
 
@@ -37,7 +37,6 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_LINE = 64 * 1024                 # one logical entry, continuation lines joined
 MAX_TARGETS = 10_000                 # per name
 MAX_INCLUDE_DEPTH = 5
-MAX_EXPAND_DEPTH = 20
 MAX_NAME_BYTES = 255                 # LMDB keys stop at 511 bytes; local parts at 64 (RFC 5321)
 NAME = re.compile(r'[^\s:,"@|/][^\s:,"@]*')
 META_KEY = b"\0meta"
@@ -45,10 +44,6 @@ META_KEY = b"\0meta"
 
 class AliasError(Exception):
     """The aliases file has an error; str() is `file:line: reason`."""
-
-
-class ExpansionError(Exception):
-    """Alias expansion went deeper than MAX_EXPAND_DEPTH."""
 
 
 @dataclass
@@ -256,29 +251,3 @@ def lookup(params, name: str) -> list[str] | None:
     if path not in _MAPS:
         _MAPS[path] = AliasMap(path)
     return _MAPS[path].lookup(name)
-
-
-def expand(name: str, lookup_fn: Callable[[str], list[str] | None],
-           localize: Callable[[str], str | None] = lambda target: None if "@" in target else target) -> list[str]:
-    """Final targets of name, recursively, duplicates removed, in order.
-
-    localize(target) gives the local name of an address (None for a remote address, a
-    command or a file); by default a target without '@' is local. A name met again in its
-    own expansion is final: `bob: bob, carol` delivers to the user bob and to carol.
-    """
-    result: list[str] = []
-
-    def walk(current: str, path: tuple[str, ...]) -> None:
-        if len(path) > MAX_EXPAND_DEPTH:
-            raise ExpansionError(f"alias expansion of {name!r} deeper than {MAX_EXPAND_DEPTH}: {' -> '.join(path)}")
-        local = None if current.startswith(("|", "/")) else localize(current)
-        members = lookup_fn(local) if local is not None and local.lower() not in path else None
-        if members is None:
-            if current not in result:
-                result.append(current)
-            return
-        for member in members:
-            walk(member, path + (local.lower(),))
-
-    walk(name, ())
-    return result

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from store import aliases
-from store.aliases import AliasError, AliasMap, ExpansionError, build, expand, map_path, parse
+from store.aliases import AliasError, AliasMap, build, map_path, parse
 
 SAMPLE = """\
 # system aliases
@@ -141,39 +141,3 @@ def test_lookup_through_params(source):
     build(source)
     params = types.SimpleNamespace(alias_maps=source)
     assert aliases.lookup(params, "Staff") == ["dave", "eve", "frank", "carol@example.org"]
-
-
-# ---------------------------------------------------------------- expansion
-
-TABLE = {
-    "postmaster": ["root"],
-    "root": ["bob", "|/bin/log", "/var/archive"],
-    "bob": ["bob", "bob@elsewhere.example"],
-    "team": ["bob", "carol", "bob"],
-    "a": ["b"], "b": ["a"],
-}
-
-
-def test_expand_recursive_with_self_reference():
-    assert expand("postmaster", TABLE.get) == ["bob", "bob@elsewhere.example", "|/bin/log", "/var/archive"]
-    assert expand("team", TABLE.get) == ["bob", "bob@elsewhere.example", "carol"]
-    assert expand("nobody", TABLE.get) == ["nobody"]
-
-
-def test_expand_loop_ends_at_the_name_met_again():
-    assert expand("a", TABLE.get) == ["a"]
-
-
-def test_expand_depth_limit():
-    chain = {f"n{i}": [f"n{i + 1}"] for i in range(50)}
-    with pytest.raises(ExpansionError, match="deeper than"):
-        expand("n0", chain.get)
-
-
-def test_expand_with_local_domains():
-    table = {"sales": ["bob@example.test", "x@remote.example"], "bob": ["robert"]}
-
-    def localize(target: str):
-        local, _, domain = target.partition("@")
-        return local if domain in ("", "example.test") else None
-    assert expand("sales", table.get, localize) == ["robert", "x@remote.example"]
