@@ -2,7 +2,10 @@
 
 PATH is a master.cf or the folder holding it; main.cf is read from the same folder.
 Order at start: read and validate both files (exit 78 EX_CONFIG with `file:line: reason`
-on stderr), refuse if a master already answers on run/master.sock (exit 1), bind every
+on stderr), refuse if a master already answers on run/master.sock (exit 1), take the run
+directory (master/rundir.py), check that the workers can use what they need as mail_owner
+and that the TLS files load (master/preflight.py; exit 78, one line per problem naming the
+path; --check does this too), bind every
 inet service (exit 1 naming the line), then detach if --daemon, write run/master.pid, and
 run the arbiter (master/loop.py) in the foreground. The pid file is removed at exit.
 --check prints the settings given in main.cf (like `postconf -n`) and the service table
@@ -15,6 +18,7 @@ import argparse
 import os
 import sys
 
+from master import preflight, rundir, spawn
 from master.cf import resolve_config_path
 from master.loop import Arbiter, BindError, Config, bind_services, read_config
 from master.params import ConfigError
@@ -67,23 +71,6 @@ def _daemonize():
     return started
 
 
-def _write_pid_file(path: str) -> None:
-    temp = f"{path}.{os.getpid()}"
-    with open(temp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(temp, path)
-
-
-def _remove_pid_file(path: str) -> None:
-    try:
-        with open(path) as f:
-            mine = f.read().strip() == str(os.getpid())
-        if mine:
-            os.unlink(path)
-    except OSError:
-        pass
-
-
 def _set_title(master_cf: str) -> None:
     try:
         from setproctitle import setproctitle
@@ -104,29 +91,36 @@ def main(argv: list[str] | None = None) -> None:
         config = read_config(master_cf, main_cf)
     except ConfigError as e:
         _fail(str(e), EX_CONFIG)
+    run_directory = config.params.run_directory
+    if not args.check:
+        if is_answering(run_directory):
+            _fail(f"already running: {run_directory}/master.sock answers (mailctl stop first)", 1)
+        try:
+            rundir.prepare(config.params)
+        except OSError as e:
+            _fail(f"cannot prepare {run_directory}: {e.strerror or e}", 1)
+    found = preflight.problems(config, spawn.base_environment())
+    if found:
+        for problem in found:
+            print(f"master: {problem}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
     if args.check:
         _print_check(config)
         return
-    run_directory = config.params.run_directory
-    if is_answering(run_directory):
-        _fail(f"already running: {run_directory}/master.sock answers (mailctl stop first)", 1)
     try:
-        os.makedirs(run_directory, mode=0o755, exist_ok=True)
         bound = bind_services(config)
     except BindError as e:
         _fail(str(e), 1)
-    except OSError as e:
-        _fail(f"cannot create {run_directory}: {e.strerror}", 1)
     on_started = _daemonize() if args.daemon else None
     _set_title(master_cf)
     pid_file = pid_path(run_directory)
-    _write_pid_file(pid_file)
     try:
+        rundir.write_pid_file(pid_file)
         code = Arbiter(config, bound).run(on_started)
-    except OSError as e:               # log directory or status socket unusable
+    except OSError as e:               # log directory, pid file or status socket unusable
         _fail(f"cannot start: {e}", 1)
     finally:
-        _remove_pid_file(pid_file)
+        rundir.remove_pid_file(pid_file)
     sys.exit(code)
 
 

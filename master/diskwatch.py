@@ -17,10 +17,12 @@ a flag that cannot be written or removed is logged once per transition.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Callable
 
+from master import rundir
 from master.params import Params
 
 FLAG_NAME = "lowspace"
@@ -108,19 +110,16 @@ class DiskGuard:
         return worst
 
     def _set_flag(self, text: str) -> None:
-        temp = f"{self.flag}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.flag), mode=0o755, exist_ok=True)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                os.write(fd, (text + "\n").encode())
-            except OSError:
-                pass                     # a full disk may refuse the text; the flag's existence is what counts
-            finally:
-                os.close(fd)
-            os.rename(temp, self.flag)
+                rundir.create_file(self.flag, text + "\n")
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                rundir.create_file(self.flag, "")     # a full disk: the flag's existence is what counts
         except OSError as e:
-            self.log("E", f"cannot create {self.flag}: {e.strerror}")
+            self.log("E", f"cannot create {self.flag}: {e.strerror or e}")
 
     def _clear_flag(self) -> None:
         try:

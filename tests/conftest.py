@@ -13,18 +13,31 @@ Every MailSystem is stopped (SIGTERM, then SIGKILL) at the end of the test.
 """
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "corpus"
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"     # real messages: its README.md and MANIFEST.tsv
+
+
+def shared_corpus() -> list[tuple[Path, set[str]]]:
+    """(path, features) of every single message of the shared corpus, in MANIFEST order."""
+    manifest = SHARED_CORPUS / "MANIFEST.tsv"
+    assert manifest.is_file(), f"the shared corpus is missing: no {manifest}"
+    with open(manifest, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [(SHARED_CORPUS / row["path"], set(row["features"].split(",")))
+            for row in rows if row["path"].startswith("messages/")]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -33,9 +46,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Installation:
+    """mailhouse installed into a venv of its own (the production layout): its interpreter and
+    console scripts are used instead of the checkout's, and workers drop to mail_owner."""
+    venv: Path
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    def script(self, name: str) -> str:
+        return str(self.venv / "bin" / name)
+
+
 class MailSystem:
-    def __init__(self, root: Path, main: dict[str, str] | None = None):
+    def __init__(self, root: Path, main: dict[str, str] | None = None, install: Installation | None = None):
         self.root = root
+        self.install = install
         self.etc = root / "etc"
         self.etc.mkdir(parents=True, exist_ok=True)
         self.main = {
@@ -46,13 +74,16 @@ class MailSystem:
             "disk_min_free": "1M",
             "log_level": "high",
             "auth_failure_delay": "0s",
+            "smtpd_pregreet_delay": "0",     # on by default (1s); test_smtpd_pregreet.py turns it on
             "graceful_timeout": "5s",
             **(main or {}),
         }
         self.services: list[str] = []
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen | None = None
-        self.python = sys.executable     # the master's (and so its workers') interpreter
+        # the master's (and so its workers') interpreter; an installed system's workers are unpriv
+        self.python = install.python if install else sys.executable
+        self.unpriv = "-" if install else "n"
 
     # -- configuration
     def add_service(self, command: str, *args: str, maxproc: str | int = "-", name: str | None = None,
@@ -61,11 +92,11 @@ class MailSystem:
         port = free_port(host)
         key = name or f"{command}{len(self.services)}"
         self.ports[key] = port
-        self.services.append(f"{host}:{port} inet n n n - {maxproc} {command} {' '.join(args)}".rstrip())
+        self.services.append(f"{host}:{port} inet n {self.unpriv} n - {maxproc} {command} {' '.join(args)}".rstrip())
         return key
 
     def add_unix_service(self, command: str, *args: str, wakeup: int = 300, maxproc: int = 1) -> None:
-        self.services.append(f"{command} unix n n n {wakeup} {maxproc} {command} {' '.join(args)}".rstrip())
+        self.services.append(f"{command} unix n {self.unpriv} n {wakeup} {maxproc} {command} {' '.join(args)}".rstrip())
 
     def write_config(self) -> None:
         (self.etc / "master.cf").write_text("\n".join(self.services) + "\n")
@@ -84,6 +115,9 @@ class MailSystem:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        if self.install:                 # the installed package, never the checkout
+            env.pop("PYTHONPATH", None)
+            return env
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         return env
 
@@ -134,8 +168,9 @@ class MailSystem:
         }[module_main]
         module, func = entry.split(":")
         code = f"import sys; sys.argv[0] = {module_main!r}; from {module} import {func}; {func}()"
+        command = [self.install.script(module_main)] if self.install else [sys.executable, "-c", code]
         text = not isinstance(input, bytes)
-        result = subprocess.run([sys.executable, "-c", code, "-c", str(self.etc), *args], cwd=self.root,
+        result = subprocess.run([*command, "-c", str(self.etc), *args], cwd=self.root,
                                 env=self.env(), input=input, capture_output=True, text=text, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{module_main} {' '.join(args)} -> {result.returncode}\n"

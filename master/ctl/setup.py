@@ -19,6 +19,7 @@ import pwd
 
 from master.cf import ServiceSpec, parse_master_cf
 from master.ctl import Refused
+from master import preflight, rundir
 from master.ctl.tls import ensure_certificate, fingerprint
 from master.params import Params
 from store.fsio import StorageError
@@ -42,14 +43,26 @@ def register(sub) -> None:
     init.set_defaults(handler=cmd_init)
 
 
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+
+
+def _tls_folders(params: Params) -> list[str]:
+    """The certificate's and key's folders that are ours to make: those inside data_directory
+    (a key kept elsewhere, say under /etc/ssl, is the administrator's and is left alone)."""
+    folders = {os.path.dirname(params.tls_cert_file), os.path.dirname(params.tls_key_file)}
+    return sorted(f for f in folders if _inside(f, params.data_directory))
+
+
 def data_directories(params: Params) -> list[str]:
+    """The folders init makes: those main.cf names as *_directory, and the TLS folders inside
+    data_directory; nothing else outside data_directory."""
     return [params.queue_directory, params.mail_store_directory, params.index_directory,
-            params.log_directory, params.run_directory,
-            os.path.dirname(params.tls_cert_file), os.path.dirname(params.tls_key_file)]
+            params.log_directory, params.run_directory, *_tls_folders(params)]
 
 
 def create_directories(params: Params) -> None:
-    tls_dirs = {os.path.dirname(params.tls_cert_file), os.path.dirname(params.tls_key_file)}
+    tls_dirs = set(_tls_folders(params))
     for path in data_directories(params):
         try:
             os.makedirs(path, mode=0o700 if path in tls_dirs else 0o750, exist_ok=True)
@@ -57,25 +70,31 @@ def create_directories(params: Params) -> None:
             raise Refused(f"cannot create {path}: {e.strerror}") from None
     try:
         Queue.from_params(params).ensure_layout()
+        rundir.prepare(params)
     except OSError as e:
-        raise Refused(f"cannot create the queue in {params.queue_directory}: {e.strerror}") from None
+        raise Refused(f"cannot prepare {e.filename or params.queue_directory}: {e.strerror or e}") from None
 
 
 def give_to_mail_owner(params: Params) -> None:
-    """As root: the workers' directories and the key belong to mail_owner (not recursive)."""
+    """As root: what the workers use (preflight.worker_paths) and the key belong to mail_owner.
+    run_directory stays root's: it holds the master's pid file and status socket."""
     try:
         owner = pwd.getpwnam(params.mail_owner)
     except KeyError:
         raise Refused(f"mail_owner {params.mail_owner!r} is not a user on this system") from None
-    queue = Queue.from_params(params)
-    users = UserDB.from_params(params)              # opening it creates the database files
-    paths = [params.queue_directory, *(queue.path(name) for name in os.listdir(params.queue_directory)),
-             params.mail_store_directory, params.index_directory, params.run_directory,
-             os.path.dirname(params.tls_key_file), params.tls_key_file,
-             users.env_path, *(os.path.join(users.env_path, name) for name in os.listdir(users.env_path))]
-    if os.path.exists(users.key_path):              # made with the first password
-        paths.append(users.key_path)
+    UserDB.from_params(params)                      # opening it creates the database files
+    ours = [params.data_directory, *data_directories(params)]
+    paths = [need.path for need in preflight.worker_paths(params)
+             if any(_inside(need.path, folder) for folder in ours)
+             and params.run_directory not in (need.path, os.path.dirname(need.path))]
+    paths += _tls_folders(params)
+    if _inside(params.tls_key_file, params.data_directory):
+        paths.append(params.tls_key_file)
     for path in paths:
+        if not os.path.lexists(path):
+            continue                                 # optional (the alias map before newaliases)
+        if os.path.islink(path):
+            raise Refused(f"{path} is a symbolic link; refusing to give it to {params.mail_owner}")
         try:
             os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
         except OSError as e:

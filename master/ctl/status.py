@@ -7,7 +7,8 @@ connections [--json]   open sessions grouped by user, client address and protoco
 reload                 re-read master.cf and main.cf; a refused file is reported file:line
 stop                   graceful stop; waits until the master has exited
 Everything goes through the status socket run/master.sock; reload and stop fall back to
-the pid file and a signal (SIGHUP / SIGTERM) when the socket does not answer.
+the pid file and a signal (SIGHUP / SIGTERM) when the socket does not answer, and only
+when that pid is a running master of this configuration (master/rundir.py).
 Diagnostics: exit 1 with a one-line reason when the master is not running or refuses.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import time
 
 from master.ctl import Refused
+from master.rundir import NotOurMaster, running_master
 from master.status import MasterNotRunning, pid_path, request
 
 STOP_MARGIN = 15.0       # seconds beyond graceful_timeout that `stop` waits for the exit
@@ -90,14 +92,13 @@ def cmd_connections(args, config) -> int:
 
 
 def _signal_by_pid_file(config, signum: int) -> int:
-    path = pid_path(config.params.run_directory)
+    """The status socket is silent: signal the pid file's master, if it is ours and alive."""
     try:
-        with open(path) as f:
-            pid = int(f.read().strip())
+        pid = running_master(pid_path(config.params.run_directory), config.master_cf)
         os.kill(pid, signum)
-    except (OSError, ValueError) as e:
-        raise Refused(f"the master is not running (status socket silent, {path}: "
-                      f"{getattr(e, 'strerror', None) or e})") from None
+    except (NotOurMaster, OSError) as e:
+        raise Refused(f"the master is not running (status socket silent; {getattr(e, 'strerror', None) or e})") \
+            from None
     return pid
 
 

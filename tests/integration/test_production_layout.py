@@ -1,0 +1,150 @@
+"""The production layout end to end: installed into a venv on the system Python, `mailctl
+init` as root, the master as root, every worker as mail_owner.
+
+Mail goes in by SMTP, is delivered by qmgr and comes out by POP3; reload and stop work. The
+master refuses to start (exit 78, naming the path) when a worker could not use what it
+needs, instead of letting the workers crash-loop while smtpd goes on accepting mail. The
+master's run directory is root's: mail_owner cannot plant links there, a link left there is
+not followed, and `mailctl stop` never signals a pid that is not this configuration's master.
+"""
+from __future__ import annotations
+
+import os
+import poplib
+import pwd
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+# the first test also builds the installation (a venv and a pip install: about a minute)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+CORPUS_MESSAGE = REPO / "tests" / "corpus" / "05-mixed-attachment.eml"
+
+
+def _system(production_system, **main):
+    ms = production_system(main={"minimal_backoff_time": "1s", "maximal_backoff_time": "2s", **main})
+    smtp = ms.add_service("smtpd", name="smtpd")
+    pop = ms.add_service("pop3d", name="pop3d")
+    ms.add_unix_service("qmgr", wakeup=60)
+    ms.write_config()
+    ms.mailctl("init")
+    ms.mailctl("user", "add", "bob", "--password", "bob-pw")
+    return ms, smtp, pop
+
+
+def _uid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def _pop_count(port: int) -> int:
+    client = poplib.POP3("127.0.0.1", port, timeout=10)
+    try:
+        client.user("bob")
+        client.pass_("bob-pw")
+        return client.stat()[0]
+    finally:
+        client.quit()
+
+
+def _wait_count(port: int, count: int, ms) -> None:
+    deadline = time.monotonic() + 30
+    while (got := _pop_count(port)) < count:
+        assert time.monotonic() < deadline, f"{got} of {count} delivered; server.log:\n{ms.log('server')[-3000:]}"
+        time.sleep(0.3)
+
+
+def test_root_master_delivers_with_workers_as_mail_owner(production_system):
+    ms, smtp, pop = _system(production_system)
+    ms.start()
+    mail = pwd.getpwnam("mail")
+    workers = [pid for svc in ms.status()["services"] for pid in svc["workers"]]
+    assert workers and all(_uid_of(pid) == mail.pw_uid for pid in workers)
+    assert _uid_of(ms.proc.pid) == 0
+
+    message = CORPUS_MESSAGE.read_bytes().replace(b"\n", b"\r\n")
+    with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:
+        client.sendmail("alice@example.org", ["bob@example.test"], message)
+    _wait_count(ms.port(pop), 1, ms)
+    retrieved = poplib.POP3("127.0.0.1", ms.port(pop), timeout=10)
+    retrieved.user("bob")
+    retrieved.pass_("bob-pw")
+    body = b"\r\n".join(retrieved.retr(1)[1]) + b"\r\n"
+    retrieved.quit()
+    assert body.endswith(message)
+
+    assert "reloaded" in ms.mailctl("reload").stdout
+    with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:
+        client.sendmail("alice@example.org", ["bob@example.test"], message)
+    _wait_count(ms.port(pop), 2, ms)
+    assert "stopped" in ms.mailctl("stop").stdout
+    assert ms.proc.wait(10) == 0
+
+
+def test_refuses_to_start_when_a_worker_path_is_root_only(production_system):
+    ms, _smtp, _pop = _system(production_system)
+    fifo = ms.var / "queue" / "public" / "qmgr"
+    os.chown(fifo, 0, 0)                      # what `mailctl init` used to leave
+    os.chmod(fifo, 0o600)
+    ms.start(wait=False)
+    assert ms.proc.wait(30) == 78
+    out = ms.proc.stdout.read().decode()
+    assert f"{fifo} (queue_directory (qmgr wake-up FIFO)) is not usable by mail" in out, out
+
+    ms.mailctl("init")                        # init gives it back to mail_owner
+    ms.start()
+    assert ms.status()["services"]
+
+
+def test_refuses_an_interpreter_mail_owner_cannot_run(production_system, production_install):
+    ms, _smtp, _pop = _system(production_system)
+    closed = production_install.venv.parent
+    closed.chmod(0o700)                       # a venv under a 0700 home
+    try:
+        ms.start(wait=False)
+        assert ms.proc.wait(30) == 78
+    finally:
+        closed.chmod(0o755)
+    out = ms.proc.stdout.read().decode()
+    assert f"mail cannot execute the interpreter {production_install.python}" in out, out
+    assert f"the folder {closed} is closed to it" in out, out
+
+
+def test_run_directory_is_roots_and_links_are_not_followed(production_system, tmp_path):
+    ms, _smtp, _pop = _system(production_system)
+    run = ms.var / "run"
+    info = run.stat()
+    assert info.st_uid == 0 and not info.st_mode & 0o022
+    assert (run / "pop3").stat().st_uid == pwd.getpwnam("mail").pw_uid
+
+    planted = subprocess.run(["runuser", "-u", "mail", "--", "ln", "-s", "/etc/passwd", str(run / "x")],
+                             capture_output=True, text=True)
+    assert planted.returncode != 0 and "Permission denied" in planted.stderr
+
+    victim = ms.root / "victim"
+    victim.write_text("untouched\n")
+    (run / "master.pid").symlink_to(victim)   # a link left from an older layout
+    ms.start()
+    assert victim.read_text() == "untouched\n"
+    assert not (run / "master.pid").is_symlink()
+    assert int((run / "master.pid").read_text()) == ms.proc.pid
+
+
+def test_stop_never_signals_a_pid_that_is_not_our_master(production_system):
+    ms, _smtp, _pop = _system(production_system)
+    run = ms.var / "run"
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / "master.pid").write_text(f"{bystander.pid}\n")
+        for command in ("stop", "reload"):
+            result = ms.mailctl(command, check=False)
+            assert result.returncode == 1, result
+            assert "not a master of" in result.stderr, result.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
