@@ -89,13 +89,16 @@ def _tls_problem(params: Params, offered: bool, required: bool) -> str | None:
     files = (params.tls_cert_file, params.tls_key_file)
     if not required and not all(os.path.exists(path) for path in files):
         return None                  # `may` without a certificate: no STARTTLS, as Postfix
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for path in files:
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            return f"tls_cert_file/tls_key_file: {path}: no such file (mailctl init makes one)"
+        except OSError as e:
+            return f"tls_cert_file/tls_key_file: {path}: {e.strerror.lower()}"
     try:
-        ctx.load_cert_chain(*files)
-    except FileNotFoundError as e:
-        return f"tls_cert_file/tls_key_file: {e.filename}: no such file (mailctl init makes one)"
-    except PermissionError as e:
-        return f"tls_cert_file/tls_key_file: {e.filename}: permission denied"
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*files)
     except (OSError, ssl.SSLError) as e:
         return f"tls_cert_file {files[0]} / tls_key_file {files[1]}: not a usable certificate and key ({e})"
     return None

@@ -1,14 +1,16 @@
 """mailctl init: prepare the data directories of a configuration (used by `make run`).
 
-    mailctl init [--demo]
+    mailctl init [--demo] [--postmaster NAME]
 
 Creates what is missing and keeps what is there (running it again changes nothing):
-the queue (with its layout), store, index, log, run and tls directories, a self-signed
-certificate for myhostname, and with --demo the user `demo` (password `demo`). Then it
+the queue (with its layout), store, index, log, run and tls directories (no folder outside
+data_directory but those main.cf names), a self-signed certificate for myhostname, the
+role addresses (postmaster: an account of that name or --postmaster NAME; abuse: an alias
+of postmaster) and with --demo the user `demo` (password `demo`). Then it
 prints how to start the master and connect to each inet service of master.cf.
-When run as root, the directories the workers write to, the user database and the TLS
-key are given to mail_owner, since workers drop to that user after the master has bound
-the ports.
+When run as root, what the workers use (master/preflight.py worker_paths), the user
+database and the TLS key are given to mail_owner, since workers drop to that user after the
+master has bound the ports; run_directory stays root's (master/rundir.py).
 Diagnostics: a directory or file that cannot be created is refused with its path (exit 1);
 a bad master.cf is refused with file:line.
 """
@@ -22,10 +24,12 @@ from master.ctl import Refused
 from master import preflight, rundir
 from master.ctl.tls import ensure_certificate, fingerprint
 from master.params import Params
+from store.aliases import AliasError, build, map_path, parse
 from store.fsio import StorageError
 from store.queue import Queue
 from store.users import UserDB, UserError
 
+POSTMASTER = "postmaster"
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"
 
@@ -40,6 +44,8 @@ _KINDS = {
 def register(sub) -> None:
     init = sub.add_parser("init", help="create the data directories, a certificate and (--demo) a demo user")
     init.add_argument("--demo", action="store_true", help=f"add the user {DEMO_USER!r} (password {DEMO_PASSWORD!r})")
+    init.add_argument("--postmaster", metavar="NAME",
+                      help=f"where postmaster@ mail goes (default: an account {POSTMASTER!r})")
     init.set_defaults(handler=cmd_init)
 
 
@@ -63,6 +69,11 @@ def data_directories(params: Params) -> list[str]:
 
 def create_directories(params: Params) -> None:
     tls_dirs = set(_tls_folders(params))
+    for key in ("tls_cert_file", "tls_key_file"):
+        folder = os.path.dirname(getattr(params, key))
+        if folder not in tls_dirs and not os.path.isdir(folder):
+            raise Refused(f"{key}: the folder {folder} does not exist (init makes no folder outside "
+                          f"data_directory but the *_directory ones)")
     for path in data_directories(params):
         try:
             os.makedirs(path, mode=0o700 if path in tls_dirs else 0o750, exist_ok=True)
@@ -99,6 +110,38 @@ def give_to_mail_owner(params: Params) -> None:
             os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
         except OSError as e:
             raise Refused(f"cannot give {path} to {params.mail_owner}: {e.strerror}") from None
+
+
+def ensure_role_addresses(params: Params, postmaster: str | None) -> list[str]:
+    """RFC 2142's postmaster and abuse must reach somebody. Without --postmaster the account
+    `postmaster` (no password: it receives, and logs in once given one) takes the mail;
+    `abuse` is an alias of postmaster. Lines an aliases file already has are kept. -> what
+    was done, one line each."""
+    done = []
+    if postmaster is None:
+        try:
+            with UserDB.open(params) as users:
+                if users.get(POSTMASTER) is None:
+                    users.add(POSTMASTER)
+                    done.append(f"account {POSTMASTER} (no password yet: mailctl user passwd {POSTMASTER})")
+        except (UserError, StorageError) as e:
+            raise Refused(f"cannot add the {POSTMASTER} account: {e}") from None
+    source = params.alias_maps
+    try:
+        entries, _warnings = parse(source) if os.path.exists(source) else ({}, [])
+    except AliasError as e:
+        raise Refused(f"{e} (fix the aliases file, then run init again)") from None
+    wanted = {"postmaster": postmaster, "abuse": POSTMASTER}
+    lines = [f"{name}: {target}\n" for name, target in wanted.items() if target and name not in entries]
+    if lines or not os.path.exists(map_path(source)):
+        try:
+            with open(source, "a", encoding="utf-8") as f:
+                f.writelines(lines)
+            build(source)
+        except (OSError, AliasError, StorageError) as e:
+            raise Refused(f"cannot write the aliases in {source}: {getattr(e, 'strerror', None) or e}") from None
+        done += [f"alias {line.strip()} in {source}" for line in lines]
+    return done
 
 
 def ensure_demo_user(params: Params) -> bool:
@@ -146,6 +189,7 @@ def cmd_init(args, config) -> int:
     create_directories(params)
     cert = ensure_certificate(params)
     created_user = ensure_demo_user(params) if args.demo else False
+    roles = ensure_role_addresses(params, args.postmaster)
     if os.geteuid() == 0:
         give_to_mail_owner(params)
 
@@ -155,6 +199,8 @@ def cmd_init(args, config) -> int:
         print(f"              SHA-256 {fingerprint(cert)}")
     else:
         print(f"  certificate {params.tls_cert_file}: kept")
+    for line in roles:
+        print(f"  postmaster  {line}")
     if args.demo:
         state = "created" if created_user else "already there"
         print(f"  demo user   {DEMO_USER} / password {DEMO_PASSWORD} ({state}); "

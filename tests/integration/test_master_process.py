@@ -55,6 +55,30 @@ def test_check_prints_effective_configuration(mailsystem):
     assert f"127.0.0.1:{ms.port(echo)} inet n n 0 32 {ECHO} -o smtpd_banner=x" in result.stdout
 
 
+@pytest.mark.parametrize("level, garbage, message", [
+    ("encrypt", False, "tls_cert_file/tls_key_file: {cert}: no such file"),
+    ("may", True, "not a usable certificate and key"),
+])
+def test_unusable_tls_files_fail_check_and_start(mailsystem, level, garbage, message):
+    ms = mailsystem(main={"smtpd_tls_security_level": level})
+    ms.add_service("smtpd")
+    cert = ms.var / "tls" / "cert.pem"
+    if garbage:
+        cert.parent.mkdir(parents=True)
+        cert.write_text("not a certificate\n")
+        (ms.var / "tls" / "key.pem").write_text("not a key\n")
+    for args in (("--check",), ()):
+        result = _run_master(ms, *args)
+        assert result.returncode == EX_CONFIG, result
+        assert message.format(cert=cert) in result.stderr, result.stderr
+
+
+def test_offered_tls_without_a_certificate_starts_without_starttls(mailsystem):
+    ms = mailsystem(main={"smtpd_tls_security_level": "may"})
+    ms.add_service("smtpd")
+    assert _run_master(ms, "--check").returncode == 0
+
+
 def test_status_and_connections_json(mailsystem):
     ms = mailsystem()
     echo = ms.add_service(ECHO, maxproc=5)

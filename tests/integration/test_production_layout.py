@@ -100,6 +100,18 @@ def test_refuses_to_start_when_a_worker_path_is_root_only(production_system):
     assert ms.status()["services"]
 
 
+def test_refuses_a_key_mail_owner_cannot_read(production_system):
+    ms, _smtp, _pop = _system(production_system)
+    key = ms.var / "tls" / "key.pem"
+    os.chown(key, 0, 0)                       # `mailctl tls selfsigned --new-key` as root, no init after
+    key.chmod(0o600)
+    for args in (["--check"], []):
+        result = subprocess.run([ms.python, "-m", "master", "-c", str(ms.etc), *args], cwd=ms.root,
+                                env=ms.env(), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 78, result
+        assert f"tls_cert_file/tls_key_file: {key}: permission denied (as mail)" in result.stderr
+
+
 def test_refuses_an_interpreter_mail_owner_cannot_run(production_system, production_install):
     ms, _smtp, _pop = _system(production_system)
     closed = production_install.venv.parent

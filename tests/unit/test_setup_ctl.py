@@ -68,4 +68,34 @@ def test_init_demo_adds_the_demo_user_once(tmp_path, capsys):
     assert users.verify_password("demo", "demo")
     assert run(["-c", etc, "init", "--demo"]) == 0
     assert "(already there)" in capsys.readouterr().out
-    assert [user.name for user in users.list()] == ["demo"]
+    assert [user.name for user in users.list()] == ["demo", "postmaster"]
+
+
+def test_init_gives_postmaster_and_abuse_somewhere_to_go(tmp_path, capsys):
+    etc = make_config(tmp_path)
+    assert run(["-c", etc, "init"]) == 0
+    with UserDB.from_params(load_config(etc).params) as users:
+        assert users.get("postmaster") is not None
+    aliases = (tmp_path / "etc" / "aliases").read_text()
+    assert "abuse: postmaster\n" in aliases and (tmp_path / "etc" / "aliases.lmdb").exists()
+    assert "account postmaster" in capsys.readouterr().out
+    assert run(["-c", etc, "init"]) == 0                # twice: nothing written again
+    assert (tmp_path / "etc" / "aliases").read_text() == aliases
+
+
+def test_init_postmaster_option_writes_the_alias_and_keeps_the_administrators(tmp_path):
+    etc = make_config(tmp_path)
+    (tmp_path / "etc" / "aliases").write_text("abuse: security-team@example.org\n")
+    assert run(["-c", etc, "init", "--postmaster", "alice"]) == 0
+    assert (tmp_path / "etc" / "aliases").read_text() == "abuse: security-team@example.org\npostmaster: alice\n"
+    with UserDB.from_params(load_config(etc).params) as users:
+        assert users.get("postmaster") is None
+
+
+def test_init_makes_no_folder_outside_data_directory_but_the_named_ones(tmp_path):
+    etc = make_config(tmp_path)
+    elsewhere = tmp_path / "ssl" / "private"
+    with open(tmp_path / "etc" / "main.cf", "a") as f:
+        f.write(f"tls_cert_file = {elsewhere}/cert.pem\ntls_key_file = {elsewhere}/key.pem\n")
+    assert run(["-c", etc, "init"]) == 1
+    assert not (tmp_path / "ssl").exists()
