@@ -4,7 +4,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-pure install bench clean
+.PHONY: run test test-pure install bench clean install-system fuzz fuzz-atheris
+
+# The production install (README.md, "Production"; done by etc/install-system.sh): a venv on
+# the system Python in PREFIX, main.cf/master.cf in SYSCONFDIR (existing files are kept),
+# the systemd unit in UNITDIR, then `mailctl init`. DESTDIR stages it all for a package.
+PREFIX        ?= /opt/mailhouse
+SYSCONFDIR    ?= /etc/mailhouse
+LOCALSTATEDIR ?= /var/lib/mailhouse
+LOGDIR        ?= /var/log/mailhouse
+UNITDIR       ?= /etc/systemd/system
+SYSTEM_PYTHON ?= /usr/bin/python3
+DESTDIR       ?=
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +35,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# The same suite with the pure-Python index (the reference the compiled one is checked against).
+# The same suite with the pure-Python index (the reference the compiled one is checked against),
+# less the tests that install mailhouse anew: what they check does not depend on the index.
 test-pure: install
-	MAILHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	MAILHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not installs" tests
 
 # Benchmarks are not tests: each prints its numbers (pytest-benchmark tables, JSON lines).
 bench: install
@@ -34,6 +46,23 @@ bench: install
 	$(BIN)/python bench/smtp_load.py
 	$(BIN)/python bench/pop3_load.py
 	$(BIN)/python bench/idle_connections.py
+
+# Fuzzing (README "Fuzzing"): the property fuzzers of tests/fuzz with FUZZ_SCALE times the
+# examples they get in `make test`, then every atheris target for FUZZ_SECONDS (CI: 20 s).
+FUZZ_SCALE   ?= 20
+FUZZ_SECONDS ?= 300
+
+fuzz: install
+	MAILHOUSE_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q atheris || true
+	$(BIN)/python -m tests.fuzz.harness $(FUZZ_SECONDS)
+
+fuzz-atheris: install
+	$(BIN)/python -m tests.fuzz.harness $(FUZZ_SECONDS)
+
+install-system:
+	PREFIX='$(PREFIX)' SYSCONFDIR='$(SYSCONFDIR)' LOCALSTATEDIR='$(LOCALSTATEDIR)' LOGDIR='$(LOGDIR)' \
+	UNITDIR='$(UNITDIR)' SYSTEM_PYTHON='$(SYSTEM_PYTHON)' DESTDIR='$(DESTDIR)' sh etc/install-system.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info store/*.so store/_index.c

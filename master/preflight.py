@@ -50,21 +50,21 @@ def _describe(access: int) -> str:
 
 def worker_paths(params: Params) -> list[Need]:
     queue = Queue.from_params(params)
-    users = UserDB.from_params(params)
+    users_path, key_path = UserDB.paths(params)
     needs = [Need(params.queue_directory, DIRECTORY, "queue_directory")]
     needs += [Need(queue.path(name), DIRECTORY, "queue_directory")
               for name in (*QUEUES, "state", "tmp", "public")]
     needs.append(Need(queue.wakeup_path(), READ | WRITE, "queue_directory (qmgr wake-up FIFO)"))
     needs += [Need(params.mail_store_directory, DIRECTORY, "mail_store_directory"),
               Need(params.index_directory, DIRECTORY, "index_directory"),
-              Need(users.env_path, DIRECTORY, "the user database"),
-              Need(users.key_path, READ, "the user database key", optional=True),
+              Need(users_path, DIRECTORY, "the user database"),
+              Need(key_path, READ, "the user database key", optional=True),
               Need(map_path(params.alias_maps), READ, "alias_maps (run newaliases)", optional=True),
               Need(params.run_directory, READ | ENTER, "run_directory"),
               Need(os.path.join(params.run_directory, POP3_LOCKS), DIRECTORY, "run_directory")]
-    if os.path.isdir(users.env_path):
-        needs += [Need(os.path.join(users.env_path, name), READ | WRITE, "the user database")
-                  for name in sorted(os.listdir(users.env_path))]
+    if os.path.isdir(users_path):               # as mail_owner in the start-up check: root may not look
+        needs += [Need(os.path.join(users_path, name), READ | WRITE, "the user database")
+                  for name in sorted(os.listdir(users_path))]
     return needs
 
 
@@ -211,8 +211,7 @@ def problems(config, worker_env: dict[str, str]) -> list[str]:
         return [f"mail_owner {params.mail_owner!r} is not a user on this system"]
     if user.pw_uid == 0:
         return [f"mail_owner {params.mail_owner!r} must not be root"]
-    needs = worker_paths(params)
-    found = _fork_as(user, lambda: _as_owner_report(config, needs, user.pw_name))
+    found = _fork_as(user, lambda: _as_owner_report(config, worker_paths(params), user.pw_name))
     if not found:
         probe = _probe_interpreter(user, worker_env)
         if probe is not None:

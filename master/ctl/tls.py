@@ -65,10 +65,15 @@ def _name(hostname: str) -> x509.Name:
 
 
 def _write(path: str, data: bytes, mode: int) -> None:
+    """Write durably; as root the file takes its folder's owner (mail_owner's tls/ folder:
+    the workers can read a key that `mailctl tls` made as root)."""
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         write_durably(directory, os.path.basename(path), data, mode=mode)
+        if os.geteuid() == 0:
+            folder = os.stat(directory)
+            os.chown(path, folder.st_uid, folder.st_gid, follow_symlinks=False)
     except OSError as e:
         raise Refused(f"cannot create {directory}: {e.strerror}") from None
     except StorageError as e:

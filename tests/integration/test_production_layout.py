@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import REPO
 
 # the first test also builds the installation (a venv and a pip install: about a minute)
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.installs, pytest.mark.timeout(600)]
 CORPUS_MESSAGE = REPO / "tests" / "corpus" / "05-mixed-attachment.eml"
 
 
