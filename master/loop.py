@@ -15,6 +15,10 @@ Connection limit: a service's open sessions are counted here, across all its wor
 connection maxproc+1 waits up to LIMIT_GRACE for a session to end, then is handed over
 marked refuse (the worker's refuse() answers the protocol's polite refusal). A worker
 takes at most worker_client_limit sessions; another is spawned when all are full.
+Per-client limits (master/anvil.py): a client over a connection rate or count limit is
+handed over refused at once; {"op": "login"} reports get the auth penalty and any refusal.
+Refusals never count toward max_use and are logged per burst. Stress mode (Postfix's):
+while a service is 3/4 full, new sessions are handed over with "stress" (shorter timeouts).
 Signals: HUP reloads (a bad file is logged `file:line: reason` and the running
 configuration kept), TERM/INT stop: listeners closed, workers drained, killed after
 graceful_timeout; a second TERM/INT kills at once. SIGCHLD only wakes the loop.
@@ -33,7 +37,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from master import listeners, spawn
+from master import listeners, sdnotify, spawn
+from master.anvil import COUNT_LIMIT, MAXPROC, RATE_LIMIT, Anvil, RefusalLog
 from master.cf import ServiceSpec, parse_master_cf
 from master.diskwatch import DiskGuard
 from master.logwriter import LogWriter
@@ -115,6 +120,8 @@ class Arbiter:
         self.workers: dict[int, Worker] = {}          # every live child, of current and removed services
         self.conns: dict[int, Conn] = {}
         self.next_conn_id = 1
+        self.anvil = Anvil(self.log)
+        self.refusals = RefusalLog(self.log)
         self.started = time.time()
         self.stopping = False
         self.stop_deadline = 0.0
@@ -141,6 +148,7 @@ class Arbiter:
         self.log("M", f"started: {len(self.services)} services from {self.config.master_cf}")
         if on_started is not None:
             on_started()
+        sdnotify.ready()                  # Type=notify: systemctl start returns now
         while not (self.stopping and (not self.workers or time.monotonic() >= self.stop_deadline)):
             try:
                 self.turn()
@@ -160,8 +168,11 @@ class Arbiter:
             for svc in list(self.services.values()):
                 self.maintain(svc, now)
         self.status.expire()
+        self.anvil.expire()
+        self.refusals.flush()
         self.disk.sample()
         self.logwriter.maybe_rotate()
+        sdnotify.settle()                 # READY=1 after a reload in this turn
 
     def _sleep_time(self) -> float:
         now = time.monotonic()
@@ -214,6 +225,8 @@ class Arbiter:
         for sock, (ip, _port) in accepted:
             if svc.accept_paused_until:
                 sock.close()
+            elif limit := self._client_limit(svc, ip):
+                self.dispatch(svc, sock, ip, limit)
             elif (svc.waiting or self._at_limit(svc)) and len(svc.waiting) < WAITING_MAX:
                 # The count drops only once a worker has noticed that its client left, so a
                 # client that reconnects right after its QUIT could be refused for a session
@@ -224,10 +237,23 @@ class Arbiter:
 
     def _at_limit(self, svc: Service) -> bool:
         if svc.open >= svc.spec.maxproc:
-            # "closed" reports may wait in the control sockets: count them first.
-            for worker in list(svc.workers.values()):
-                self.on_control(worker)
+            self._collect_reports(svc)
         return svc.open >= svc.spec.maxproc
+
+    def _client_limit(self, svc: Service, ip: str) -> str | None:
+        """The per-client limit this new connection is over, if any (the attempt is counted)."""
+        if self.anvil.connection_rate_exceeded(svc, ip):
+            return RATE_LIMIT
+        if self.anvil.at_count_limit(svc, ip):
+            self._collect_reports(svc)
+            if self.anvil.at_count_limit(svc, ip):
+                return COUNT_LIMIT
+        return None
+
+    def _collect_reports(self, svc: Service) -> None:
+        """Before a refusal: "closed" reports may wait in the control sockets, count them first."""
+        for worker in list(svc.workers.values()):
+            self.on_control(worker)
 
     def _admit_waiting(self, svc: Service, now: float) -> None:
         """Hand over waiting connections: as sessions when a slot is free, else refused in time."""
@@ -235,16 +261,18 @@ class Arbiter:
             _, sock, ip = svc.waiting.popleft()
             self.dispatch(svc, sock, ip)
 
-    def dispatch(self, svc: Service, sock: socket.socket, ip: str) -> None:
-        """Hand an accepted socket to a worker (refused over maxproc) and close the master's copy."""
+    def dispatch(self, svc: Service, sock: socket.socket, ip: str, refusal: str | None = None) -> None:
+        """Hand an accepted socket to a worker, refused when `refusal` names a limit or the
+        service is at maxproc, and close the master's copy."""
         try:
-            self._hand_over(svc, sock, ip)
+            self._hand_over(svc, sock, ip, refusal)
         finally:
             sock.close()
 
-    def _hand_over(self, svc: Service, sock: socket.socket, ip: str) -> None:
-        refuse = svc.open >= svc.spec.maxproc
-        worker = self._pick_worker(svc, refuse)
+    def _hand_over(self, svc: Service, sock: socket.socket, ip: str, refusal: str | None) -> None:
+        if refusal is None and svc.open >= svc.spec.maxproc:
+            refusal = MAXPROC
+        worker = self._pick_worker(svc, refusal is not None)
         if worker is None:
             # Throttled after crashes: close this one, let the next clients wait in the backlog.
             self.log("E", f"service {svc.name}: no worker available, connection from {ip} closed; "
@@ -254,24 +282,45 @@ class Arbiter:
             return
         conn_id = self.next_conn_id
         self.next_conn_id += 1
+        stress = refusal is None and self._stressed(svc)
         try:
-            spawn.hand_over(worker, sock, conn_id, refuse)
+            spawn.hand_over(worker, sock, conn_id, refusal or "", stress)
         except OSError as e:
-            self.log("E", f"service {svc.name}: cannot hand connection from {ip} to worker {worker.pid}: "
-                          f"{e.strerror}")
-            return
-        self.conns[conn_id] = Conn(svc, worker.pid, ip, refuse, protocol=worker.protocol or svc.spec.command)
-        worker.sessions.add(conn_id)
-        worker.handed += 1
-        if refuse:
-            svc.refused += 1
-            self.log("M", f"service {svc.name}: {svc.open} connections open, the limit (maxproc "
-                          f"{svc.spec.maxproc}); refusing {ip}")
+            if refusal is None:
+                self.log("E", f"service {svc.name}: cannot hand connection from {ip} to worker {worker.pid}: "
+                              f"{e.strerror}")
+                return
+            # A flood of refusals filled the worker's socket: this client is just disconnected.
         else:
-            svc.open += 1
-            svc.served += 1
+            self.conns[conn_id] = Conn(svc, worker.pid, ip, refusal is not None,
+                                       protocol=worker.protocol or svc.spec.command)
+            worker.sessions.add(conn_id)
+        if refusal is not None:
+            # A refusal is no use of the worker: a flood of them must not recycle it.
+            svc.refused += 1
+            if refusal == MAXPROC:
+                self.refusals.note(svc.name, MAXPROC, None, why=f"maxproc {svc.spec.maxproc}, {svc.open} "
+                                                               f"sessions open; first refused: {ip}")
+            else:
+                self.refusals.note(svc.name, refusal, ip)
+            return
+        worker.handed += 1
+        svc.open += 1
+        svc.served += 1
+        self.anvil.opened(svc.name, ip)
         if svc.params.max_use and worker.handed >= svc.params.max_use:
             self.retire(worker, f"served max_use={svc.params.max_use} connections")
+
+    def _stressed(self, svc: Service) -> bool:
+        """Postfix's stress mode: once a session makes the service 3/4 full, new sessions get
+        stress_timeout; it ends when less than half is used (maintain)."""
+        if not svc.params.stress_timeout:
+            return False
+        if not svc.stressed and (svc.open + 1) * 4 >= svc.spec.maxproc * 3:
+            svc.stressed = True
+            self.log("M", f"service {svc.name}: {svc.open + 1} of maxproc {svc.spec.maxproc} sessions; "
+                          f"under stress, new sessions time out after {svc.params.stress_timeout:g} s")
+        return svc.stressed
 
     def _pick_worker(self, svc: Service, refuse: bool) -> Worker | None:
         active = svc.active_workers()
@@ -337,8 +386,26 @@ class Arbiter:
             if conn is not None and conn.pid == worker.pid:
                 conn.user = str(message.get("user"))[:256]
                 conn.protocol = str(message.get("protocol") or conn.protocol)[:32]
+        elif op == "login":
+            conn = self.conns.get(message.get("conn"))
+            if conn is not None and conn.pid == worker.pid:
+                self._login(worker, message["conn"], conn, bool(message.get("ok")),
+                            str(message["user"])[:256] if message.get("user") else None)
         else:
             self.log("E", f"service {svc.name}: worker {worker.pid} sent an unknown message {message!r:.200}")
+
+    def _login(self, worker: Worker, conn_id: int, conn: Conn, ok: bool, user: str | None) -> None:
+        """A login attempt on conn: answer the client's auth penalty and any refusal."""
+        same = 0
+        if ok and user is not None:
+            same = sum(1 for c in self.conns.values() if c is not conn and c.ip == conn.ip
+                       and c.protocol == conn.protocol and (c.user or "").lower() == user.lower())
+        delay, refusal = self.anvil.login(conn.service, conn.ip, ok, user, same)
+        if refusal:
+            self.refusals.note(conn.service.name, refusal, conn.ip, what="logins")
+        elif ok and user is not None:
+            conn.user = user            # counted for the next login at once, before its session report
+        spawn.send_op(worker, {"op": "login", "conn": conn_id, "delay": delay, "refuse": refusal or ""})
 
     def _forget_conn(self, conn_id) -> None:
         conn = self.conns.pop(conn_id, None)
@@ -351,6 +418,7 @@ class Arbiter:
                 worker.idle_since = time.monotonic()
         if not conn.refused:
             conn.service.open -= 1
+            self.anvil.closed(conn.service.name, conn.ip)
 
     def on_worker_log(self, worker: Worker, final: bool = False) -> None:
         lines, eof = spawn.read_log_lines(worker, final)
@@ -411,6 +479,9 @@ class Arbiter:
             svc.accept_paused_until = 0.0
             self._watch_listener(svc)
         self._admit_waiting(svc, now)
+        if svc.stressed and svc.open * 2 < svc.spec.maxproc:
+            svc.stressed = False
+            self.log("M", f"service {svc.name}: {svc.open} sessions open, no longer under stress")
         max_idle = svc.params.max_idle
         if svc.spec.kind == "inet" and max_idle:
             for worker in svc.active_workers():
@@ -433,6 +504,7 @@ class Arbiter:
 
     # ------------------------------------------------------------------ reload
     def reload(self) -> dict:
+        sdnotify.reloading()
         try:
             config = read_config(self.config.master_cf, self.config.main_cf)
         except ConfigError as e:
@@ -485,6 +557,7 @@ class Arbiter:
             self.stop_deadline = 0.0
             return {"ok": True}
         self.stopping = True
+        sdnotify.stopping()
         self.stop_deadline = time.monotonic() + self.params.graceful_timeout
         self.log("M", f"stopping ({why}): no new connections, waiting up to "
                       f"{self.params.graceful_timeout:g} s for {len(self.conns)} sessions")
@@ -529,6 +602,7 @@ class Arbiter:
                 "connections": svc.open,
                 "served": svc.served,
                 "refused": svc.refused,
+                "stress": svc.stressed,
                 "workers": sorted(svc.workers),
                 "maxproc": svc.spec.maxproc,
                 "throttled": svc.throttled(time.monotonic()),

@@ -115,6 +115,11 @@ def _int(text: str) -> int:
         raise ValueError(f"bad number {text!r}") from None
 
 
+def _int_or_empty(text: str) -> int | None:
+    """A number, or None when empty: the user of the key then works out the default."""
+    return _int(text) if text.strip() else None
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -123,6 +128,11 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     is_path: bool = False          # relative values are taken from the config folder
+
+
+def _number(bound: float) -> str:
+    """A bound as written in messages: 2147483648, not 2.14748e+09."""
+    return str(int(bound)) if bound == int(bound) else f"{bound:g}"
 
 
 def _fqdn() -> str:
@@ -161,7 +171,16 @@ PARAMS: tuple[Param, ...] = (
     Param("smtpd_sasl_mechanisms", parse_list, "SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN"),
     Param("imap_auth_methods", parse_list, "CLEAR PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256"),
     Param("pop3_auth_methods", parse_list, "CLEAR APOP PLAIN CRAM-MD5 SCRAM-SHA-256"),
+    Param("disable_plaintext_auth", parse_bool, "yes"),
+    Param("disable_plaintext_auth_exceptions", parse_networks, "127.0.0.0/8, [::1]/128"),
+    Param("pop3_lock_session", parse_bool, "no"),
+    Param("smtpd_tls_auth_only", parse_bool, "yes"),
+    Param("smtpd_tls_auth_only_exceptions", parse_networks, "127.0.0.0/8, [::1]/128"),
     Param("auth_failure_delay", parse_duration, "2s", 0, 60),
+    Param("auth_cache_ttl", parse_duration, "1h", 0, 7 * 86400),
+    Param("auth_cache_size", _int, "1000", 0, 1_000_000),
+    Param("auth_verify_threads", _int, "2", 1, 64),
+    Param("auth_verify_queue_limit", _int, "32", 0, 10_000),
     # TLS
     Param("tls_cert_file", _text, "$data_directory/tls/cert.pem", is_path=True),
     Param("tls_key_file", _text, "$data_directory/tls/key.pem", is_path=True),
@@ -171,9 +190,12 @@ PARAMS: tuple[Param, ...] = (
     Param("smtpd_tls_wrappermode", parse_bool, "no"),
     Param("tls_wrappermode", parse_bool, "no"),
     # limits
-    Param("message_size_limit", parse_size, "10240000", 0),
-    Param("default_quota", parse_size, "0", 0),
+    Param("message_size_limit", parse_size, "10240000", 0, 2 * 1024**3),
+    Param("default_quota", parse_size, "0", 0, 1024**4),
+    Param("line_length_limit", _int, "2048", 998, 1024**2),
     Param("smtpd_recipient_limit", _int, "1000", 1, 100_000),
+    Param("smtpd_recipient_overshoot_limit", _int, "1000", 0, 100_000),
+    Param("smtpd_pregreet_delay", parse_duration, "1s", 0, 30),
     Param("smtpd_hard_error_limit", _int, "20", 1, 1000),
     Param("smtpd_timeout", parse_duration, "300s", 1, 3600),
     Param("smtp_connect_timeout", parse_duration, "30s", 1, 3600),
@@ -184,21 +206,29 @@ PARAMS: tuple[Param, ...] = (
     Param("luser_relay", _text, ""),
     Param("always_bcc", _text, ""),
     Param("imap_admins", parse_list, ""),
-    Param("maximal_queue_lifetime", parse_duration, "5d", 0),
-    Param("minimal_backoff_time", parse_duration, "300s", 1),
-    Param("maximal_backoff_time", parse_duration, "4000s", 1),
-    Param("delay_warning_time", parse_duration, "4h", 0),
-    Param("command_time_limit", parse_duration, "1000s", 1),
+    Param("maximal_queue_lifetime", parse_duration, "5d", 0, 100 * 86400),
+    Param("minimal_backoff_time", parse_duration, "300s", 1, 7 * 86400),
+    Param("maximal_backoff_time", parse_duration, "4000s", 1, 7 * 86400),
+    Param("delay_warning_time", parse_duration, "4h", 0, 100 * 86400),
+    Param("command_time_limit", parse_duration, "1000s", 1, 86400),
     Param("mailing_lists_enabled", parse_bool, "yes"),
     # logging
     Param("log_level", _enum("low", "medium", "high"), "medium"),
-    Param("log_rotate_size", parse_size, "10M", 1024),
+    Param("log_rotate_size", parse_size, "10M", 1024, 1024**3),
     Param("log_archive_days", _int, "7", 0, 3650),
     # process management
     Param("max_use", _int, "100", 0, 1_000_000),
-    Param("max_idle", parse_duration, "100s", 0),
+    Param("max_idle", parse_duration, "100s", 0, 86400),
     Param("graceful_timeout", parse_duration, "30s", 0, 3600),
     Param("worker_client_limit", _int, "100", 1, 10_000),
+    Param("stress_timeout", parse_duration, "10s", 0, 3600),
+    # per-client limits, kept by the master for all workers (master/anvil.py)
+    Param("smtpd_client_connection_count_limit", _int_or_empty, "", 0, 300),
+    Param("smtpd_client_connection_rate_limit", _int, "0", 0, 1_000_000),
+    Param("smtpd_client_auth_rate_limit", _int, "0", 0, 1_000_000),
+    Param("anvil_rate_time_unit", parse_duration, "60s", 1, 86400),
+    Param("smtpd_client_event_limit_exceptions", parse_networks, "$mynetworks"),
+    Param("mail_max_userip_connections", _int, "10", 0, 10_000),
 )
 
 PARAM_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
@@ -281,9 +311,9 @@ class Params:
             raise ConfigError(f"{where}: {p.name}: {e}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if p.minimum is not None and value < p.minimum:
-                raise ConfigError(f"{where}: {p.name}: {text!r} is below the minimum {p.minimum:g}")
+                raise ConfigError(f"{where}: {p.name}: {text!r} is below the minimum {_number(p.minimum)}")
             if p.maximum is not None and value > p.maximum:
-                raise ConfigError(f"{where}: {p.name}: {text!r} is above the maximum {p.maximum:g}")
+                raise ConfigError(f"{where}: {p.name}: {text!r} is above the maximum {_number(p.maximum)}")
         if p.is_path and value:
             value = os.path.normpath(os.path.join(self.base_dir, value))
         return value

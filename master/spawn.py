@@ -8,7 +8,8 @@ spawn(svc) forks and execs `python -m <module> <args>` (subprocess with pass_fds
 child is a fresh interpreter: no LMDB handle, no master state) with the control socket in
 MAILHOUSE_CONTROL_FD and the service's settings in MAILHOUSE_PARAMS / MAILHOUSE_BASE_DIR.
 When the master runs as root and the service's unpriv is y or -, the child runs as
-mail_owner. hand_over(worker, sock, conn_id, refuse) passes an accepted socket (SCM_RIGHTS);
+mail_owner. hand_over(worker, sock, conn_id, refusal, stress) passes an accepted socket
+(SCM_RIGHTS) with the header {"conn", "refuse": the limit it is over or "", "stress"};
 send_op(worker, message) sends a control message; read_messages / read_log_lines collect
 what the worker said. describe_exit(status) reads a waitpid status.
 
@@ -56,7 +57,7 @@ class Worker:
     protocol: str = ""                                   # as the worker reported it when ready
     draining: bool = False
     sessions: set[int] = field(default_factory=set)     # connection ids it holds
-    handed: int = 0                                      # connections handed over in total
+    handed: int = 0                                      # sessions handed over (not refusals): max_use
     idle_since: float = field(default_factory=time.monotonic)
     log_buffer: bytearray = field(default_factory=bytearray)
 
@@ -73,7 +74,8 @@ class Service:
     workers: dict[int, Worker] = field(default_factory=dict)
     open: int = 0                 # client sessions open now (refused ones not counted)
     served: int = 0               # sessions handed to workers since start
-    refused: int = 0              # connections refused over maxproc since start
+    refused: int = 0              # connections refused since start (maxproc, per-client limits)
+    stressed: bool = False        # in stress mode: new sessions get stress_timeout (loop._stressed)
     throttled_until: float = 0.0
     throttle_delay: float = 0.0
     next_wakeup: float = 0.0
@@ -118,8 +120,17 @@ def _privileges(svc: Service) -> dict:
     return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
 
 
-def _environment(svc: Service, control_fd: int) -> dict[str, str]:
+def base_environment() -> dict[str, str]:
+    """The environment every worker starts from: ours, with this code first on PYTHONPATH."""
     env = dict(os.environ)
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if CODE_ROOT not in path:
+        env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *path])
+    return env
+
+
+def _environment(svc: Service, control_fd: int) -> dict[str, str]:
+    env = base_environment()
     env.update({
         _server.ENV_PARAMS: json.dumps(svc.params.to_env()),
         _server.ENV_BASE_DIR: svc.params.base_dir,
@@ -127,9 +138,6 @@ def _environment(svc: Service, control_fd: int) -> dict[str, str]:
         _server.ENV_SERVICE: svc.spec.name,
         _server.ENV_COMMAND: svc.spec.command,
     })
-    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if CODE_ROOT not in path:
-        env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *path])
     return env
 
 
@@ -156,8 +164,8 @@ def spawn(svc: Service) -> Worker:
     return worker
 
 
-def hand_over(worker: Worker, sock: socket.socket, conn_id: int, refuse: bool) -> None:
-    header = json.dumps({"conn": conn_id, "refuse": refuse}).encode()
+def hand_over(worker: Worker, sock: socket.socket, conn_id: int, refusal: str, stress: bool) -> None:
+    header = json.dumps({"conn": conn_id, "refuse": refusal, "stress": stress}).encode()
     fds = array.array("i", [sock.fileno()])
     worker.control.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
 

@@ -20,10 +20,12 @@ snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idem
 delivery id: the id is recorded in the same transaction as the entry); append_many;
 delivered(user, delivery_id); store_flags over UID ranges; expunge; expunged_since /
 changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge).
-The environment opens lazily in the process that uses it (after exec; a fork reopens it).
+The environment opens lazily in the process that uses it (after exec; a fork reopens it),
+through store.lmdbcheck: a damaged data file is refused (DamagedEnvironment), never mapped.
 A full map is grown and the write retried once.
 Diagnostics: NoSuchMailbox, MailboxExists, TooManyKeywords, ValueError (store/_index_view.py);
-StorageError (store.fsio) when LMDB cannot grow or write.
+StorageError (store.fsio) when LMDB cannot grow or write; its DamagedEnvironment when the
+data file is cut short or foreign (the remedy named: mailctl reconstruct).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from typing import Iterable, Iterator, Sequence
 
 import lmdb
 
+from store import lmdbcheck
 from store._index_view import (  # the reference's whole interface, re-exported below
     DELETED, MAX_KEYWORDS, MAX_UID, RECORD, RECORD_SIZE, SEEN, SYSTEM_FLAGS, Kernels, MailboxExists,
     MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation, TooManyKeywords, View, normalise_ranges,
@@ -78,14 +81,15 @@ def _encode_mailbox(info: MailboxInfo) -> bytes:
 # LMDB allows one open environment per path and process: Index objects on the same path
 # share it, and the last close() closes it. A forked child sees another pid and opens its own.
 _ENVS: dict[tuple[int, str], list] = {}
+REMEDY = "run `mailctl reconstruct` to rebuild the index from the message files"
 
 
-def _acquire_env(path: str, map_size: int, durable: bool) -> lmdb.Environment:
+def _acquire_env(path: str, map_size: int, durable: bool) -> lmdbcheck.Environment:
     key = (os.getpid(), os.path.abspath(path))
     if key not in _ENVS:
         os.makedirs(path, exist_ok=True)
-        env = lmdb.open(path, map_size=map_size, max_dbs=8, readahead=False, sync=durable, metasync=durable)
-        _ENVS[key] = [env, 0]
+        _ENVS[key] = [lmdbcheck.Environment(path, REMEDY, map_size=map_size, max_dbs=8, readahead=False,
+                                            sync=durable, metasync=durable), 0]
     _ENVS[key][1] += 1
     return _ENVS[key][0]
 
@@ -111,22 +115,29 @@ class Index:
         self.path = os.fspath(path)
         self._map_size = map_size
         self._durable = durable
+        self._shared: lmdbcheck.Environment | None = None
         self._env: lmdb.Environment | None = None
         self._pid = 0
 
     # -- environment and transactions
     def _open(self) -> lmdb.Environment:
-        if self._env is None or self._pid != os.getpid():
-            self._env = _acquire_env(self.path, self._map_size, self._durable)
+        """The env for one transaction: checked before it is mapped, reopened when
+        reconstruct put a new data file in place of a damaged one (store.lmdbcheck)."""
+        if self._shared is None or self._pid != os.getpid():
+            self._shared = _acquire_env(self.path, self._map_size, self._durable)
             self._pid = os.getpid()
-            self._db = {name: self._env.open_db(name.encode()) for name in
+            self._env = None
+        env = self._shared.current()
+        if env is not self._env:
+            self._env = env
+            self._db = {name: env.open_db(name.encode()) for name in
                         ("mailboxes", "messages", "expunged", "deliveries", "usage", "meta")}
-        return self._env
+        return env
 
     def close(self) -> None:
-        if self._env is not None and self._pid == os.getpid():
+        if self._shared is not None and self._pid == os.getpid():
             _release_env(self.path)
-        self._env = None
+        self._shared = self._env = None
 
     def _read(self, action):
         env = self._open()

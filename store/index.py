@@ -12,7 +12,8 @@ Interface, the same in both (details in store/_index_py.py and store/_index_view
     seqs_in_uid_ranges, uid_ranges, search, sort, changed_since, diff
   parse_sequence_set(text, largest); flag_names; ranges_from_values; normalise_ranges; the data classes
   MailboxInfo, MessageRecord, Reservation, Records and the errors.
-Diagnostics: NoSuchMailbox, MailboxExists, TooManyKeywords, ValueError; StorageError.
+Diagnostics: NoSuchMailbox, MailboxExists, TooManyKeywords, ValueError; StorageError, and its
+store.lmdbcheck.DamagedEnvironment when the data file is cut short or foreign (never mapped).
 """
 from __future__ import annotations
 

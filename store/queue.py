@@ -1,7 +1,8 @@
 """The mail queue: queue files in Postfix-style directories, durable per-recipient state.
 
 Layout under queue_directory:
-    maildrop/  local submissions (sendmail); qmgr's pickup() validates and moves them on
+    maildrop/  local submissions (sendmail) by any local user: mode 1733, untrusted until
+               qmgr's pickup (store.maildrop) has checked them and copied them to incoming
     incoming/  accepted by smtpd (or picked up), ready now
     active/    being delivered by qmgr
     deferred/  waiting for a retry; the file's mtime is its next-try time (as in Postfix)
@@ -20,8 +21,8 @@ already marked done. A torn last line (crash during the append) is ignored.
 
 Interface:
     q = Queue(queue_directory) / Queue.from_params(params); q.ensure_layout()
-    w = q.writer("incoming" | "maildrop"); w.write(chunk)...; qid = w.commit(envelope) | w.abort()
-    q.pickup() -> ids moved maildrop -> incoming;  q.ready(now) -> ids (incoming + due deferred)
+    w = q.writer(); w.write(chunk)...; qid = w.commit(envelope) | w.abort()   (into incoming)
+    q.ready(now) -> ids (incoming + due deferred);  read_head(file, limit) -> (Envelope, offset)
     q.activate(qid) -> bool;  q.load(qid) -> QueueItem;  q.message_file(qid) -> binary file
     q.mark_done(qid, key, status, detail);  q.defer(qid, next_try, reasons)
     q.finish(qid) (all done: remove);  q.note_warned(qid);  q.recover(max_recoveries)
@@ -50,6 +51,8 @@ MAGIC = b"MAILHOUSE-QUEUE 1 "
 MAX_ENVELOPE = 16 * 1024 * 1024          # bytes of envelope JSON we agree to parse
 SPOOL_IN_MEMORY = 1024 * 1024            # larger messages are spooled to tmp/ while received
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+QUEUE_DIRECTORY_MODE = 0o755             # as Postfix's: its folders keep their own modes
+MAILDROP_MODE = 0o1733                   # anyone may add a file; only the owner lists; sticky
 QUEUE_ID = re.compile(r"[0-9A-F]{22}")
 STALE_SECONDS = 3600                     # temp and orphan state files older than this are debris
 
@@ -149,7 +152,7 @@ class QueueWriter:
     """Receives one message in chunks; commit() stores it durably and returns the queue id."""
 
     def __init__(self, queue: "Queue", target: str):
-        if target not in ("incoming", "maildrop"):
+        if target != "incoming":
             raise ValueError(f"cannot write into {target!r}")
         self.queue = queue
         self.target = target
@@ -182,6 +185,37 @@ class QueueWriter:
         self._spool.close()
 
 
+def read_head(f: BinaryIO, limit: int = MAX_ENVELOPE) -> tuple[Envelope, int]:
+    """The envelope of a queue file and where its message starts. ValueError, KeyError,
+    TypeError or RecursionError (JSON nested too deep) for anything else."""
+    line = f.readline(64)
+    if not line.startswith(MAGIC) or not line.endswith(b"\n"):
+        raise ValueError("no queue file header")
+    length = int(line[len(MAGIC):])
+    if not 0 < length <= limit:
+        raise ValueError("envelope length out of range")
+    head = f.read(length + 1)
+    if len(head) != length + 1 or head[-1:] != b"\n":
+        raise ValueError("truncated envelope")
+    return Envelope.from_json(head[:-1]), len(line) + length + 1
+
+
+def open_queue_file(path: str) -> BinaryIO:
+    """Open for reading without following a symbolic link or waiting on a FIFO (a local user
+    can put either into maildrop); ValueError when it is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError("a symbolic link") from None
+        raise
+    f = open(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise ValueError("not a regular file")
+    return f
+
+
 def _chain(first: list[bytes], rest: BinaryIO) -> Iterator[bytes]:
     yield from first
     while chunk := rest.read(256 * 1024):
@@ -200,13 +234,19 @@ class Queue:
         return os.path.join(self.directory, *parts)
 
     def ensure_layout(self) -> None:
-        """Create the directories and the wakeup FIFO (idempotent)."""
+        """Create the directories and the wakeup FIFO (idempotent). Every local user may enter
+        queue_directory and drop files into maildrop (store.maildrop); the owner (or root)
+        also sets those two modes on a layout made before."""
         for name in (*QUEUES, "state", "tmp", "public"):
             os.makedirs(self.path(name), mode=0o700, exist_ok=True)
         try:
-            os.mkfifo(self.path("public", "qmgr"), 0o620)
+            os.mkfifo(self.wakeup_path(), 0o600)
         except FileExistsError:
             pass
+        for path, mode in ((self.directory, QUEUE_DIRECTORY_MODE), (self.path("maildrop"), MAILDROP_MODE)):
+            info = os.stat(path)
+            if os.geteuid() in (0, info.st_uid) and stat.S_IMODE(info.st_mode) != mode:
+                os.chmod(path, mode)
 
     # ---------------------------------------------------------------- writing
     def writer(self, target: str = "incoming") -> QueueWriter:
@@ -233,37 +273,25 @@ class Queue:
         queue = queue or self.locate(queue_id)
         path = self.path(queue, queue_id)
         try:
-            with open(path, "rb") as f:
-                envelope, offset = self._read_head(f)
+            with open_queue_file(path) as f:
+                envelope, offset = read_head(f)
                 mtime = os.fstat(f.fileno()).st_mtime
         except FileNotFoundError:
             raise NotQueued(f"{queue_id}: not in the queue") from None
-        except (ValueError, KeyError, TypeError) as e:
-            if queue != "corrupt":
-                self._move(queue_id, queue, "corrupt")
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            if queue in ("corrupt", "maildrop"):     # maildrop: store.maildrop's pickup decides
+                raise QueueCorrupt(f"{queue_id}: bad queue file ({e})") from None
+            self._move(queue_id, queue, "corrupt")
             raise QueueCorrupt(f"{queue_id}: bad queue file ({e}); moved to corrupt") from None
         return QueueItem(queue_id, queue, envelope, self.read_state(queue_id), offset, mtime)
-
-    @staticmethod
-    def _read_head(f: BinaryIO) -> tuple[Envelope, int]:
-        line = f.readline(64)
-        if not line.startswith(MAGIC) or not line.endswith(b"\n"):
-            raise ValueError("no queue file header")
-        length = int(line[len(MAGIC):])
-        if not 0 < length <= MAX_ENVELOPE:
-            raise ValueError("envelope length out of range")
-        head = f.read(length + 1)
-        if len(head) != length + 1 or head[-1:] != b"\n":
-            raise ValueError("truncated envelope")
-        return Envelope.from_json(head[:-1]), len(line) + length + 1
 
     def message_file(self, queue_id: str, queue: str | None = None) -> BinaryIO:
         """The queue file opened for reading and positioned at the message; caller closes."""
         queue = queue or self.locate(queue_id)
         f = open(self.path(queue, queue_id), "rb")
         try:
-            self._read_head(f)
-        except (ValueError, KeyError, TypeError):
+            read_head(f)
+        except (ValueError, KeyError, TypeError, RecursionError):
             f.close()
             raise QueueCorrupt(f"{queue_id}: bad queue file") from None
         return f
@@ -341,18 +369,6 @@ class Queue:
             raise StorageError(f"cannot move {queue_id} from {src} to {dst}: {e.strerror or e}", e.errno) from e
         return True
 
-    def pickup(self) -> list[str]:
-        """Move valid maildrop files to incoming (bad ones to corrupt); returns the ids moved."""
-        moved = []
-        for queue_id in self.ids("maildrop"):
-            try:
-                self.load(queue_id, "maildrop")
-            except (QueueCorrupt, NotQueued):
-                continue
-            if self._move(queue_id, "maildrop", "incoming"):
-                moved.append(queue_id)
-        return moved
-
     def ready(self, now: float | None = None) -> list[str]:
         """Ids to deliver now: all of incoming, and deferred ones whose next try has come."""
         now = time.time() if now is None else now
@@ -419,6 +435,8 @@ class Queue:
                 return "hold requested (in delivery)"
             if queue in ("hold", "corrupt"):
                 return f"already in {queue}"
+            if queue == "maildrop":              # not checked yet: only pickup takes it out
+                return "not picked up yet (qmgr takes it in within seconds); try again then"
             return "held" if self._move(queue_id, queue, "hold") else None
         return self._administer(queue_id, act)
 
@@ -509,9 +527,12 @@ class Queue:
                 _unlink_quietly(entry.path)
 
     # ---------------------------------------------------------------- wakeup
+    def wakeup_path(self) -> str:
+        return self.path("public", "qmgr")
+
     def open_wakeup_reader(self) -> int:
         """The FIFO for qmgr, non-blocking. Opened read-write so it never reports EOF."""
-        return os.open(self.path("public", "qmgr"), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(self.wakeup_path(), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def _owner_like_directory(path: str) -> None:
@@ -538,8 +559,8 @@ def _mtime(entry: os.DirEntry) -> float:
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass        # gone already, or not ours to remove (a folder a local user made in maildrop)
 
 
 def wake_qmgr(params) -> None:

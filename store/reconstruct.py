@@ -19,6 +19,18 @@ deliveries, flag changes and expunges wait):
 Entries that are fine keep their flags, UIDs and modseqs untouched.
 Directories whose names are not the store's encoding of a mailbox name (made by hand) are
 skipped and reported, never guessed at.
+
+replace_damaged_index(store) -> Replacement | None: when the index's data file is damaged
+(cut short or foreign: store.lmdbcheck), nothing can be read from it, so every user's index
+is rebuilt from the files into a new environment in a .rebuild.* folder inside
+index_directory; the damaged file is kept as data.mdb.damaged.<UTC time> and the new one
+renamed into its place with the old one's owner and mode (lock.mdb is removed first, so
+no process pairs the new data file with the old lock file; processes that had the old file
+open switch at their next transaction). While it runs, index_directory is flock()ed (one repair at a time) and the
+damaged file stays in place, so sessions keep getting temporary errors instead of creating
+mailboxes afresh. What the files do not hold is lost: modseqs restart, delivery ids (a
+delivery re-run after a crash may store its message twice) and the expunge history.
+None when the index is fine (nothing done).
 Diagnostics: the Reports say what changed; StorageError if the index cannot be written or
 the mail store directory is missing (an unmounted filesystem must not empty the index).
 """
@@ -26,11 +38,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from store import fsio
+from store import fsio, lmdbcheck
 from store.index import NoSuchMailbox, ranges_from_values
 from store.mailstore import (
     DELETED_PREFIX, JOURNAL_FILE, META_FILE, SEPARATOR, BadMailboxName, MailStore, decode_component,
@@ -39,6 +52,8 @@ from store.mailstore import (
 
 DELIVERY_MEMORY = 30 * 86400  # delivery ids older than this are forgotten on a full run
 STALE_TEMP_AGE = 3600  # a temp file this old belongs to a writer that died
+REBUILD_PREFIX = ".rebuild."
+DAMAGED_SUFFIX = ".damaged."
 
 
 @dataclass
@@ -69,6 +84,23 @@ class Report:
                 for d in self.skipped]
         out.append(f"{self.user}: {self.usage[1]} messages, {self.usage[0]} bytes"
                    + ("" if self.changed else ", nothing to repair"))
+        return out
+
+
+@dataclass
+class Replacement:
+    """What replace_damaged_index did."""
+    data_file: str
+    reason: str
+    kept_as: str
+    reports: list[Report]
+
+    def lines(self) -> list[str]:
+        out = [f"index {self.data_file} is damaged: {self.reason}",
+               f"index: damaged file kept as {self.kept_as}"]
+        for report in self.reports:
+            out += report.lines()
+        out.append(f"index: rebuilt from the message files of {len(self.reports)} users and put in place")
         return out
 
 
@@ -115,6 +147,67 @@ def reconstruct(store: MailStore, user: str | None = None) -> list[Report]:
     reports = [_reconstruct_user(store, name) for name in sorted(on_disk | set(store.index.users()))]
     store.index.prune_deliveries(time.time() - DELIVERY_MEMORY)
     return reports
+
+
+def replace_damaged_index(store: MailStore) -> Replacement | None:
+    index_dir = store.index.path
+    if _damage(index_dir) is None:
+        return None
+    with store.locked(index_dir):
+        damage = _damage(index_dir)  # another run may have repaired it meanwhile
+        if damage is None:
+            return None
+        for entry in os.listdir(index_dir):  # the leftovers of a rebuild that died
+            if entry.startswith(REBUILD_PREFIX):
+                shutil.rmtree(os.path.join(index_dir, entry), ignore_errors=True)
+        build = tempfile.mkdtemp(prefix=REBUILD_PREFIX, dir=index_dir)
+        try:
+            with MailStore(store.store_dir, build) as fresh:
+                reports = reconstruct(fresh)
+            _same_owner_and_mode(lmdbcheck.data_file(build), damage.path)
+            kept = _keep_damaged(damage.path)
+            try:
+                os.unlink(os.path.join(index_dir, lmdbcheck.LOCK_FILE))
+            except FileNotFoundError:
+                pass
+            os.rename(lmdbcheck.data_file(build), damage.path)
+            fsio.fsync_dir(index_dir)
+        except OSError as e:
+            raise fsio.StorageError(f"cannot replace the damaged index in {index_dir}: {e.strerror}", e.errno) from e
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return Replacement(damage.path, damage.reason, kept, reports)
+
+
+def _damage(index_dir: str) -> lmdbcheck.DamagedEnvironment | None:
+    try:
+        lmdbcheck.read_meta(index_dir)
+    except lmdbcheck.DamagedEnvironment as e:
+        return e
+    return None
+
+
+def _same_owner_and_mode(path: str, like: str) -> None:
+    """The new file as the damaged one was: mailctl run as root must not leave an index the
+    workers (mail_owner) cannot write."""
+    st = os.stat(like)
+    os.chmod(path, st.st_mode & 0o777)
+    if os.geteuid() == 0:
+        os.chown(path, st.st_uid, st.st_gid)
+
+
+def _keep_damaged(path: str) -> str:
+    """A second name for the damaged file (a hard link, so the data file is never missing:
+    a process opening the index meanwhile must not start an empty one)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for attempt in range(100):
+        kept = f"{path}{DAMAGED_SUFFIX}{stamp}" + (f"-{attempt}" if attempt else "")
+        try:
+            os.link(path, kept)
+            return kept
+        except FileExistsError:
+            continue
+    raise fsio.StorageError(f"cannot find a free name to keep {path}")
 
 
 def _remove_cut_short_deletions(directory: str, entries: list[str]) -> None:

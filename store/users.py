@@ -20,10 +20,13 @@ Interface:
     db.scram_keys(name) -> ScramKeys | None; db.decoy_scram_keys(name) (stable fake salt)
     db.cram_md5(name, challenge, digest) -> bool;  db.apop_secret(name) -> str | None
     db.may_login(name, protocol) -> bool     # enabled, and imap/pop allowed for the user
+    db.fingerprint(name) -> bytes | None     # changes with any change to the account
 Diagnostics: UserError (bad name, exists, unknown) with a one-line reason for mailctl;
 StorageError when LMDB cannot write (map full is retried once after growing the map).
 An LMDB env must be opened once per process: envs are shared per path and stay open for the
-life of the process (leaving a `with` block does not close them; close() does).
+life of the process (leaving a `with` block does not close them; close() does). They open
+through store.lmdbcheck: a damaged data file is refused at each use (DamagedEnvironment, a
+StorageError), never mapped.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 
 import lmdb
 
-from store import passwords
+from store import lmdbcheck, passwords
 from store.fsio import StorageError
 from store.passwords import ScramKeys
 
@@ -78,14 +81,15 @@ def check_name(name: str) -> str:
     return low
 
 
-_ENVS: dict[str, lmdb.Environment] = {}
+_ENVS: dict[str, lmdbcheck.Environment] = {}
+REMEDY = "restore it from a backup (the accounts cannot be rebuilt from the mail)"
 
 
-def _shared_env(path: str) -> lmdb.Environment:
+def _shared_env(path: str) -> lmdbcheck.Environment:
     path = os.path.abspath(path)
     if path not in _ENVS:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        _ENVS[path] = lmdb.open(path, map_size=MAP_SIZE, max_dbs=4, subdir=True, mode=0o600)
+        _ENVS[path] = lmdbcheck.Environment(path, REMEDY, map_size=MAP_SIZE, max_dbs=4, subdir=True, mode=0o600)
     return _ENVS[path]
 
 
@@ -94,22 +98,40 @@ class UserDB:
         self.env_path = os.path.abspath(env_path)
         self.key_path = key_path
         self.login_domains = frozenset(d.lower().rstrip(".") for d in login_domains)
-        self.env = _shared_env(self.env_path)
-        self._users = self.env.open_db(b"users")
-        self._creds = self.env.open_db(b"credentials")
+        self._shared = _shared_env(self.env_path)
+        self._opened: lmdb.Environment | None = None
         self._key: bytes | None = None
+        try:
+            self.env  # creates the database files now (mailctl init gives them to mail_owner)
+        except lmdbcheck.DamagedEnvironment:
+            pass      # refused at each use instead, where sessions answer a temporary error
+
+    @property
+    def env(self) -> lmdb.Environment:
+        """The env for one transaction (checked; the database handles follow a reopened env)."""
+        env = self._shared.current()
+        if env is not self._opened:
+            self._users = env.open_db(b"users")
+            self._creds = env.open_db(b"credentials")
+            self._opened = env
+        return env
+
+    @staticmethod
+    def paths(params) -> tuple[str, str]:
+        """(database folder, secret key file) of a configuration, without opening anything."""
+        return os.path.join(params.data_directory, "users"), os.path.join(params.data_directory, "secret.key")
 
     @classmethod
     def from_params(cls, params) -> "UserDB":
-        return cls(os.path.join(params.data_directory, "users"),
-                   os.path.join(params.data_directory, "secret.key"), params.mydestination)
+        return cls(*cls.paths(params), params.mydestination)
 
     open = from_params           # reads well as `with UserDB.open(params) as users:`
 
     def close(self) -> None:
         """Close the process's env for this path (tests; a process normally keeps it)."""
-        if _ENVS.pop(self.env_path, None) is not None:
-            self.env.close()
+        shared = _ENVS.pop(self.env_path, None)
+        if shared is not None:
+            shared.close()
 
     def __enter__(self) -> "UserDB":
         return self
@@ -149,8 +171,9 @@ class UserDB:
             except lmdb.Error as e:
                 raise StorageError(f"user database: {e}") from None
 
-    def _read(self, db, name: str) -> bytes | None:
-        with self.env.begin(db=db) as txn:
+    def _read(self, credentials: bool, name: str) -> bytes | None:
+        env = self.env  # first: it may open the databases anew
+        with env.begin(db=self._creds if credentials else self._users) as txn:
             return txn.get(name.encode())
 
     def canonical(self, login: str) -> str | None:
@@ -166,14 +189,14 @@ class UserDB:
 
     def _forms(self, name: str) -> dict:
         user = self.canonical(name)
-        raw = self._read(self._creds, user) if user else None
+        raw = self._read(True, user) if user else None
         return json.loads(raw) if raw else {}
 
     # ---------------------------------------------------------------- profiles
     def get(self, name: str) -> User | None:
         """The user of a bare name or a login name (see canonical)."""
         user = self.canonical(name)
-        raw = self._read(self._users, user) if user else None
+        raw = self._read(False, user) if user else None
         return User.from_json(raw) if raw else None
 
     def list(self) -> list[User]:
@@ -219,6 +242,20 @@ class UserDB:
             txn.delete(name.encode(), db=self._creds)
         self._write(action)
         return found[0]
+
+    def fingerprint(self, name: str) -> bytes | None:
+        """A digest of the user's profile and password forms, read in one transaction: it
+        changes with every change to the account (password, enabled, protocols, ...).
+        None for no such user. The login cache (workers/_authcache.py) compares it."""
+        user = self.canonical(name)
+        if user is None:
+            return None
+        with self.env.begin() as txn:
+            profile = txn.get(user.encode(), db=self._users)
+            forms = txn.get(user.encode(), db=self._creds)
+        if profile is None:
+            return None
+        return hashlib.blake2b(profile + b"\0" + (forms or b""), digest_size=16).digest()
 
     def may_login(self, name: str, protocol: str) -> bool:
         """Enabled, and (for imap / pop) the protocol is among the user's protocols."""

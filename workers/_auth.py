@@ -1,15 +1,15 @@
-"""Server side of SASL and APOP, as small state machines with no sockets.
+"""Server side of SASL and APOP: small state machines with no sockets, and what protocols use.
 
 A mechanism is driven by the protocol (SMTP AUTH, POP3 AUTH, IMAP AUTHENTICATE):
-    step(response: bytes | None) -> Step
+    step(response: bytes | None) -> Step          resume(answer) -> Step
 `response` is the client's decoded data; None means "no initial response" (the first call
-only). Step.challenge: send it and call step() with the answer. Step.user: authenticated
-as that user. Step.failed: the exchange is over; Step.user then names who was tried, and
-Step.reason says why, for the log only. The client must get the same answer for an unknown
-user and a wrong password: reasons never distinguish them, and unknown users cost the
-same work (a decoy scrypt verifier, a stable decoy SCRAM salt).
-Mechanisms prove credentials only; the protocol then checks enabled / protocols
-(Authenticator.account), so only a client that proved the password learns about those.
+only). Step.challenge: send it and call step() with the answer. Step.check: a credential
+question (workers/_authchecks.py) for the verifier; call resume() with its answer. Step.user:
+authenticated as that user. Step.failed: the exchange is over; Step.user then names who was
+tried, and Step.reason says why, for the log only. The client must get the same answer for
+an unknown user and a wrong password: reasons never distinguish them, and the checks cost
+the same for both. Mechanisms prove credentials only; the protocol then checks enabled /
+protocols (Authenticator.account), so only a client that proved the password learns those.
 
     PLAIN          RFC 4616   authzid \\0 authcid \\0 password
     LOGIN          (draft)    "Username:" / "Password:"
@@ -20,24 +20,34 @@ An authorization identity other than the authentication identity is refused. Nam
 login names: `bob` or `bob@` a mydestination domain (UserDB.canonical); Step.user is the
 bare user name either way.
 
-Authenticator(users, hostname): sasl_mechanisms(), sasl_is_plaintext(name),
-sasl_server(name), verify_password(name, pw), verify_apop(name, timestamp, hexdigest),
-account(name). offered_mechanisms(configured, tls_active, level): what to advertise now
-(nothing before TLS when the level is `encrypt`). apop_timestamp(hostname).
+Protocols use an Authenticator(users, hostname, verifier) (from_params(params, log, users)):
+sasl_mechanisms(), sasl_is_plaintext(name), sasl_server(name) -> SaslServer, whose
+`await step(response)` has the mechanism's checks answered by the verifier
+(workers/_authpool.py: off the event loop, bounded, cached); `await verify_password(name,
+pw)` and `await verify_apop(name, timestamp, hexdigest)` -> the user or None; account(name).
+Those awaits raise workers._authpool.AuthUnavailable when the verifier cannot answer now:
+the protocol answers its temporary failure and does not count a failed login. After a failed
+login every protocol calls `await login_failed(conn)` (waits auth_failure_delay; the
+per-client auth penalty is waited before, in conn.report_login).
+offered_mechanisms(configured, tls_active, level): what to advertise now (nothing before
+TLS when the level is `encrypt`). apop_timestamp(hostname).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import hashlib
-import hmac
 import os
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from store.passwords import saslprep
 from store.users import User, UserDB
+from workers._authchecks import (ApopCheck, CramCheck, PasswordCheck, ScramLookup, ScramParams,
+                                 ScramProof, Verdict)
+from workers._authpool import LocalVerifier, Verifier
 
 MAX_RESPONSE = 4096            # bytes of one decoded client message; SASL needs far less
 SCRAM_NONCE_MAX = 256
@@ -49,6 +59,7 @@ class Step:
     user: str | None = None
     failed: bool = False
     reason: str = ""
+    check: Any = None          # a workers._authchecks check: resume() with the verifier's answer
 
 
 def _fail(reason: str, user: str | None = None) -> Step:
@@ -59,14 +70,15 @@ class Mechanism:
     name = ""
     plaintext = False          # the password itself crosses the wire
 
-    def __init__(self, users: UserDB, hostname: str):
-        self.users = users
+    def __init__(self, canonical: Callable[[str], str | None], hostname: str):
+        self.canonical = canonical     # login name -> user name or None (UserDB.canonical)
         self.hostname = hostname
         self._over = False
+        self._then: Callable[[Any], Step] | None = None   # what to do with the pending check's answer
 
     def step(self, response: bytes | None) -> Step:
-        if self._over:
-            return _fail("exchange already ended")
+        if self._over or self._then is not None:
+            return self._end(_fail("exchange already ended or waiting for a check"))
         if response is not None and len(response) > MAX_RESPONSE:
             return self._end(_fail("response too long"))
         try:
@@ -74,29 +86,39 @@ class Mechanism:
         except (UnicodeDecodeError, ValueError, binascii.Error):
             return self._end(_fail("malformed response"))
 
+    def resume(self, answer) -> Step:
+        """Continue with the verifier's answer to the check of the last Step."""
+        then, self._then = self._then, None
+        if then is None or self._over:
+            return self._end(_fail("no check was asked"))
+        return then(answer)
+
     def _step(self, response: bytes | None) -> Step:
         raise NotImplementedError
+
+    def _ask(self, check, then: Callable[[Any], Step]) -> Step:
+        self._then = then
+        return Step(check=check)
 
     def _end(self, step: Step) -> Step:
         self._over = True
         return step
 
-    def _canonical(self, name: str) -> str | None:
-        """The user a login name means (`bob` or `bob@` a mydestination domain)."""
-        return self.users.canonical(name)
+    def _authorized(self, authzid: str, user: str | None) -> bool:
+        return not authzid or self.canonical(authzid) == user
 
-    def _authorized(self, authzid: str, authcid: str) -> bool:
-        return not authzid or self._canonical(authzid) == self._canonical(authcid)
+    def _verdict(self, verdict: Verdict, tried: str, authzid: str = "") -> Step:
+        if verdict.user is None:
+            return self._end(_fail("bad credentials", tried))
+        if not self._authorized(authzid, verdict.user):
+            return self._end(_fail(f"may not act as {authzid!r}", verdict.user))
+        return self._end(Step(user=verdict.user))
 
     def _check_password(self, authzid: str, authcid: str, password: str) -> Step:
-        user = self._canonical(authcid)
         if not authcid or not password:
             return self._end(_fail("empty name or password", authcid or None))
-        if not self.users.verify_password(authcid, password) or user is None:
-            return self._end(_fail("bad credentials", authcid))
-        if not self._authorized(authzid, authcid):
-            return self._end(_fail(f"may not act as {authzid!r}", user))
-        return self._end(Step(user=user))
+        return self._ask(PasswordCheck(authcid, password),
+                         lambda verdict: self._verdict(verdict, authcid, authzid))
 
 
 class Plain(Mechanism):
@@ -117,8 +139,8 @@ class Login(Mechanism):
     name = "LOGIN"
     plaintext = True
 
-    def __init__(self, users: UserDB, hostname: str):
-        super().__init__(users, hostname)
+    def __init__(self, canonical: Callable[[str], str | None], hostname: str):
+        super().__init__(canonical, hostname)
         self._user: str | None = None
 
     def _step(self, response: bytes | None) -> Step:
@@ -133,8 +155,8 @@ class Login(Mechanism):
 class CramMD5(Mechanism):
     name = "CRAM-MD5"
 
-    def __init__(self, users: UserDB, hostname: str):
-        super().__init__(users, hostname)
+    def __init__(self, canonical: Callable[[str], str | None], hostname: str):
+        super().__init__(canonical, hostname)
         self._challenge: bytes | None = None
 
     def _step(self, response: bytes | None) -> Step:
@@ -146,9 +168,8 @@ class CramMD5(Mechanism):
         name, _, digest = (response or b"").decode("utf-8").rpartition(" ")
         if len(digest) != 32 or not name:
             return self._end(_fail("malformed CRAM-MD5 answer", name or None))
-        if not self.users.cram_md5(name, self._challenge, bytes.fromhex(digest)):
-            return self._end(_fail("bad credentials", name))
-        return self._end(Step(user=self._canonical(name)))
+        return self._ask(CramCheck(name, self._challenge, bytes.fromhex(digest)),
+                         lambda verdict: self._verdict(verdict, name))
 
 
 def server_nonce() -> str:
@@ -176,8 +197,8 @@ def _scram_name(value: str) -> str:
 class ScramSHA256(Mechanism):
     name = "SCRAM-SHA-256"
 
-    def __init__(self, users: UserDB, hostname: str):
-        super().__init__(users, hostname)
+    def __init__(self, canonical: Callable[[str], str | None], hostname: str):
+        super().__init__(canonical, hostname)
         self._stage = "client-first"
 
     def _step(self, response: bytes | None) -> Step:
@@ -200,16 +221,19 @@ class ScramSHA256(Mechanism):
         if not client_nonce or len(client_nonce) > SCRAM_NONCE_MAX or any(k == "m" for k, _ in attrs[2:]):
             return self._end(_fail("bad nonce or unsupported extension", self._user))
         authz = _scram_name(authzid) if authzid else ""
-        if not self._authorized(authz, self._user):
+        if not self._authorized(authz, self.canonical(self._user)):
             return self._end(_fail(f"may not act as {authz!r}", self._user))
-        self._keys = self.users.scram_keys(self._user) or self.users.decoy_scram_keys(self._user)
         self._gs2_header = text[:len(text) - len(bare)]
         self._nonce = client_nonce + server_nonce()
-        salt = base64.b64encode(self._keys.salt).decode()
         self._client_first_bare = bare
-        self._server_first = f"r={self._nonce},s={salt},i={self._keys.iterations}"
+        return self._ask(ScramLookup(self._user), self._server_first)
+
+    def _server_first(self, params: ScramParams) -> Step:
+        self._params = params
+        salt = base64.b64encode(params.salt).decode()
+        self._server_first_message = f"r={self._nonce},s={salt},i={params.iterations}"
         self._stage = "client-final"
-        return Step(challenge=self._server_first.encode())
+        return Step(challenge=self._server_first_message.encode())
 
     @staticmethod
     def _split_gs2(text: str) -> tuple[str, str, str]:
@@ -232,21 +256,21 @@ class ScramSHA256(Mechanism):
         if attrs[1][1] != self._nonce:
             return self._end(_fail("nonce mismatch", self._user))
         proof = base64.b64decode(proof_text, validate=True)
-        auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
-        signature = hmac.new(self._keys.stored_key, auth_message, hashlib.sha256).digest()
-        if len(proof) != len(signature):
+        auth_message = f"{self._client_first_bare},{self._server_first_message},{without_proof}".encode()
+        check = ScramProof(self._user, self._params.salt, self._params.iterations, auth_message, proof)
+        return self._ask(check, self._server_final)
+
+    def _server_final(self, verdict: Verdict) -> Step:
+        if verdict.user is None:
             return self._end(_fail("bad credentials", self._user))
-        client_key = bytes(a ^ b for a, b in zip(proof, signature))
-        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._keys.stored_key):
-            return self._end(_fail("bad credentials", self._user))
-        verifier = hmac.new(self._keys.server_key, auth_message, hashlib.sha256).digest()
+        self._verified = verdict.user
         self._stage = "done"
-        return Step(challenge=b"v=" + base64.b64encode(verifier))
+        return Step(challenge=b"v=" + base64.b64encode(verdict.server_signature))
 
     def _acknowledged(self, response: bytes | None) -> Step:
         if response:
             return self._end(_fail("unexpected data after server-final-message", self._user))
-        return self._end(Step(user=self._canonical(self._user)))
+        return self._end(Step(user=self._verified))
 
 
 MECHANISMS: dict[str, type[Mechanism]] = {m.name: m for m in (ScramSHA256, CramMD5, Plain, Login)}
@@ -275,16 +299,41 @@ def apop_timestamp(hostname: str) -> str:
     return f"<{os.getpid()}.{secrets.randbits(32)}.{int(time.time())}@{hostname}>"
 
 
-class Authenticator:
-    """What a protocol worker needs for logins, over one UserDB."""
+async def login_failed(conn) -> None:
+    """What every protocol does after a failed login (wrong credentials, not a temporary
+    failure) and before it answers: wait auth_failure_delay, so guessing stays slow. (The
+    master learns of every attempt, right or wrong, from conn.report_login.)"""
+    await asyncio.sleep(conn.params.auth_failure_delay)
 
-    def __init__(self, users: UserDB, hostname: str):
+
+class SaslServer:
+    """A mechanism whose checks the verifier answers: `await step(response)` gives a Step
+    with a challenge, a user or a failure, never one with a check. AuthUnavailable from the
+    verifier passes through."""
+
+    def __init__(self, mechanism: Mechanism, verifier: Verifier):
+        self.mechanism = mechanism
+        self.verifier = verifier
+
+    async def step(self, response: bytes | None) -> Step:
+        step = self.mechanism.step(response)
+        if step.check is not None:             # a mechanism asks at most one check per step
+            step = self.mechanism.resume(await self.verifier.verify(step.check))
+        return step
+
+
+class Authenticator:
+    """What a protocol worker needs for logins: the user database and the verifier."""
+
+    def __init__(self, users: UserDB, hostname: str, verifier: Verifier):
         self.users = users
         self.hostname = hostname
+        self.verifier = verifier
 
     @classmethod
-    def from_params(cls, params) -> "Authenticator":
-        return cls(UserDB.from_params(params), params.myhostname)
+    def from_params(cls, params, log, users: UserDB | None = None) -> "Authenticator":
+        users = users if users is not None else UserDB.from_params(params)
+        return cls(users, params.myhostname, LocalVerifier.from_params(params, users, log))
 
     def sasl_mechanisms(self) -> list[str]:
         return list(MECHANISMS)
@@ -292,18 +341,16 @@ class Authenticator:
     def sasl_is_plaintext(self, name: str) -> bool:
         return MECHANISMS[name.upper()].plaintext
 
-    def sasl_server(self, name: str) -> Mechanism:
+    def sasl_server(self, name: str) -> SaslServer:
         """KeyError for a mechanism not implemented here."""
-        return MECHANISMS[name.upper()](self.users, self.hostname)
+        return SaslServer(MECHANISMS[name.upper()](self.users.canonical, self.hostname), self.verifier)
 
-    def verify_password(self, name: str, password: str) -> bool:
-        return self.users.verify_password(name, password)
+    async def verify_password(self, name: str, password: str) -> str | None:
+        """The user when the password is right (USER/PASS, IMAP LOGIN), else None."""
+        return (await self.verifier.verify(PasswordCheck(name, password))).user
 
-    def verify_apop(self, name: str, timestamp: str, hexdigest: str) -> bool:
-        secret = self.users.apop_secret(name)
-        candidate = secret if secret is not None else secrets.token_hex(16)
-        expected = hashlib.md5((timestamp + candidate).encode("utf-8")).hexdigest()
-        return hmac.compare_digest(expected, hexdigest.lower()) and secret is not None
+    async def verify_apop(self, name: str, timestamp: str, hexdigest: str) -> str | None:
+        return (await self.verifier.verify(ApopCheck(name, timestamp, hexdigest))).user
 
     def account(self, name: str) -> User | None:
         return self.users.get(name)

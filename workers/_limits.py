@@ -10,11 +10,17 @@ read_line(reader, limit, timeout) -> bytes
 ErrorBudget(limit)
     .charge() counts one client error and returns True once the budget is spent
     (Postfix's smtpd_hard_error_limit); .spent tells without charging.
+refusal_text(limit, ip, params) -> str
+    The words for a client refused by one of the master's limits (master/anvil.py names
+    them: conn.refusal, or what conn.report_login returned); each protocol puts them in its
+    own refusal line (SMTP 421/454, POP3 -ERR, IMAP BYE/NO).
 Diagnostics: none here; the session decides the protocol's reply.
 """
 from __future__ import annotations
 
 import asyncio
+
+from master.anvil import AUTH_RATE_LIMIT, COUNT_LIMIT, RATE_LIMIT, USERIP_LIMIT
 
 # The StreamReader's own buffer limit: no line may be longer than this whatever the
 # caller's limit (IMAP's longest command lines stay well below it).
@@ -68,3 +74,17 @@ class ErrorBudget:
     @property
     def spent(self) -> bool:
         return self.count >= self.limit
+
+
+def refusal_text(limit: str, ip: str, params) -> str:
+    unit = f"{params.anvil_rate_time_unit:g} s"
+    if limit == COUNT_LIMIT:
+        return f"Too many connections from {ip}, try again later"
+    if limit == RATE_LIMIT:
+        return f"Too many connections from {ip} in {unit}, try again later"
+    if limit == AUTH_RATE_LIMIT:
+        return f"Too many logins from {ip} in {unit}, try again later"
+    if limit == USERIP_LIMIT:
+        return (f"Too many sessions of this user from {ip} "
+                f"(mail_max_userip_connections={params.mail_max_userip_connections})")
+    return "Too many connections, try again later"       # maxproc: the service is full

@@ -9,13 +9,23 @@ run_worker; it never accepts, never reads main.cf, never rotates logs:
         run_worker(handle, refuse, log_name="smtp")
 
 The master hands over accepted sockets through the control socket (env
-MAILHOUSE_CONTROL_FD, SOCK_SEQPACKET, fd via SCM_RIGHTS, header {"conn", "refuse"}) and
-may send {"op": "drain"} (take nothing more, finish the sessions, exit; recycling and
-reload), {"op": "drain", "stop": true} (the same, and tell the sessions: the master is
-stopping) or {"op": "wakeup"}. The worker reports {"op": "ready", "protocol"},
-{"op": "closed", "conn"} and {"op": "session", "conn", "user", "protocol"}. SIGTERM is a
-stop like {"op": "drain", "stop": true}; SIGINT is ignored (the master decides when
-sessions end). The process exits 0 once draining and idle.
+MAILHOUSE_CONTROL_FD, SOCK_SEQPACKET, fd via SCM_RIGHTS, header {"conn", "refuse",
+"stress"}) and may send {"op": "drain"} (take nothing more, finish the sessions, exit;
+recycling and reload), {"op": "drain", "stop": true} (the same, and tell the sessions: the
+master is stopping) or {"op": "wakeup"}. The worker reports {"op": "ready", "protocol"},
+{"op": "closed", "conn"} and {"op": "session", "conn", "user", "protocol"}, and asks
+{"op": "login", "conn", "ok", "user"}, answered {"op": "login", "conn", "delay", "refuse"}.
+SIGTERM is a stop like {"op": "drain", "stop": true}; SIGINT is ignored (the master decides
+when sessions end). The process exits 0 once draining and idle.
+
+Per-client limits (kept by the master, master/anvil.py): a connection handed over with
+"refuse" goes to refuse(conn), conn.refusal naming the limit ("maxproc",
+"smtpd_client_connection_count_limit", "smtpd_client_connection_rate_limit"; wording in
+workers._limits.refusal_text). `await conn.report_login(ok, user)` is called once per login
+attempt, right or wrong, before the answer: it waits the client's auth penalty and returns
+the limit that refuses the login (smtpd_client_auth_rate_limit; for a success of `user`,
+mail_max_userip_connections), else None. A session handed over with "stress" (the service
+is nearly full) gets params whose idle timeouts are at most stress_timeout.
 
 Graceful stop inside a session: conn.draining (an asyncio.Event, one per worker) is set when
 the master stops; conn.read_command(limit, timeout) is read_line for a session waiting for
@@ -52,6 +62,7 @@ import traceback
 from typing import Awaitable, Callable
 
 from master.params import Params
+from store import lmdbcheck
 from workers._limits import STREAM_LIMIT, LineTooLong, read_line
 from workers._log import Log
 from workers._tls import TLSUnavailable, server_context
@@ -63,6 +74,9 @@ ENV_SERVICE = "MAILHOUSE_SERVICE"          # the master.cf service name, e.g. 12
 ENV_COMMAND = "MAILHOUSE_COMMAND"          # the master.cf command, e.g. smtpd
 
 HANDSHAKE_TIMEOUT = 30.0      # seconds for a wrapper-mode or STARTTLS handshake
+ASK_TIMEOUT = 5.0             # a question to the master unanswered this long: go on without
+PENALTY_MAX = 60.0            # the longest auth penalty a worker waits, whatever it is told
+STRESS_TIMEOUTS = ("smtpd_timeout", "pop3d_timeout", "imapd_timeout")
 REFUSE_TIMEOUT = 10.0         # a refused client gets this long to take its refusal
 CONTROL_MSG_MAX = 4096
 
@@ -92,6 +106,27 @@ class _Control:
         self.sock: socket.socket | None = socket.socket(fileno=int(fd)) if fd else None
         if self.sock:
             self.sock.setblocking(False)
+        self.questions: dict[int, asyncio.Future] = {}      # conn id -> the master's answer
+
+    async def ask(self, message: dict) -> dict | None:
+        """Send a question about message["conn"] (one at a time per connection) and wait for
+        the answer; None when there is no master or it does not answer in time."""
+        if self.sock is None:
+            return None
+        conn_id = message["conn"]
+        self.questions[conn_id] = answer = asyncio.get_running_loop().create_future()
+        try:
+            self.send(message)
+            return await asyncio.wait_for(answer, ASK_TIMEOUT)
+        except TimeoutError:
+            return None
+        finally:
+            self.questions.pop(conn_id, None)
+
+    def answered(self, message: dict) -> None:
+        answer = self.questions.get(message.get("conn"))
+        if answer is not None and not answer.done():
+            answer.set_result(message)
 
     def send(self, message: dict) -> None:
         if self.sock is None:
@@ -135,11 +170,12 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int,
                  params: Params, log: Log, protocol: str, control: _Control,
-                 draining: asyncio.Event | None = None):
+                 draining: asyncio.Event | None = None, refusal: str = ""):
         self.reader = reader
         self.writer = writer
         self.conn_id = conn_id
         self.params = params
+        self.refusal = refusal              # the limit a refused connection is over
         self.log = log
         self.protocol = protocol
         self.user: str | None = None
@@ -182,6 +218,18 @@ class Connection:
         """Record the authenticated user for `mailctl connections`."""
         self.user = name
         self._control.send({"op": "session", "conn": self.conn_id, "user": name, "protocol": self.protocol})
+
+    async def report_login(self, ok: bool, user: str | None = None) -> str | None:
+        """A login attempt ended (ok: the credentials were right; user: for the per user and
+        address limit). Waits the client's auth penalty, right or wrong, so the time of the
+        answer tells nothing; returns the name of the limit that refuses this login, or None."""
+        answer = await self._control.ask({"op": "login", "conn": self.conn_id, "ok": ok, "user": user})
+        if answer is None:
+            return None
+        delay = answer.get("delay")
+        if isinstance(delay, (int, float)) and delay > 0:
+            await asyncio.sleep(min(delay, PENALTY_MAX))
+        return str(answer.get("refuse") or "") or None
 
     async def read_line(self, limit: int, timeout: float) -> bytes:
         """A line with its terminator; b"" at EOF. Raises LineTooLong / TimeoutError."""
@@ -282,11 +330,23 @@ class _InetWorker(_WorkerBase):
         self.tasks: set[asyncio.Task] = set()
         wrapper = self.params.smtpd_tls_wrappermode if log_name == "smtp" else self.params.tls_wrappermode
         self.wrapper = bool(wrapper)
+        self._stress_params: Params | None = None
+
+    def stress_params(self) -> Params:
+        """The settings of a session that starts under stress: idle timeouts cut to stress_timeout."""
+        if self._stress_params is None:
+            cut = max(1.0, self.params.stress_timeout) if self.params.stress_timeout else float("inf")
+            self._stress_params = self.params.override(
+                {key: f"{min(self.params.get(key), cut):g}s" for key in STRESS_TIMEOUTS})
+        return self._stress_params
 
     def idle(self) -> bool:
         return not self.sessions
 
     def on_message(self, message: dict, fd: int | None) -> None:
+        if message.get("op") == "login" and fd is None:
+            self.control.answered(message)
+            return
         if "conn" not in message:
             super().on_message(message, fd)
             return
@@ -295,11 +355,13 @@ class _InetWorker(_WorkerBase):
             return
         conn_id = int(message["conn"])
         self.sessions.add(conn_id)
-        task = asyncio.get_running_loop().create_task(self._open(fd, conn_id, bool(message.get("refuse"))))
+        refusal = str(message.get("refuse") or "")
+        params = self.stress_params() if message.get("stress") and not refusal else self.params
+        task = asyncio.get_running_loop().create_task(self._open(fd, conn_id, refusal, params))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _open(self, fd: int, conn_id: int, refused: bool) -> None:
+    async def _open(self, fd: int, conn_id: int, refusal: str, params: Params) -> None:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
@@ -317,7 +379,7 @@ class _InetWorker(_WorkerBase):
         def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             # Runs inside connection_made, i.e. after the wrapper-mode handshake; it must
             # stay a plain function so that StreamWriter.start_tls knows it is the server.
-            task = loop.create_task(self._session(reader, writer, conn_id, refused))
+            task = loop.create_task(self._session(reader, writer, conn_id, refusal, params))
             task.add_done_callback(lambda _t: session_done.done() or session_done.set_result(None))
 
         reader = asyncio.StreamReader(limit=STREAM_LIMIT)
@@ -333,11 +395,11 @@ class _InetWorker(_WorkerBase):
         await session_done
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       conn_id: int, refused: bool) -> None:
-        conn = Connection(reader, writer, conn_id, self.params, self.log, self.log_name, self.control,
-                          self.draining)
+                       conn_id: int, refusal: str, params: Params) -> None:
+        conn = Connection(reader, writer, conn_id, params, self.log, self.log_name, self.control,
+                          self.draining, refusal)
         try:
-            if refused:
+            if refusal:
                 await asyncio.wait_for(self.refuse(conn), REFUSE_TIMEOUT)
             else:
                 await self.handle(conn)
@@ -389,6 +451,7 @@ class Daemon(_WorkerBase):
 def _prepare_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_title()
+    lmdbcheck.set_reporter(Log("server").error)   # a damaged index or user database, once
 
 
 def run_worker(handle: Handler, refuse: Handler, log_name: str) -> None:

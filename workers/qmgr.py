@@ -4,11 +4,14 @@
 
 One process (maxproc 1), kept running by the master. At start it recovers the queue
 (files a crashed run left in active/ go back to incoming, counted; see store.queue) and then
-works in passes: pick up maildrop/ (sendmail) into incoming/, then take every ready file
+works in passes: pick up maildrop/ (sendmail; checked as untrusted input, store.maildrop)
+into incoming/, then take every ready file
 (incoming/ and deferred files whose next try has come) into active/ and run one delivery
 attempt on it (workers.delivery.attempt). A pass starts at once when something writes to
-the FIFO queue/public/qmgr (smtpd and sendmail do after each message), when the master
-sends its periodic wakeup, and at least every minimal_backoff_time seconds. While the
+the FIFO queue/public/qmgr (smtpd and sendmail do after each message), when maildrop/
+changes (a user's sendmail may not write the FIFO: its mtime is looked at every
+MAILDROP_POLL seconds), when the master sends its periodic wakeup, and at least every
+minimal_backoff_time seconds. While the
 master's disk guard flag is up (run/lowspace) no pass runs: nothing is written.
 Drain (SIGTERM or the master's drain) stops after the current message.
 Diagnostics (smtp.log): one line per recipient outcome and per queue file (see attempt);
@@ -25,6 +28,7 @@ import traceback
 
 from master.diskwatch import is_low
 from store.fsio import StorageError
+from store.maildrop import Pickup
 from store.queue import NotQueued, Queue, QueueCorrupt
 from workers._server import Daemon, run_daemon
 from workers.delivery.attempt import Attempt, Context
@@ -33,6 +37,7 @@ from workers.delivery.mailboxes import Directory, MailboxDeliverer
 from workers.delivery.resolve import Resolver
 
 MAX_RECOVERIES = 5           # a file that crashed qmgr this often goes to corrupt/
+MAILDROP_POLL = 1.0          # seconds between looks at maildrop/'s mtime
 
 
 class QueueManager:
@@ -40,6 +45,7 @@ class QueueManager:
         self.ctx = ctx
         self.queue = ctx.queue
         self.log = ctx.log
+        self.pickup = Pickup(ctx.queue, ctx.params, ctx.log)
         self._low_logged = False
 
     @classmethod
@@ -76,7 +82,10 @@ class QueueManager:
             self._low_logged = False
         tried: set[str] = set()
         while not daemon.stopping:
-            self.queue.pickup()
+            try:
+                self.pickup.run()
+            except StorageError as e:
+                self.log.error(f"maildrop: pickup stopped, will retry: {e}")
             ready = [q for q in self.queue.ready(time.time()) if q not in tried]
             if not ready:
                 return
@@ -127,6 +136,7 @@ async def serve(daemon: Daemon) -> None:
         poked.set()
 
     loop.add_reader(fifo, on_fifo)
+    watcher = asyncio.ensure_future(watch_maildrop(qmgr.queue.path("maildrop"), poked))
     poll = max(1.0, min(daemon.params.minimal_backoff_time, 300.0))
     try:
         while not daemon.stopping:
@@ -139,8 +149,23 @@ async def serve(daemon: Daemon) -> None:
             for task in rest:
                 task.cancel()
     finally:
+        watcher.cancel()
         loop.remove_reader(fifo)
         os.close(fifo)
+
+
+async def watch_maildrop(path: str, poked: asyncio.Event) -> None:
+    """Set poked when maildrop/ changes (a file dropped, or taken by a pass: one spare pass)."""
+    last = None
+    while True:
+        await asyncio.sleep(MAILDROP_POLL)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            continue
+        if last is not None and mtime != last:
+            poked.set()
+        last = mtime
 
 
 def main() -> None:

@@ -4,6 +4,10 @@
 
 Reads the message on stdin and writes it durably into the `maildrop` queue, then pokes
 qmgr (if it is not running, the mail waits there and is delivered when the master starts).
+Any local user may run it when the system runs as root: maildrop takes files from everyone,
+and qmgr's pickup checks them and puts the trusted Received: line naming the submitter's
+uid on top (store.maildrop); a user who may not write the wake-up FIFO is seen within
+seconds anyway (qmgr watches maildrop).
 -t takes the recipients from To/Cc/Bcc (Resent-To/-Cc/-Bcc when the message has Resent-
 headers) in addition to those on the command line; Bcc headers are removed. Without -i
 (or -oi) a line holding a single dot ends the message, as in sendmail. Unqualified
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from master.cf import resolve_config_path
 from master.params import ConfigError, Params, load_main_cf
 from store.fsio import StorageError
+from store.maildrop import bad_address, drop
 from store.queue import Envelope, Queue, Recipient, wake_qmgr
 
 EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
@@ -184,8 +189,7 @@ def qualify(address: str, domain: str) -> str:
     address = address.strip().strip("<>").strip()
     if not address:
         raise MessageError("empty recipient address")
-    if len(address) > 320 or any(c.isspace() or ord(c) < 32 for c in address) or address.count("@") > 1 \
-            or address.endswith("@") or address.startswith("@"):
+    if bad_address(address) or address.count("@") > 1 or address.endswith("@") or address.startswith("@"):
         raise MessageError(f"bad address {address!r}")
     return address if "@" in address else f"{address}@{domain}"
 
@@ -199,7 +203,7 @@ def login_name() -> str:
 
 def complete_headers(headers: list[bytes], sender: str, full_name: str, hostname: str,
                      queue_id: str, now: float) -> list[bytes]:
-    """Drop Bcc, add From/Date/Message-ID when missing, put a Received: line on top."""
+    """Drop Bcc, add From/Date/Message-ID when missing (the Received: line is pickup's)."""
     kept = [h for h in headers if _name(h) not in ("bcc", "resent-bcc")]
     names = {_name(h) for h in kept}
     added: list[str] = []
@@ -210,13 +214,11 @@ def complete_headers(headers: list[bytes], sender: str, full_name: str, hostname
         added.append(f"Date: {email.utils.formatdate(now, localtime=True)}")
     if "message-id" not in names:
         added.append(f"Message-ID: <{queue_id}@{hostname}>")
-    received = (f"Received: by {hostname} (mailhouse sendmail, from userid {os.getuid()})\r\n"
-                f"\tid {queue_id}; {email.utils.formatdate(now, localtime=True)}")
-    return [received.encode() + b"\r\n", *kept, *(a.encode("utf-8") + b"\r\n" for a in added)]
+    return [*kept, *(a.encode("utf-8") + b"\r\n" for a in added)]
 
 
 def queue_message(params: Params, opts: Options, raw: bytes) -> str:
-    """Build the envelope, complete the header and commit into maildrop; returns the queue id."""
+    """Build the envelope, complete the header and drop it into maildrop; returns its name there."""
     hostname = params.myhostname
     headers, body = split_message(raw)
     wanted = list(opts.recipients)
@@ -233,18 +235,16 @@ def queue_message(params: Params, opts: Options, raw: bytes) -> str:
         sender = opts.sender.strip().strip("<>").strip()
         sender = qualify(sender, hostname) if sender else ""
     queue = Queue.from_params(params)
-    queue.ensure_layout()
+    if not os.path.isdir(queue.path("maildrop")):    # no queue yet (a user's own dev system)
+        queue.ensure_layout()
     now = time.time()
-    writer = queue.writer("maildrop")
     label = f"{int(now)}.{secrets.token_hex(6).upper()}"
-    for line in complete_headers(headers, sender, opts.full_name, hostname, label, now):
-        writer.write(line)
-    writer.write(body if body else b"\r\n")
+    message = b"".join(complete_headers(headers, sender, opts.full_name, hostname, label, now)) + (body or b"\r\n")
     envelope = Envelope(sender=sender, recipients=[Recipient(r, opts.notify) for r in recipients],
-                        ret=opts.ret, envid=opts.envid, client={"protocol": "sendmail", "user": login_name()})
-    queue_id = writer.commit(envelope)
+                        ret=opts.ret, envid=opts.envid)
+    name = drop(queue, envelope, message)
     wake_qmgr(params)
-    return queue_id
+    return name
 
 
 def run(argv: list[str]) -> int:

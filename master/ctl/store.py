@@ -6,9 +6,12 @@
 accounts lists the accounts that have used the store (they have mailboxes in the index);
 quota_bytes is the user's quota or default_quota, 0 meaning unlimited (percent_free is
 then empty: null in JSON). reconstruct runs while the server runs (store/reconstruct.py)
-and prints one line per repair and a summary line per user.
-Diagnostics: a user name that is neither on disk nor in the index, a missing mail store
-directory and an index that cannot be written are refused (exit 1, one line).
+and prints one line per repair and a summary line per user. A damaged index (cut short or
+foreign) is rebuilt for every user, whatever USERs were named: it is kept as
+data.mdb.damaged.<time> and a new one is put in its place (replace_damaged_index).
+Diagnostics: a bad user name, one that is neither on disk nor in the index, a missing mail
+store directory, a damaged index (accounts) and an index that cannot be written are
+refused (exit 1, one line).
 """
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ import os
 
 from master.ctl import Refused
 from store.fsio import StorageError
+from store.lmdbcheck import DamagedEnvironment
 from store.mailstore import MailStore, quota_limits
+from store.reconstruct import replace_damaged_index
+from store.users import UserError, check_name
 
 
 def register(sub) -> None:
@@ -44,7 +50,10 @@ def account_rows(store: MailStore) -> list[dict]:
 
 def cmd_accounts(args, config) -> int:
     with _store(config.params) as store:
-        rows = account_rows(store)
+        try:
+            rows = account_rows(store)
+        except StorageError as e:
+            raise Refused(str(e)) from None
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -57,16 +66,35 @@ def cmd_accounts(args, config) -> int:
 
 
 def cmd_reconstruct(args, config) -> int:
+    try:
+        names = [check_name(name) for name in args.users]
+    except UserError as e:
+        raise Refused(str(e)) from None
     with _store(config.params) as store:
-        known = set(store.index.users())
-        for name in args.users:
-            if name not in known and not os.path.isdir(store.user_dir(name)):
-                raise Refused(f"no mail store for user {name!r}")
         try:
-            reports = [r for name in args.users for r in store.reconstruct(name)] if args.users else store.reconstruct()
+            for name in names:
+                if not _has_mail_store(store, name):
+                    raise Refused(f"no mail store for user {name!r}")
+            replaced = replace_damaged_index(store)
+            if replaced is not None:
+                lines = replaced.lines()
+                if names:
+                    lines.append("index: it is shared by all users, so all of them were rebuilt")
+            else:
+                reports = [r for name in names for r in store.reconstruct(name)] if names else store.reconstruct()
+                lines = [line for report in reports for line in report.lines()]
         except StorageError as e:
             raise Refused(str(e)) from None
-    for report in reports:
-        for line in report.lines():
-            print(line)
+    for line in lines:
+        print(line)
     return 0
+
+
+def _has_mail_store(store: MailStore, name: str) -> bool:
+    """On disk, or in the index (when it can be read: a damaged one is rebuilt from the disk)."""
+    if os.path.isdir(store.user_dir(name)):
+        return True
+    try:
+        return name in store.index.users()
+    except DamagedEnvironment:
+        return False

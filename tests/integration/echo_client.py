@@ -8,8 +8,11 @@ ECHO = "tests.integration.echo_service"
 
 
 class EchoClient:
-    def __init__(self, port: int, timeout: float = 10.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, source: str | None = None):
+        """source: the loopback address to connect from (127.0.0.2 ... for a client outside
+        mynetworks, when the test narrows it)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.file = self.sock.makefile("rb")
         self.greeting = self.line()
 

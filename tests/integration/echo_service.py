@@ -6,11 +6,14 @@ Commands, one per line: `PID` -> `+OK <pid>`, `PARAM <name>` -> `+OK <value>`,
 the next line is read with read_command: echoed, or `-ERR [SYS/TEMP] shutting down` and close
 when the master stops meanwhile, `STARTTLS` -> `+OK begin TLS`
 and the upgrade, `TLS` -> `+OK <version>` or `+OK none`, `QUIT` -> `+OK bye` and close;
-any other line is echoed as `+OK <line>`. Over the connection limit: `-ERR [SYS/TEMP]`.
+`LOGIN <ok|bad> [user]` -> conn.report_login, answered `+OK <seconds waited>` or
+`-ERR <limit>`; `TIMEOUT` -> `+OK <smtpd_timeout of this session>`;
+any other line is echoed as `+OK <line>`. Refused: `-ERR [SYS/TEMP] refused: <limit>`.
 """
 from __future__ import annotations
 
 import os
+import time
 
 from workers._limits import LineTooLong
 from workers._server import Connection, run_worker
@@ -53,12 +56,20 @@ async def handle(conn: Connection) -> None:
         elif verb == "USER":
             conn.set_user(arg)
             await conn.send_line(b"+OK")
+        elif verb == "LOGIN":
+            outcome, _, user = arg.partition(" ")
+            started = time.monotonic()
+            refusal = await conn.report_login(outcome == "ok", user or None)
+            waited = time.monotonic() - started
+            await conn.send_line(f"-ERR {refusal}".encode() if refusal else f"+OK {waited:.2f}".encode())
+        elif verb == "TIMEOUT":
+            await conn.send_line(f"+OK {conn.params.smtpd_timeout:g}".encode())
         else:
             await conn.send_line(b"+OK " + line.rstrip(b"\r\n"))
 
 
 async def refuse(conn: Connection) -> None:
-    await conn.send_line(b"-ERR [SYS/TEMP] too many connections, try again later")
+    await conn.send_line(f"-ERR [SYS/TEMP] refused: {conn.refusal}".encode())
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Helpers shared by the pop3d integration tests (tests/integration/test_pop3d*.py).
 
-PopSystem(factory root) starts one master with four pop3d services on free ports:
+PopSystem(factory root) starts one master with six pop3d services on free ports:
     plain (maxproc 8), wrapper (tls_wrappermode=yes, the 995 role),
-    strict (imap_pop_tls_security_level=encrypt), limited (maxproc 1)
+    strict (imap_pop_tls_security_level=encrypt), limited (maxproc 1),
+    narrow (disable_plaintext_auth_exceptions=127.0.0.1/32: clients from 127.0.0.2 count
+    as remote), locking (pop3_lock_session=yes)
 and a self-signed certificate. A module-scoped fixture shares it; every test uses its own
 user (add_user), so maildrops never meet.
 add_user writes the user database directly (quick; test_pop3d.py also goes through mailctl)
 and deliver(system, user, *corpus names) puts messages into INBOX through store.mailstore.
-pop(port) / pop_ssl(port) are poplib clients; sasl(client, mechanism, ...) runs AUTH
+pop(port, source=None) / pop_ssl(port) are poplib clients (source: the address to connect from); sasl(client, mechanism, ...) runs AUTH
 PLAIN / CRAM-MD5 / SCRAM-SHA-256 (a small RFC 5802 client) over poplib's line primitives.
 raw_retr(port, user, password, n) -> (LIST size, exact RETR octets) over a plain socket.
 """
@@ -42,6 +44,9 @@ class PopSystem:
         self.wrapper = self.ms.add_service("pop3d", "-o", "tls_wrappermode=yes", name="wrapper")
         self.strict = self.ms.add_service("pop3d", "-o", "imap_pop_tls_security_level=encrypt", name="strict")
         self.limited = self.ms.add_service("pop3d", maxproc=1, name="limited")
+        self.narrow = self.ms.add_service("pop3d", "-o", "disable_plaintext_auth_exceptions=127.0.0.1/32",
+                                          name="narrow")
+        self.locking = self.ms.add_service("pop3d", "-o", "pop3_lock_session=yes", name="locking")
         self.ms.write_config()
         self.ms.mailctl("tls", "selfsigned")
         self.ms.start()
@@ -75,7 +80,20 @@ class PopSystem:
         self.ms.kill()
 
 
-def pop(port: int, timeout: float = 10) -> poplib.POP3:
+class _BoundPOP3(poplib.POP3):
+    """poplib connecting from a given local address (127.0.0.2: not loopback's 127.0.0.1)."""
+
+    def __init__(self, port: int, timeout: float, source: str):
+        self.source = source
+        super().__init__("127.0.0.1", port, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+
+
+def pop(port: int, timeout: float = 10, source: str | None = None) -> poplib.POP3:
+    if source:
+        return _BoundPOP3(port, timeout, source)
     return poplib.POP3("127.0.0.1", port, timeout=timeout)
 
 
@@ -84,9 +102,9 @@ def pop_ssl(port: int, timeout: float = 10) -> poplib.POP3_SSL:
 
 
 def login(port: int, user: str, password: str, attempts: int = 50) -> poplib.POP3:
-    """USER/PASS, waiting (bounded) while a dropped session still holds the lock (the server
-    sees the drop only when it next reads). After a QUIT the lock is already free: pass
-    attempts=1 to check that."""
+    """USER/PASS, waiting (bounded) while a dropped session still holds an exclusive lock
+    (pop3_lock_session; the server sees the drop only when it next reads). After a QUIT the
+    lock is already free: pass attempts=1 to check that."""
     for _ in range(attempts):
         client = pop(port)
         client.user(user)

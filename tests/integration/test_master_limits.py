@@ -26,7 +26,8 @@ def test_limit_refuses_politely_while_open_sessions_go_on(mailsystem):
                [f"+OK still here {i}" for i in range(3)]
         state = service(ms, echo)
         assert (state["connections"], state["refused"], len(state["workers"])) == (3, 1, 2)
-        assert "the limit (maxproc 3); refusing 127.0.0.1" in ms.log("server")
+        assert "refusing connections over maxproc (maxproc 3, 3 sessions open; first refused: 127.0.0.1)" \
+            in ms.log("server")
 
         # A session that ends frees its slot for the next client.
         assert sessions.pop().ask("QUIT") == "+OK bye"

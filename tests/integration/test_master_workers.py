@@ -2,17 +2,10 @@
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
-import site
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.integration.echo_client import ECHO, EchoClient, service, status, wait_until
 
 pytestmark = pytest.mark.integration
@@ -99,62 +92,3 @@ def test_crash_right_after_start_is_throttled_too(mailsystem):
     ms.start(wait=False)
     text = ms.wait_for_log("server", "exit status 1 after start-up; throttling the service for 2 s")
     assert "RuntimeError: tick_service told to crash" in text
-
-
-def _reachable_by_everyone(path: str) -> bool:
-    """Can a user other than root execute path (every folder on the way searchable)?"""
-    path = os.path.realpath(path)
-    folders = [os.path.dirname(path)]
-    while folders[-1] != "/":
-        folders.append(os.path.dirname(folders[-1]))
-    return (os.stat(path).st_mode & 0o001 == 0o001
-            and all(os.stat(folder).st_mode & 0o001 for folder in folders))
-
-
-def _interpreter_for_mail_owner() -> str | None:
-    """sys.executable, or the same Python version installed where other users can run it."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin")):
-        if candidate and _reachable_by_everyone(candidate):
-            return candidate
-    return None
-
-
-def _ids(pid: int) -> dict[str, list[int]]:
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("Uid", "Gid", "Groups"):
-                fields[key] = [int(n) for n in value.split()]
-    return fields
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="the drop to mail_owner happens only when the master runs as root")
-def test_workers_of_unpriv_services_run_as_mail_owner_when_the_master_is_root(mailsystem, monkeypatch):
-    python = _interpreter_for_mail_owner()
-    assert python is not None, f"no python{sys.version_info.major}.{sys.version_info.minor} that mail_owner may run"
-    code_folders = [str(REPO), *site.getsitepackages()]
-    hidden = [folder for folder in code_folders if not _reachable_by_everyone(folder)]
-    if hidden:
-        pytest.skip(f"this checkout lies in folders only root may enter ({', '.join(hidden)}), "
-                    "so mail_owner cannot import the workers")
-    owner = pwd.getpwnam("mail")
-    # The test's own temporary folder is private to root; the worker's cwd must be reachable.
-    root = Path(tempfile.mkdtemp(prefix="mailhouse-unpriv-"))
-    os.chmod(root, 0o755)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(site.getsitepackages()))
-    ms = mailsystem(main={"mail_owner": owner.pw_name}, root=root)
-    ms.python = python
-    try:
-        port = ms.port(ms.add_service(ECHO))
-        ms.services[-1] = ms.services[-1].replace(" inet n n n ", " inet n - n ")    # unpriv: yes
-        ms.start()
-        with EchoClient(port) as session:
-            worker = session.pid()
-            assert session.ask("hello") == "+OK hello"
-        assert _ids(worker) == {"Uid": [owner.pw_uid] * 4, "Gid": [owner.pw_gid] * 4, "Groups": []}
-        assert _ids(ms.proc.pid)["Uid"] == [0] * 4          # the master keeps root for the ports
-    finally:
-        ms.stop()
-        shutil.rmtree(root)

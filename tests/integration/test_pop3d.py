@@ -1,8 +1,10 @@
 """pop3d through the real master, driven with poplib and raw sockets.
 
 Every login method right and wrong, STLS and wrapper mode, no login before TLS when
-required, TOP and exact octets on corpus messages, the IN-USE lock, QUIT vs a dropped
-connection, per-user policy and the connection limit's polite refusal.
+required, no password in clear from outside disable_plaintext_auth_exceptions, TOP and
+exact octets on corpus messages, two sessions of one user (shared by default, IN-USE with
+pop3_lock_session), QUIT vs a dropped connection, per-user policy and the connection
+limit's polite refusal.
 """
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ def system(tmp_path_factory):
 def wire_of(name: str) -> bytes:
     data = (CORPUS / name).read_bytes().replace(b"\r\n", b"\n")
     return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in data.split(b"\n")[:-1])
+
+
+def unstuffed(wire: bytes) -> bytes:
+    return b"".join(line[1:] if line.startswith(b".") else line for line in wire.splitlines(keepends=True))
 
 
 # ---------------------------------------------------------------- authentication
@@ -71,15 +77,12 @@ def test_login_with_a_local_domain_is_the_same_user(system):
     another domain is a wrong login."""
     system.add_user("domuser", "pw-dom")
     system.deliver("domuser", "01-plain.eml")
-    first = login(system.port("plain"), "DomUser@example.test", "pw-dom")
+    first = login(system.port("locking"), "DomUser@example.test", "pw-dom")
     second = pop(system.port("plain"))
     try:
         assert first.stat()[0] == 1
-        assert auth_scram(second, "domuser@mail.example.test", "pw-dom").startswith(b"+OK")
-    except poplib.error_proto as e:
-        assert b"[IN-USE]" in e.args[0]             # the same maildrop, so the same lock
-    else:
-        raise AssertionError("a second session got domuser's maildrop")
+        with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):      # the same maildrop, so the same lock
+            auth_scram(second, "domuser@mail.example.test", "pw-dom")
     finally:
         first.quit()
         second.close()
@@ -97,6 +100,41 @@ def test_greeting_and_capa(system):
         assert caps["SASL"] == ["PLAIN", "CRAM-MD5", "SCRAM-SHA-256"]
     finally:
         client.quit()
+
+
+def test_no_password_in_clear_from_outside_the_exceptions(system):
+    """disable_plaintext_auth (default yes) with the exceptions narrowed to 127.0.0.1: a client
+    from 127.0.0.2 sees no USER and no SASL PLAIN before STLS and is refused them; SCRAM works;
+    after STLS everything does. From 127.0.0.1 USER/PASS works without TLS."""
+    system.add_user("clearuser", "pw-clear")
+    port = system.port("narrow")
+    refused = r"-ERR \[AUTH\] Plaintext authentication disallowed"
+    client = pop(port, source="127.0.0.2")
+    try:
+        caps = client.capa()
+        assert "USER" not in caps and caps["SASL"] == ["CRAM-MD5", "SCRAM-SHA-256"] and "STLS" in caps
+        with pytest.raises(poplib.error_proto, match=refused):
+            client.user("clearuser")
+        with pytest.raises(poplib.error_proto, match=refused):
+            auth_plain(client, "clearuser", "pw-clear")
+        assert auth_scram(client, "clearuser", "pw-clear").startswith(b"+OK Logged in")
+        client.quit()
+    finally:
+        client.close()
+    client = pop(port, source="127.0.0.2")
+    try:
+        client.stls(context=client_tls())
+        caps = client.capa()
+        assert "USER" in caps and caps["SASL"] == ["PLAIN", "CRAM-MD5", "SCRAM-SHA-256"]
+        client.user("clearuser")
+        assert client.pass_("pw-clear").startswith(b"+OK Logged in")
+        client.quit()
+    finally:
+        client.close()
+    login(port, "clearuser", "pw-clear", attempts=1).quit()
+    log = system.ms.wait_for_log("pop", "login: user=clearuser method=USER ip=127.0.0.1 tls=no")
+    assert "login: user=clearuser method=SCRAM-SHA-256 ip=127.0.0.2 tls=no" in log
+    assert re.search(r"login: user=clearuser method=USER ip=127\.0\.0\.2 tls=TLSv1\.[23]", log)
 
 
 def test_stls_then_login(system):
@@ -170,7 +208,9 @@ def test_per_user_policy(system):
 
 # ---------------------------------------------------------------- reading
 
-def test_list_sizes_are_exact_retr_octets_with_byte_stuffing(system):
+def test_list_sizes_are_retr_octets_without_the_stuffed_dots(system):
+    """RFC 1939 sizes as Dovecot counts them: CRLF line ends (the files hold LF), the dots
+    that RETR stuffs and the final ".\r\n" not counted."""
     system.add_user("dots", "pw-dots")
     names = ["08-dot-lines.eml", "03-quoted-printable.eml", "02-utf8-8bit.eml"]
     system.deliver("dots", *names)
@@ -186,8 +226,9 @@ def test_list_sizes_are_exact_retr_octets_with_byte_stuffing(system):
             reply = raw.command(f"RETR {number}")
             assert reply == f"+OK {sizes[number - 1]} octets".encode()
             body = raw.multiline()
-            assert body == wire_of(name) and len(body) == sizes[number - 1]
+            assert body == wire_of(name) and len(unstuffed(body)) == sizes[number - 1]
         assert b"\r\n..\r\n...\r\n" in wire_of("08-dot-lines.eml")
+        assert sizes[0] == len((CORPUS / "08-dot-lines.eml").read_bytes().replace(b"\n", b"\r\n"))
         assert raw.command("QUIT").startswith(b"+OK")
     finally:
         raw.close()
@@ -228,22 +269,52 @@ def test_uidl_is_uidvalidity_and_uid(system):
 
 # ---------------------------------------------------------------- the maildrop
 
-def test_in_use_with_two_clients(system):
-    """The second client comes in on another service, i.e. another worker process."""
-    system.add_user("busy", "pw-busy")
-    system.deliver("busy", "01-plain.eml")
-    first = login(system.port("plain"), "busy", "pw-busy")
+def test_two_sessions_of_one_user_both_get_in_by_default(system):
+    """As Dovecot (pop3_lock_session = no): each session has its own snapshot; what one
+    deletes is gone for the other, whose own DELE and QUIT still work. The second client
+    comes in on another service, i.e. another worker process."""
+    system.add_user("twice", "pw-twice")
+    system.deliver("twice", "01-plain.eml", "02-utf8-8bit.eml", "04-alternative.eml")
+    first = login(system.port("plain"), "twice", "pw-twice", attempts=1)
     second = pop_ssl(system.port("wrapper"))
     try:
-        second.user("busy")
-        with pytest.raises(poplib.error_proto, match=r"-ERR \[IN-USE\]"):
-            second.pass_("pw-busy")
-        assert first.stat()[0] == 1
-        first.quit()
+        second.user("twice")
+        assert second.pass_("pw-twice").startswith(b"+OK Logged in, 3 messages")
+        assert first.uidl()[1] == second.uidl()[1]
+        first.dele(1)
+        assert first.quit().startswith(b"+OK Logging out, 1 messages deleted, 2 left")
+        assert second.stat()[0] == 3                                   # its snapshot
+        with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/PERM\] The message was removed"):
+            second.retr(1)
+        assert b"Content-Type" in b"\r\n".join(second.retr(2)[1])
+        second.dele(1)
+        second.dele(3)
+        assert second.quit().startswith(b"+OK Logging out, 1 messages deleted, 1 left")
     finally:
         second.close()
         first.close()
-    login(system.port("plain"), "busy", "pw-busy").quit()
+    assert system.count("twice") == 1
+
+
+def test_in_use_with_pop3_lock_session(system):
+    """A session of a pop3_lock_session service excludes every other POP3 session of the user
+    and is refused while another one is in, on any service (another worker process)."""
+    system.add_user("busy", "pw-busy")
+    system.deliver("busy", "01-plain.eml")
+    for holder_port, other_port in ((system.port("locking"), system.port("plain")),
+                                    (system.port("plain"), system.port("locking"))):
+        first = login(holder_port, "busy", "pw-busy")
+        second = pop(other_port)
+        try:
+            second.user("busy")
+            with pytest.raises(poplib.error_proto, match=r"-ERR \[IN-USE\]"):
+                second.pass_("pw-busy")
+            assert first.stat()[0] == 1
+            first.quit()
+        finally:
+            second.close()
+            first.close()
+        login(other_port, "busy", "pw-busy", attempts=1).quit()
 
 
 def test_dropped_connection_deletes_nothing_quit_does(system):

@@ -126,3 +126,21 @@ def test_curl_stls_and_pop3s(system):
     assert wrapped.returncode == 0 and b"Minutes of Friday" in wrapped.stdout, wrapped.stderr
     clear = curl(f"pop3://127.0.0.1:{system.port('strict')}/1", "curltls", "tls-pw")
     assert clear.returncode != 0                                      # no login before TLS
+
+
+def test_curl_from_outside_the_exceptions_sends_no_password_in_clear(system):
+    """disable_plaintext_auth: from 127.0.0.2 (the narrow service exempts only 127.0.0.1) curl
+    cannot log in with AUTH=PLAIN before TLS; with STLS it can, and CRAM-MD5 works in clear."""
+    system.add_user("curlremote", "remote-pw")
+    system.deliver("curlremote", "01-plain.eml")
+    url = f"pop3://127.0.0.1:{system.port('narrow')}/1"
+    remote = ("--interface", "127.0.0.2")
+    clear = curl(url, "curlremote", "remote-pw", *remote, "--login-options", "AUTH=PLAIN")
+    assert clear.returncode != 0 and b"Minutes of Friday" not in clear.stdout
+    secured = curl(url, "curlremote", "remote-pw", *remote, "--login-options", "AUTH=PLAIN", "--ssl-reqd", "-k")
+    assert secured.returncode == 0 and b"Minutes of Friday" in secured.stdout, secured.stderr
+    cram = curl(url, "curlremote", "remote-pw", *remote, "--login-options", "AUTH=CRAM-MD5")
+    assert cram.returncode == 0 and b"Minutes of Friday" in cram.stdout, cram.stderr
+    log = system.ms.wait_for_log("pop", "login: user=curlremote method=CRAM-MD5 ip=127.0.0.2 tls=no")
+    assert "login: user=curlremote method=PLAIN ip=127.0.0.2 tls=TLSv1" in log
+    assert "method=PLAIN ip=127.0.0.2 tls=no" not in log

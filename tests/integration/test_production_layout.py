@@ -36,9 +36,15 @@ def _system(production_system, **main):
     return ms, smtp, pop
 
 
-def _uid_of(pid: int) -> int:
+def _ids(pid: int) -> dict[str, list[int]]:
+    """Uid and Gid (real, effective, saved, filesystem) and supplementary groups of pid."""
+    fields = {}
     with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Uid", "Gid", "Groups"):
+                fields[key] = [int(n) for n in value.split()]
+    return fields
 
 
 def _pop_count(port: int) -> int:
@@ -63,8 +69,10 @@ def test_root_master_delivers_with_workers_as_mail_owner(production_system):
     ms.start()
     mail = pwd.getpwnam("mail")
     workers = [pid for svc in ms.status()["services"] for pid in svc["workers"]]
-    assert workers and all(_uid_of(pid) == mail.pw_uid for pid in workers)
-    assert _uid_of(ms.proc.pid) == 0
+    assert workers
+    for pid in workers:
+        assert _ids(pid) == {"Uid": [mail.pw_uid] * 4, "Gid": [mail.pw_gid] * 4, "Groups": []}
+    assert _ids(ms.proc.pid)["Uid"] == [0] * 4          # the master keeps root for the ports
 
     message = CORPUS_MESSAGE.read_bytes().replace(b"\n", b"\r\n")
     with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:

@@ -158,3 +158,25 @@ def test_swaks_submission_with_starttls_and_auth(auth_system):
         right = swaks(*base, "--auth", mechanism, "--auth-password", "s3cret pass")
         assert right.returncode == 0, right.stdout + right.stderr
     assert len(queued(system)) == 3
+
+
+def test_no_auth_in_clear_text_outside_the_exempt_networks(mailsystem):
+    """smtpd_tls_auth_only (default yes): AUTH only after STARTTLS, except from the exempt networks."""
+    system, port = smtp_system(mailsystem, {**NETWORKS, "smtpd_tls_auth_only_exceptions": f"{INSIDE}/32"})
+    add_user(system, "bob", "pw")
+    with client(port, source=OUTSIDE) as smtp:
+        smtp.ehlo("client.example")
+        assert "auth" not in smtp.esmtp_features and "starttls" in smtp.esmtp_features
+        assert smtp.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0bob\0pw").decode()) == (
+            538, b"5.7.11 Encryption required for requested authentication mechanism")
+        smtp.starttls(context=ssl._create_unverified_context())
+        smtp.ehlo("client.example")
+        assert smtp.esmtp_features["auth"].split() == ["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]
+        assert authenticate(smtp, "PLAIN", "bob", "pw")[0] == 235
+    with client(port, source=INSIDE) as smtp:                                 # exempt: local tools
+        smtp.ehlo("client.example")
+        assert authenticate(smtp, "LOGIN", "bob", "pw")[0] == 235
+    clear = swaks("--server", f"127.0.0.1:{port}", "--local-interface", OUTSIDE, "--from", "bob@example.test",
+                  "--to", "friend@remote.example", "--auth", "PLAIN", "--auth-user", "bob", "--auth-password", "pw")
+    assert clear.returncode != 0 and " -> AUTH" not in clear.stdout        # swaks finds no AUTH: sends no password
+    assert queued(system) == []

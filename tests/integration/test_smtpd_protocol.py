@@ -1,5 +1,6 @@
 """smtpd through the real master: ESMTP keywords, STARTTLS, wrapper mode, pipelining, 8BITMIME,
-DSN parameters, size limits, SMTP smuggling, line limits, error and time limits, refusals.
+DSN parameters, size limits, SMTP smuggling, line limits, error and time limits, refusals,
+the pregreet test, absurd limits refused at start.
 
 Mail that smtpd accepts stays in queue/incoming (no qmgr runs here); the tests read it
 back with store.queue. Local recipients are accepted through luser_relay, so these tests
@@ -8,7 +9,9 @@ do not depend on the user database (test_smtpd_recipients.py does).
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
+import subprocess
 
 import pytest
 
@@ -131,16 +134,25 @@ def test_bare_lf_and_cr_never_end_data(mailsystem, fake_end):
 
 
 def test_overlong_lines(mailsystem):
+    """Commands over 512 octets are refused; message lines over 998 are kept (broken past line_length_limit)."""
     system, port = smtp_system(mailsystem, BASE, tls=False)
+    header = b"X-Long: " + b"h" * 3000
     with client(port) as smtp:
         smtp.ehlo("client.example")
         assert smtp.docmd("NOOP", "x" * 600) == (500, b"5.5.2 Error: line too long")
         smtp.mail("alice@remote.example")
         smtp.rcpt("bob@example.test")
-        code, _ = smtp.data(b"Subject: long\r\n\r\n" + b"z" * 1200 + b"\r\nend\r\n")
-        assert code == 554
+        code, _ = smtp.data(header + b"\r\nSubject: long\r\n\r\n" + b"z" * 1200 + b"\r\n" + b"w" * 300_000
+                            + b"\r\nend\r\n")
+        assert code == 250
         assert smtp.noop()[0] == 250
-    assert queued(system) == []
+    [item] = queued(system)
+    stored = message(system, item).split(b"\r\n")
+    start = stored.index(header[:2048])
+    assert stored[start + 1] == b" " + header[2048:] and stored[start + 2] == b"Subject: long"   # a folded header
+    assert b"z" * 1200 in stored                                                             # kept whole
+    assert max(map(len, stored)) == 2048
+    assert b"".join(line.removeprefix(b" ") for line in stored if line.lstrip().startswith(b"w")) == b"w" * 300_000
 
 
 def test_too_many_errors_and_idle_timeout_end_with_421(mailsystem):
@@ -183,3 +195,47 @@ def test_graceful_stop_tells_idle_sessions_421_instead_of_waiting_for_the_timeou
         assert system.stop() == 0                      # SIGTERM: returns once every worker is gone
         assert smtp.getreply() == (421, b"4.3.2 Service shutting down")
     system.wait_for_log("smtp", "service shutting down after rcpt")
+
+
+def test_client_talking_before_the_greeting_is_refused(mailsystem):
+    """smtpd_pregreet_delay (the harness sets 0; the default is 1s): a client outside mynetworks
+    that talks before the 220 gets 554 5.5.1 and is dropped; one that waits is served."""
+    system = mailsystem(main={**BASE, "mynetworks": "127.0.0.1/32", "smtpd_pregreet_delay": "1s"})
+    plain = system.add_service("smtpd")
+    wrapped = system.add_service("smtpd", "-o", "smtpd_tls_wrappermode=yes")
+    system.write_config()
+    system.mailctl("tls", "selfsigned")
+    system.start()
+    port = system.port(plain)
+    assert raw_session(port, b"EHLO spam.example\r\nMAIL FROM:<x@spam.example>\r\n", source="127.0.0.3") == [
+        b"554 5.5.1 Protocol error"]
+    log = system.wait_for_log("smtp", "reject: PREGREET ")
+    assert "from [127.0.0.3]: b'EHLO spam.example\\r\\n" in log
+    with client(port, source="127.0.0.3") as smtp:                           # smtplib waits for the 220
+        smtp.sendmail("alice@remote.example", ["bob@example.test"], b"Subject: patient\r\n\r\nhi\r\n")
+    assert raw_session(port, b"EHLO c\r\nQUIT\r\n")[0].startswith(b"220 ")  # mynetworks: not tested
+    context = ssl._create_unverified_context()
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", system.port(wrapped)), timeout=10,
+                                                      source_address=("127.0.0.3", 0))) as tls:
+        tls.sendall(b"EHLO c\r\nQUIT\r\n")                                   # wrapper mode: not tested
+        assert tls.makefile("rb").readline().startswith(b"220 ")
+    assert len(queued(system)) == 1
+
+
+@pytest.mark.parametrize("where, setting, message", [
+    ("main", "message_size_limit = 3G", "message_size_limit: '3G' is above the maximum 2147483648"),
+    ("main", "smtpd_recipient_limit = -1", "smtpd_recipient_limit: '-1' is below the minimum 1"),
+    ("service", "smtpd_recipient_limit=1000000", "smtpd_recipient_limit: '1000000' is above the maximum 100000"),
+])
+def test_absurd_limits_are_refused_at_start(mailsystem, where, setting, message):
+    key, _, value = setting.replace(" = ", "=").partition("=")
+    system = mailsystem(main={key: value} if where == "main" else {})
+    system.add_service("smtpd", *(("-o", setting) if where == "service" else ()))
+    system.write_config()
+    result = subprocess.run([system.python, "-m", "master", "-c", str(system.etc)], cwd=system.root,
+                            env=system.env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    if where == "main":
+        assert f"{system.etc / 'main.cf'}:{list(system.main).index(key) + 1}: {message}" in result.stderr
+    else:
+        assert f"{system.etc / 'master.cf'}:1: {message}" in result.stderr

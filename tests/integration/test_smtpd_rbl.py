@@ -2,7 +2,8 @@
 
 A listed client is refused at RCPT with 554 5.7.1 and the list's TXT; an unlisted one is
 served; a blocklist that does not answer (timeout) never stops mail. mynetworks is set
-so that the test clients (127.0.0.2 ...) are outside it: mynetworks clients are exempt.
+so that the test clients (127.0.0.2 ...) are outside it: mynetworks clients are exempt, and
+mail for postmaster is taken from a listed client too.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import smtplib
 import pytest
 
 from tests.dnsserver import DNSServer
+from tests.integration.delivery_support import delivery_system, inboxes, smtpd_port, write_aliases  # noqa: F401
 from tests.integration.smtpd_support import client, queued, smtp_system
 
 pytestmark = pytest.mark.integration
@@ -64,3 +66,18 @@ def test_mynetworks_clients_are_not_checked_against_the_list(mailsystem, dns_ser
     system, port = rbl_system(mailsystem, dns_server, "bl.test", mynetworks="127.0.0.0/8")
     send(port, "127.0.0.2")
     assert len(queued(system)) == 1
+
+
+def test_postmaster_takes_mail_from_a_listed_client_and_gets_it_through_the_alias(mailsystem, dns_server, inboxes):
+    """RFC 5321 4.5.1: postmaster is reachable even from a blocklisted host (to complain about it)."""
+    system = delivery_system(mailsystem, smtpd=True, users={"bob": ()}, main={
+        "mynetworks": "127.0.0.1/32", "smtpd_rbl_servers": "bl.test", "smtpd_rbl_timeout": "1s",
+        "dns_resolver": f"127.0.0.1:{dns_server.port}"})
+    write_aliases(system, "postmaster: bob\n")
+    system.start()
+    with client(smtpd_port(system), source="127.0.0.2") as smtp:
+        refused = smtp.sendmail("alice@remote.example", ["postmaster@mail.example.test", "Postmaster",
+                                                         "bob@example.test"], b"Subject: about your list\r\n\r\nhi\r\n")
+    assert list(refused) == ["bob@example.test"] and refused["bob@example.test"][0] == 554
+    delivered = inboxes(system).wait("bob", 1)
+    assert delivered and all(b"Subject: about your list" in raw for raw in delivered)

@@ -11,7 +11,7 @@ import smtplib
 import pytest
 
 from store.mailstore import open_store
-from tests.integration.smtpd_support import add_user, client, params_of, queued, smtp_system
+from tests.integration.smtpd_support import add_user, client, params_of, queued, raw_session, smtp_system
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +74,55 @@ def test_luser_relay_takes_unknown_users(mailsystem):
     assert refused == {"carol@example.test": (550, b"5.2.1 Recipient address rejected: Mailbox disabled")}
     [item] = queued(system)
     assert [r.address for r in item.envelope.recipients] == ["nobody@example.test"]
+
+
+def test_recipients_past_the_limit_wait_for_the_next_transaction(mailsystem):
+    """452 4.5.3 past smtpd_recipient_limit is no error (up to the overshoot limit): the client
+    keeps its session and its accepted recipients, and sends the rest in a new transaction."""
+    system, port = smtp_system(mailsystem, {"luser_relay": "bob", "smtpd_recipient_limit": "5",
+                                            "smtpd_hard_error_limit": "3"}, tls=False)
+    everyone = [f"user{n}@example.test" for n in range(12)]
+    batches = []
+    with client(port) as smtp:
+        pending = everyone
+        for _ in range(3):                                      # 5 + 5 + 2
+            refused = smtp.sendmail("alice@remote.example", pending, b"Subject: many\r\n\r\nhi\r\n")
+            assert set(refused.values()) <= {(452, b"4.5.3 Error: too many recipients")}
+            batches.append([a for a in pending if a not in refused])
+            pending = list(refused)
+        assert pending == [] and smtp.noop()[0] == 250
+    assert sorted(len(item.envelope.recipients) for item in queued(system)) == [2, 5, 5]
+    assert sorted(r.address for item in queued(system) for r in item.envelope.recipients) == sorted(everyone)
+    assert [len(batch) for batch in batches] == [5, 5, 2]
+
+
+def test_recipients_past_the_overshoot_limit_count_as_errors(mailsystem):
+    _, port = smtp_system(mailsystem, {"luser_relay": "bob", "smtpd_recipient_limit": "5",
+                                       "smtpd_recipient_overshoot_limit": "2", "smtpd_hard_error_limit": "3"},
+                          tls=False)
+    rcpts = b"".join(b"RCPT TO:<user%d@example.test>\r\n" % n for n in range(12))
+    replies = raw_session(port, b"EHLO c\r\nMAIL FROM:<alice@remote.example>\r\n" + rcpts)
+    finals = [r[:3] for r in replies if r[3:4] == b" "]
+    assert finals == [b"220", b"250", b"250"] + [b"250"] * 5 + [b"452"] * 5 + [b"421"]   # 2 free + 3 errors
+
+
+def test_postmaster_of_every_local_domain_is_accepted_without_alias_or_user(mailsystem):
+    system, port = smtp_system(mailsystem, OUTSIDE, tls=False)
+    add_user(system, "bob", "pw")
+    for address in ("postmaster@example.test", "PostMaster@other.test", "Postmaster", '"postmaster"@example.test'):
+        assert rcpt_reply(port, address)[0] == 250, address
+    assert rcpt_reply(port, "postmaster@remote.example") == (554, b"5.7.1 Relay access denied")
+    assert rcpt_reply(port, "nobody@example.test")[0] == 550
+
+
+def test_quoted_plain_local_part_is_the_same_user(mailsystem):
+    system, port = smtp_system(mailsystem, OUTSIDE, tls=False)
+    add_user(system, "bob", "pw")
+    assert rcpt_reply(port, '"bob"@example.test')[0] == 250
+    assert rcpt_reply(port, '"b\\ob"@Example.TEST')[0] == 250           # a quoted pair, still plain "bob"
+    assert rcpt_reply(port, '"no body"@example.test')[0] == 550
+    with client(port, source="127.0.0.9") as smtp:
+        smtp.sendmail('"alice"@remote.example', ['"bob"@example.test'], b"Subject: quoted\r\n\r\nhi\r\n")
+    [item] = queued(system)
+    assert item.envelope.sender == "alice@remote.example"
+    assert [r.address for r in item.envelope.recipients] == ["bob@example.test"]

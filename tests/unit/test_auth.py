@@ -1,6 +1,11 @@
-"""SASL server mechanisms against RFC test vectors and the clients of Python's stdlib and scramp."""
+"""SASL server mechanisms against RFC test vectors and the clients of Python's stdlib and scramp.
+
+Most tests drive the mechanisms synchronously and answer their checks in place (what the
+verifier's thread does); the Authenticator tests go through the real verifier.
+"""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import hashlib
@@ -14,18 +19,49 @@ import scramp
 from store.passwords import ScramKeys
 from store.users import User, UserDB
 from workers import _auth
-from workers._auth import Authenticator, offered_mechanisms
+from workers._auth import Authenticator, SaslServer, offered_mechanisms
+from workers._authcache import VerifiedCache
+from workers._authpool import LocalVerifier
+
+HOST = "mail.example.test"
+
+
+class Silent:
+    def debug(self, text): pass
 
 
 @pytest.fixture(scope="module")
-def auth(tmp_path_factory):
+def users(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
     users = UserDB(str(root / "users"), str(root / "secret.key"), ["example.test"])
     users.add(User("bob"), "s3cret pw")
     users.add(User("user"), "pencil")
     users.add(User("nopw"))
-    yield Authenticator(users, "mail.example.test")
+    yield users
     users.close()
+
+
+class InPlace:
+    """A mechanism whose checks are answered at once, by check.answer(users)."""
+
+    def __init__(self, mechanism, users):
+        self.mechanism = mechanism
+        self.users = users
+
+    def step(self, response):
+        step = self.mechanism.step(response)
+        return self.mechanism.resume(step.check.answer(self.users)) if step.check else step
+
+
+@pytest.fixture(scope="module")
+def auth(users):
+    return types.SimpleNamespace(
+        sasl_server=lambda name: InPlace(_auth.MECHANISMS[name.upper()](users.canonical, HOST), users))
+
+
+@pytest.fixture(scope="module")
+def authenticator(users):
+    return Authenticator(users, HOST, LocalVerifier(users, 1, 4, VerifiedCache(0, 0), Silent()))
 
 
 def run(mechanism, responses):
@@ -57,8 +93,6 @@ def test_every_mechanism_takes_a_login_with_a_local_domain(auth):
     challenge = cram.step(None).challenge
     digest = hmac.new(b"s3cret pw", challenge, "md5").hexdigest()
     assert cram.step(f"bob@example.test {digest}".encode()).user == "bob"
-    assert auth.verify_password("Bob@Example.Test", "s3cret pw")
-    assert auth.account("bob@example.test").name == "bob"
 
 
 def test_plain_without_initial_response_gets_empty_challenge(auth):
@@ -115,13 +149,13 @@ def test_oversized_and_non_utf8_responses_fail_cleanly(auth):
 
 def test_cram_md5_rfc2195_vector():
     """RFC 2195 section 2: user tim, secret tanstaaftanstaaf."""
-    users = types.SimpleNamespace(canonical=str.lower)
     from store.passwords import cram_md5_digest, make_cram_md5
     form = make_cram_md5("tanstaaftanstaaf")
-    users.cram_md5 = lambda name, challenge, digest: cram_md5_digest(form, challenge) == digest
-    mechanism = _auth.CramMD5(users, "postoffice.reston.mci.net")
+    users = types.SimpleNamespace(canonical=str.lower,
+                                  cram_md5=lambda name, challenge, digest: cram_md5_digest(form, challenge) == digest)
+    mechanism = InPlace(_auth.CramMD5(str.lower, "postoffice.reston.mci.net"), users)
     mechanism.step(None)
-    mechanism._challenge = b"<1896.697170952@postoffice.reston.mci.net>"
+    mechanism.mechanism._challenge = b"<1896.697170952@postoffice.reston.mci.net>"
     answer = base64.b64decode("dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw")
     assert mechanism.step(answer).user == "tim"
 
@@ -158,7 +192,7 @@ def test_scram_sha256_rfc7677_vector(monkeypatch):
     keys = ScramKeys.derive("pencil", base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="), 4096)
     users = types.SimpleNamespace(scram_keys=lambda name: keys if name == "user" else None, canonical=str.lower)
     monkeypatch.setattr(_auth, "server_nonce", lambda: "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
-    mechanism = _auth.ScramSHA256(users, "example.test")
+    mechanism = InPlace(_auth.ScramSHA256(str.lower, "example.test"), users)
     first = mechanism.step(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
     assert first.challenge == (b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
                                b"s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
@@ -231,14 +265,17 @@ def test_scram_data_after_server_final_fails(auth):
 
 # ---------------------------------------------------------------- APOP and policy
 
-def test_apop(auth):
+def test_apop(authenticator):
     stamp = _auth.apop_timestamp("mail.example.test")
     digest = hashlib.md5((stamp + "s3cret pw").encode()).hexdigest()
-    assert auth.verify_apop("bob", stamp, digest)
-    assert auth.verify_apop("BOB", stamp, digest.upper())
-    assert not auth.verify_apop("bob", stamp, hashlib.md5(b"x").hexdigest())
-    assert not auth.verify_apop("nobody", stamp, digest)
-    assert not auth.verify_apop("nopw", stamp, hashlib.md5(stamp.encode()).hexdigest())
+
+    def apop(name, hexdigest):
+        return asyncio.run(authenticator.verify_apop(name, stamp, hexdigest))
+    assert apop("bob", digest) == "bob"
+    assert apop("BOB", digest.upper()) == "bob"
+    assert apop("bob", hashlib.md5(b"x").hexdigest()) is None
+    assert apop("nobody", digest) is None
+    assert apop("nopw", hashlib.md5(stamp.encode()).hexdigest()) is None
 
 
 def test_apop_rfc1939_example_digest():
@@ -254,9 +291,58 @@ def test_offered_mechanisms():
     assert offered_mechanisms(["PLAIN"], False, "none") == ["PLAIN"]
 
 
-def test_mechanism_table(auth):
-    assert auth.sasl_is_plaintext("plain") and auth.sasl_is_plaintext("LOGIN")
-    assert not auth.sasl_is_plaintext("CRAM-MD5") and not auth.sasl_is_plaintext("SCRAM-SHA-256")
+def test_mechanism_table(authenticator):
+    assert authenticator.sasl_is_plaintext("plain") and authenticator.sasl_is_plaintext("LOGIN")
+    assert not authenticator.sasl_is_plaintext("CRAM-MD5") and not authenticator.sasl_is_plaintext("SCRAM-SHA-256")
     with pytest.raises(KeyError):
-        auth.sasl_server("GSSAPI")
-    assert auth.account("BOB").name == "bob" and auth.account("nobody") is None
+        authenticator.sasl_server("GSSAPI")
+    assert authenticator.account("BOB").name == "bob" and authenticator.account("nobody") is None
+
+
+# ---------------------------------------------------------------- through the verifier
+
+def test_password_and_every_mechanism_through_the_verifier(authenticator):
+    """The protocols' way: SaslServer.step awaits the checks; a Step never carries one."""
+    assert asyncio.run(authenticator.verify_password("Bob@Example.Test", "s3cret pw")) == "bob"
+    assert asyncio.run(authenticator.verify_password("bob", "wrong")) is None
+    assert asyncio.run(authenticator.verify_password("nobody", "s3cret pw")) is None
+
+    async def scram(name, password):
+        server = authenticator.sasl_server("SCRAM-SHA-256")
+        client = scramp.ScramClient(["SCRAM-SHA-256"], name, password)
+        first = await server.step(client.get_client_first().encode())
+        client.set_server_first(first.challenge.decode())
+        final = await server.step(client.get_client_final().encode())
+        if final.failed:
+            return final
+        client.set_server_final(final.challenge.decode())
+        return await server.step(b"")
+
+    async def plain(message):
+        return await authenticator.sasl_server("PLAIN").step(message)
+
+    assert isinstance(authenticator.sasl_server("plain"), SaslServer)
+    assert asyncio.run(plain(b"\0bob\0s3cret pw")).user == "bob"
+    assert asyncio.run(plain(b"\0bob\0wrong")).failed
+    assert asyncio.run(scram("bob", "s3cret pw")).user == "bob"
+    assert asyncio.run(scram("bob", "wrong")).reason == "bad credentials"
+
+
+def test_a_mechanism_takes_no_client_data_while_a_check_is_pending(users):
+    plain = _auth.Plain(users.canonical, HOST)
+    assert plain.step(b"\0bob\0s3cret pw").check is not None
+    assert plain.step(b"\0bob\0s3cret pw").failed
+    assert _auth.Plain(users.canonical, HOST).resume(None).failed      # nothing was asked
+
+
+def test_scram_proof_fails_when_the_password_changed_during_the_exchange(tmp_path):
+    db = UserDB(str(tmp_path / "users"), str(tmp_path / "secret.key"))
+    try:
+        db.add(User("bob"), "old")
+        mechanism = InPlace(_auth.ScramSHA256(db.canonical, HOST), db)
+        client = scramp.ScramClient(["SCRAM-SHA-256"], "bob", "old")
+        client.set_server_first(mechanism.step(client.get_client_first().encode()).challenge.decode())
+        db.set_password("bob", "new")
+        assert mechanism.step(client.get_client_final().encode()).reason == "bad credentials"
+    finally:
+        db.close()

@@ -20,11 +20,13 @@ from master.params import Params
 from store.fsio import StorageError
 from store.mailstore import INBOX, BadMailboxName
 from store.users import User, UserDB
+from workers._authpool import AuthUnavailable, LocalVerifier
 from workers._limits import LineTooLong
 from workers.pop3d import session as S
 from workers.pop3d.backend import Backend
 from workers.pop3d.maildrop import Maildrop, MaildropBusy
-from workers.pop3d.wire import top_chunks, wire_chunks, wire_size
+from workers.pop3d.wire import message_size, top_chunks, wire_chunks
+from tests.conftest import shared_corpus
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 EML = sorted(CORPUS.glob("*.eml"))
@@ -53,11 +55,11 @@ class FakeLog:
 class FakeConn:
     """Connection's members as the session uses them; input is a list of lines (or errors)."""
 
-    def __init__(self, params, lines, tls=False, interactive=False):
+    def __init__(self, params, lines, tls=False, interactive=False, peer_ip="127.0.0.1"):
         self.params = params
         self.interactive = interactive      # wait for the test to add input instead of EOF
         self.log = FakeLog()
-        self.peer_ip = "192.0.2.1"
+        self.peer_ip = peer_ip              # loopback: passwords in clear are allowed by default
         self.input = list(lines)
         self.output = bytearray()
         self.tls = tls
@@ -102,6 +104,10 @@ class FakeConn:
     def set_user(self, name):
         self.user = name
 
+    async def report_login(self, ok, user=None):
+        """As Connection.report_login when the master has no penalty or refusal."""
+        return None
+
 
 def make_params(tmp_path, **settings) -> Params:
     raw = {"myhostname": "mail.example.test", "data_directory": str(tmp_path), "auth_failure_delay": "0s",
@@ -133,6 +139,7 @@ def backend(params, user_db, monkeypatch):
     backend = Backend(params)
     backend.users.close()
     backend.users = user_db
+    backend.verifier = LocalVerifier.from_params(params, user_db, FakeLog())
     monkeypatch.setattr(backend, "tls_available", lambda: True)
     return backend
 
@@ -146,10 +153,10 @@ def deliver(store, *names, user="bob"):
     return [store.deliver(user, INBOX, (CORPUS / n).read_bytes()) for n in names]
 
 
-def run(backend, tmp_path, lines, tls=False, **settings):
+def run(backend, tmp_path, lines, tls=False, peer_ip="127.0.0.1", **settings):
     """Run a whole session; returns (conn, [reply lines])."""
     conn = FakeConn(make_params(tmp_path, **settings), [l.encode() + b"\r\n" if isinstance(l, str) else l
-                                                         for l in lines], tls=tls)
+                                                         for l in lines], tls=tls, peer_ip=peer_ip)
     asyncio.run(S.Session(conn, backend).run())
     return conn, conn.output.decode("utf-8", "replace").split("\r\n")
 
@@ -163,15 +170,35 @@ def wire(data: bytes) -> bytes:
     return b"".join(wire_chunks(io.BytesIO(data)))
 
 
+def pop_size(data: bytes) -> int:
+    """What LIST reports: the wire form without the stuffed dots."""
+    return len(wire(data).replace(b"\r\n..", b"\r\n.").removeprefix(b"."))
+
+
 # ---------------------------------------------------------------- wire format
 
 @pytest.mark.parametrize("path", EML, ids=lambda p: p.name)
-def test_wire_size_matches_stream_and_is_crlf(path):
+def test_message_size_is_crlf_stream_without_stuffed_dots(path):
     data = path.read_bytes()
     out = wire(data)
-    assert wire_size(io.BytesIO(data)) == len(out)
     assert b"\n" not in out.replace(b"\r\n", b"")
     assert out.replace(b"\r\n", b"\n").replace(b"\n..", b"\n.") == data
+    assert message_size(io.BytesIO(data)) == len(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+
+
+def test_message_size_of_every_shared_corpus_message_as_stored():
+    """Raw bytes as a store may hold them (CRLF, bare LF, mixed, no final line end): the size
+    is what RETR sends once its stuffed dots are taken away, i.e. the CRLF form."""
+    corpus = shared_corpus()
+    for path, _ in corpus:
+        data = path.read_bytes()
+        crlf = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        crlf += b"" if crlf.endswith(b"\r\n") or not crlf else b"\r\n"
+        sent = wire(data)
+        assert b"".join(l[1:] if l.startswith(b".") else l for l in sent.splitlines(keepends=True)) == crlf, path
+        assert message_size(io.BytesIO(data)) == len(crlf), path
+    assert sum(b"\n." in path.read_bytes() for path, _ in corpus) >= 8
+    assert any("bare-lf" in features for _, features in corpus)
 
 
 @pytest.mark.parametrize("data, expected", [
@@ -190,7 +217,7 @@ def test_wire_long_line_split_over_blocks_keeps_crlf_and_dots():
     data = b".first\n" + long_line + b"\n.after\n" + b"y" * 70_000 + b".z\n"
     out = wire(data)
     assert out == b"..first\r\n" + long_line + b"\n" + b"..after\r\n" + b"y" * 70_000 + b".z\r\n"
-    assert wire_size(io.BytesIO(data)) == len(out)
+    assert message_size(io.BytesIO(data)) == len(out) - 2
 
 
 def test_top_cuts_after_header_and_n_lines():
@@ -302,6 +329,21 @@ def test_apop_right_and_wrong(backend, store, tmp_path):
     assert r[2].startswith("+OK Logged in, 1 messages")
 
 
+def test_busy_verifier_is_a_temporary_failure_not_a_failed_login(backend, tmp_path):
+    class Busy:
+        async def verify(self, check):
+            raise AuthUnavailable("34 credential checks already running or waiting")
+    backend.verifier = Busy()
+    plain = base64.b64encode(b"\0bob\0secret").decode()
+    conn, out = run(backend, tmp_path, ["USER bob", "PASS secret", "APOP bob " + "0" * 32, f"AUTH PLAIN {plain}",
+                                        "USER bob", "PASS secret", "QUIT"])
+    temporary = "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later"
+    assert replies(out)[1:] == ["+OK Send your password", temporary, temporary, temporary,
+                                "+OK Send your password", temporary, "+OK Bye"]
+    assert not any("login failed" in line for line in conn.log.lines)
+    assert any(f"login unavailable: ip={conn.peer_ip}: 34 credential checks" in line for line in conn.log.lines)
+
+
 def test_apop_refused_when_not_offered(backend, tmp_path):
     _, out = run(backend, tmp_path, ["APOP bob " + "0" * 32, "QUIT"], pop3_auth_methods="CLEAR")
     assert replies(out)[1] == "-ERR [AUTH] APOP is not enabled on this server"
@@ -372,6 +414,30 @@ def test_tls_required_refuses_every_login_before_stls(backend, tmp_path):
     assert r[-2].startswith("+OK Logged in")
 
 
+def test_no_password_in_clear_from_a_remote_client_before_stls(backend, tmp_path):
+    """disable_plaintext_auth (default yes): USER/PASS and AUTH PLAIN wait for STLS; APOP and
+    the challenge-response mechanisms do not show the password and stay offered."""
+    remote = "192.0.2.1"
+    conn, out = run(backend, tmp_path, ["CAPA", "USER bob", "AUTH PLAIN", "AUTH", "APOP bob " + "0" * 32,
+                                        "STLS", "CAPA", "USER bob", "PASS secret", "QUIT"], peer_ip=remote)
+    first_capa = out[out.index("+OK Capability list follows"):out.index(".")]
+    assert "USER" not in first_capa and "SASL CRAM-MD5 SCRAM-SHA-256" in first_capa and "STLS" in first_capa
+    r = replies(out)
+    refused = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first"
+    assert r[2:4] == [refused] * 2
+    assert r[4] == "+OK Supported mechanisms follow" and "PLAIN" not in out[out.index(r[4]) + 1:][:3]
+    assert r[5] == "-ERR [AUTH] Authentication failed"          # APOP was tried, not refused
+    assert r[6] == "+OK Begin TLS negotiation now"
+    second_capa = out[out.index("+OK Begin TLS negotiation now"):]
+    assert "USER" in second_capa and "SASL PLAIN CRAM-MD5 SCRAM-SHA-256" in second_capa
+    assert r[-2].startswith("+OK Logged in")
+    for settings in ({"disable_plaintext_auth": "no"}, {"disable_plaintext_auth_exceptions": "192.0.2.0/24"}):
+        _, out = run(backend, tmp_path, ["CAPA", *login("QUIT")], peer_ip=remote, **settings)
+        assert "USER" in out and replies(out)[-2].startswith("+OK Logged in")
+    _, out = run(backend, tmp_path, login("QUIT"), peer_ip="::ffff:127.0.0.1")    # loopback by default
+    assert replies(out)[-2].startswith("+OK Logged in")
+
+
 def test_stls_refused_when_already_tls_or_unavailable(backend, tmp_path, monkeypatch):
     _, out = run(backend, tmp_path, ["STLS", "QUIT"], tls=True)
     assert replies(out)[1] == "-ERR Command not permitted when TLS active"
@@ -390,8 +456,8 @@ def test_stat_list_uidl_sizes_match_retr(backend, store, tmp_path):
     uids = deliver(store, "01-plain.eml", "08-dot-lines.eml", "05-mixed-attachment.eml")
     _, out = run(backend, tmp_path, login("STAT", "LIST", "UIDL", "UIDL 2", "LIST 9", "QUIT"))
     validity = store.mailbox("bob", INBOX).uidvalidity
-    sizes = [len(wire((CORPUS / n).read_bytes())) for n in ("01-plain.eml", "08-dot-lines.eml",
-                                                            "05-mixed-attachment.eml")]
+    sizes = [pop_size((CORPUS / n).read_bytes()) for n in ("01-plain.eml", "08-dot-lines.eml",
+                                                           "05-mixed-attachment.eml")]
     assert f"+OK 3 {sum(sizes)}" in out
     assert [f"{i} {s}" for i, s in enumerate(sizes, 1)] == out[out.index("+OK 3 messages") + 1:][:3]
     assert f"+OK 2 {validity}.{uids[1]}" in out
@@ -405,8 +471,10 @@ def test_retr_sends_exact_octets_with_byte_stuffing(backend, store, tmp_path):
     expected = wire((CORPUS / "08-dot-lines.eml").read_bytes())
     start = raw.index(b"octets\r\n") + len(b"octets\r\n")
     assert raw[start:start + len(expected) + 3] == expected + b".\r\n"
-    assert f"+OK 1 {len(expected)}\r\n".encode() in raw
-    assert b"\r\n..\r\n...\r\n" in expected
+    stuffed = sum(line.startswith(b".") for line in (CORPUS / "08-dot-lines.eml").read_bytes().split(b"\n"))
+    assert b"\r\n..\r\n...\r\n" in expected and stuffed == 8
+    assert f"+OK 1 {len(expected) - stuffed}\r\n".encode() in raw
+    assert f"+OK {len(expected) - stuffed} octets\r\n".encode() in raw
 
 
 def test_top_on_nested_multipart(backend, store, tmp_path):
@@ -453,7 +521,7 @@ def test_quit_releases_the_lock_before_it_answers(backend, store, tmp_path):
         async def send(self, data):
             if data.startswith(b"+OK Logging out"):
                 try:
-                    backend.open_maildrop("bob").release()
+                    backend.open_maildrop("bob", exclusive=True).release()
                     free_at_reply.append(True)
                 except MaildropBusy:
                     free_at_reply.append(False)
@@ -495,15 +563,24 @@ def test_server_stop_says_so_and_deletes_nothing(backend, store, tmp_path):
     assert replies(out)[2].startswith("+OK Logged in, 2 messages")
 
 
-def test_second_session_gets_in_use(backend, store, tmp_path):
+def test_second_session_gets_in_by_default_and_in_use_with_pop3_lock_session(backend, store, tmp_path):
     deliver(store, "01-plain.eml")
-    holder = backend.open_maildrop("bob")
+    in_use = "-ERR [IN-USE] The mailbox is in use by another POP3 session"
+    holder = backend.open_maildrop("bob")                     # a session with the default
     try:
         _, out = run(backend, tmp_path, login("QUIT"))
-        assert replies(out)[2] == "-ERR [IN-USE] The mailbox is in use by another POP3 session"
+        assert replies(out)[2].startswith("+OK Logged in, 1 messages")
+        _, out = run(backend, tmp_path, login("QUIT"), pop3_lock_session="yes")
+        assert replies(out)[2] == in_use
     finally:
         holder.release()
-    _, out = run(backend, tmp_path, login("QUIT"))
+    holder = backend.open_maildrop("bob", exclusive=True)     # a pop3_lock_session session
+    try:
+        _, out = run(backend, tmp_path, login("QUIT"))
+        assert replies(out)[2] == in_use
+    finally:
+        holder.release()
+    _, out = run(backend, tmp_path, login("QUIT"), pop3_lock_session="yes")
     assert replies(out)[2].startswith("+OK Logged in")
 
 
@@ -529,8 +606,23 @@ def test_size_cache_survives_sessions_and_new_mail(backend, store, tmp_path):
     second.measure()
     second.release()
     assert [e.pop_size for e in second.messages] == [
-        len(wire((CORPUS / n).read_bytes())) for n in ("01-plain.eml", "08-dot-lines.eml")]
-    assert len((Path(backend.lock_dir) / "bob.sizes").read_text().splitlines()) == 2
+        pop_size((CORPUS / n).read_bytes()) for n in ("01-plain.eml", "08-dot-lines.eml")]
+    assert len((Path(backend.lock_dir) / "bob.sizes").read_text().splitlines()) == 3    # format line
+
+
+def test_size_cache_of_the_old_format_is_recomputed(backend, store, tmp_path):
+    """Sizes cached before LIST stopped counting the stuffed dots must not be reported."""
+    [uid] = deliver(store, "08-dot-lines.eml")
+    view = store.open_mailbox("bob", INBOX)
+    [stored] = [m.size for m in view.messages()]
+    os.makedirs(backend.lock_dir, exist_ok=True)
+    stale = len(wire((CORPUS / "08-dot-lines.eml").read_bytes()))
+    (Path(backend.lock_dir) / "bob.sizes").write_text(f"{view.info.uidvalidity} {uid} {stored} {stale}\n")
+    maildrop = backend.open_maildrop("bob")
+    maildrop.measure()
+    maildrop.release()
+    assert [e.pop_size for e in maildrop.messages] == [pop_size((CORPUS / "08-dot-lines.eml").read_bytes())] \
+        != [stale]
 
 
 def test_client_that_stops_reading_a_retr_is_dropped(backend, store, tmp_path, monkeypatch):
@@ -549,4 +641,4 @@ def test_client_that_stops_reading_a_retr_is_dropped(backend, store, tmp_path, m
     assert conn.input == [b"QUIT\r\n"]          # never got that far
     assert any("timeout: user=bob" in line for line in conn.log.lines)
     assert len(store.open_mailbox("bob", INBOX)) == 2
-    assert backend.open_maildrop("bob").release() is None   # the lock was given back
+    assert backend.open_maildrop("bob", exclusive=True).release() is None   # the lock was given back

@@ -27,8 +27,8 @@ def envelope(*rcpts: str, sender: str = "alice@example.org") -> Envelope:
                     client={"addr": "192.0.2.7", "helo": "client.example.org"})
 
 
-def store(q: Queue, message: bytes = b"Subject: hi\r\n\r\nbody\r\n", *rcpts: str, target="incoming") -> str:
-    writer = q.writer(target)
+def store(q: Queue, message: bytes = b"Subject: hi\r\n\r\nbody\r\n", *rcpts: str) -> str:
+    writer = q.writer()
     for start in range(0, len(message), 7):
         writer.write(message[start:start + 7])
     return writer.commit(envelope(*rcpts))
@@ -93,13 +93,6 @@ def test_abort_leaves_nothing(q):
     writer.write(b"partial")
     writer.abort()
     assert all(files(q, name) == [] for name in ("incoming", "tmp"))
-
-
-def test_maildrop_pickup_moves_good_and_corrupts_bad(q):
-    good = store(q, target="maildrop")
-    (open(q.path("maildrop", "18EB3F00000000000ABCDE"), "wb")).write(b"not a queue file")
-    assert q.pickup() == [good]
-    assert files(q, "incoming") == [good] and files(q, "corrupt") == ["18EB3F00000000000ABCDE"]
 
 
 def test_truncated_envelope_is_corrupt(q):

@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from master.params import Params
 from store.fsio import StorageError
+from workers._authpool import AuthUnavailable
 from workers._limits import STREAM_LIMIT, read_line
 from workers._server import Connection
 from workers.smtpd.address import ArgError, parse_mail, parse_rcpt
@@ -78,6 +79,10 @@ class FakeConn:
     def set_user(self, name):
         self.user = name
 
+    async def report_login(self, ok, user=None):
+        """As Connection.report_login when the master has no penalty or refusal."""
+        return None
+
 
 class FakeWriter:
     def __init__(self, backend):
@@ -114,7 +119,7 @@ class FakePlain:
     def __init__(self, passwords):
         self.passwords = passwords
 
-    def step(self, response):
+    async def step(self, response):
         if response is None:
             return Step(challenge=b"")
         _, user, password = response.decode().split("\0")
@@ -126,7 +131,7 @@ class FakeLogin:
         self.passwords = passwords
         self.name = None
 
-    def step(self, response):
+    async def step(self, response):
         if response is None and self.name is None:
             return Step(challenge=b"Username:")
         if self.name is None:
@@ -185,6 +190,7 @@ class FakeBackend:
 def make_params(**settings) -> Params:
     raw = {"myhostname": HOST, "mydomain": "example.test", "mydestination": "$myhostname, $mydomain",
            "auth_failure_delay": "0s", "message_size_limit": "2000", "mynetworks": "127.0.0.0/8",
+           "smtpd_pregreet_delay": "0", "smtpd_tls_auth_only": "no",      # both on by default; tested below
            **settings}
     return Params(raw, {}, "/nonexistent")
 
@@ -339,6 +345,45 @@ def test_recipient_limit():
     assert "452 4.5.3 Error: too many recipients" in lines
 
 
+def test_recipients_past_the_limit_cost_no_error_until_the_overshoot_limit():
+    rcpts = "".join("RCPT TO:<bob@example.test>\n" for _ in range(6))
+    lines, _, backend = run(f"EHLO c\nMAIL FROM:<a@b.example>\n{rcpts}DATA\n{MESSAGE}QUIT\n",
+                            smtpd_recipient_limit="2", smtpd_hard_error_limit="2")
+    assert codes(lines)[2:] == ["250"] * 3 + ["452"] * 4 + ["354", "250", "221"]
+    assert len(backend.committed[0][0].recipients) == 2
+    lines, _, _ = run(f"EHLO c\nMAIL FROM:<a@b.example>\n{rcpts}QUIT\n", smtpd_recipient_limit="2",
+                      smtpd_hard_error_limit="2", smtpd_recipient_overshoot_limit="1")
+    assert codes(lines)[2:] == ["250"] * 3 + ["452"] * 3 + ["421"]
+
+
+def test_postmaster_is_accepted_from_a_blocklisted_client_without_alias():
+    from workers.smtpd.rbl import Listing
+    backend = FakeBackend(listed=Listing("bl.test", "127.0.0.2", "listed"))
+    backend.directory.aliases.clear()
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nRCPT TO:<PostMaster@Example.Test>\n"
+                      "RCPT TO:<postmaster>\nRCPT TO:<\"postmaster\"@mail.example.test>\n"
+                      "RCPT TO:<postmaster@elsewhere.example>\nQUIT\n", backend, smtpd_rbl_servers="bl.test")
+    assert codes(lines)[3:] == ["554", "250", "250", "250", "554", "221"]
+
+
+def test_pregreet_talker_is_refused_and_a_patient_client_served():
+    async def scenario(early: bytes, peer_ip: str):
+        conn = FakeConn(early, make_params(smtpd_pregreet_delay="0.2"), peer_ip, eof=False)
+        task = asyncio.ensure_future(Session(conn, FakeBackend()).run())
+        if not early:
+            await _until(lambda: conn.out)
+            conn.reader.feed_data(b"QUIT\r\n")
+        await asyncio.wait_for(task, 5)
+        return [line.decode() for line in conn.out if line], conn.log.lines
+    lines, log = asyncio.run(scenario(b"EHLO c\r\n", "192.0.2.9"))
+    assert lines == ["554 5.5.1 Protocol error"]
+    assert "M reject: PREGREET 8 from [192.0.2.9]: b'EHLO c\\r\\n'" in log
+    lines, _ = asyncio.run(scenario(b"", "192.0.2.9"))
+    assert codes(lines) == ["220", "221"]
+    lines, _ = asyncio.run(scenario(b"EHLO c\r\nQUIT\r\n", "127.0.0.1"))       # mynetworks: not tested
+    assert codes(lines) == ["220", "250", "221"]
+
+
 # ---------------------------------------------------------------------------- the transaction
 
 def test_pipelined_transaction_is_queued_with_dsn_parameters():
@@ -410,16 +455,29 @@ def test_declared_size_over_limit():
     assert "552 5.3.4 Message size exceeds fixed limit" in lines
 
 
-def test_data_line_over_998_octets_rejects_the_message():
+def stored_lines(data: bytes) -> list[bytes]:
+    """The lines of a stored message after smtpd's Received: header (its first line and the folded ones)."""
+    lines = data.split(b"\r\n")
+    first = next(n for n, line in enumerate(lines) if n and not line.startswith(b"\t"))
+    return lines[first:]
+
+
+def test_data_lines_up_to_line_length_limit_are_kept_longer_ones_broken():
     lines, _, backend = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nDATA\n"
-                            + "y" * 1200 + "\n.\nQUIT\n", message_size_limit="0")
-    assert codes(lines)[-2:] == ["554", "221"] and not backend.committed
+                            + "y" * 2048 + "\n." + "c" * 2048 + "\n.." + "d" * 2048 + "\n" + "z" * 5000
+                            + "\n.\nQUIT\n", message_size_limit="0")
+    assert codes(lines)[-2:] == ["250", "221"]
+    assert stored_lines(backend.committed[0][1]) == [       # a stuffing dot does not count
+        b"y" * 2048, b"c" * 2048, b"." + b"d" * 2047, b" d", b"z" * 2048, b" " + b"z" * 2047, b" " + b"z" * 905, b""]
 
 
-def test_data_line_beyond_the_stream_limit_is_drained_to_the_end():
+def test_data_line_beyond_the_stream_limit_is_kept():
     lines, _, backend = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nDATA\n"
                             + "y" * 300_000 + "\n.\nNOOP\nQUIT\n", message_size_limit="0")
-    assert codes(lines)[-3:] == ["554", "250", "221"] and not backend.committed
+    assert codes(lines)[-3:] == ["250", "250", "221"]
+    body = stored_lines(backend.committed[0][1])
+    assert max(map(len, body)) == 2048
+    assert b"".join(line.removeprefix(b" ") for line in body) == b"y" * 300_000
 
 
 def test_disk_low_refuses_mail_from_with_452():
@@ -528,10 +586,55 @@ def test_disabled_account_cannot_authenticate():
     assert codes(lines)[2] == "535" and conn.user is None
 
 
+def test_failed_auth_is_reported_and_a_busy_verifier_is_a_temporary_failure(monkeypatch):
+    """535 goes through login_failed (auth_failure_delay, penalties); 454 4.7.0 does not."""
+    reported = []
+
+    async def login_failed(conn):
+        reported.append(conn.peer_ip)
+    monkeypatch.setattr("workers.smtpd.session.login_failed", login_failed)
+
+    class Busy:
+        async def step(self, response):
+            raise AuthUnavailable("34 credential checks already running or waiting")
+
+    backend = FakeBackend()
+    lines, _, _ = run(f"EHLO c\nAUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'wrong')}\nQUIT\n", backend)
+    assert codes(lines)[2] == "535" and reported == ["192.0.2.9"]
+    backend.sasl_server = lambda name: Busy()
+    lines, conn, _ = run(f"EHLO c\nAUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'secret')}\nQUIT\n", backend)
+    assert lines[-2:] == ["454 4.7.0 Temporary authentication failure, try again later", "221 2.0.0 Bye"]
+    assert conn.user is None and reported == ["192.0.2.9"]
+    assert any("PLAIN authentication unavailable: 34 credential checks" in line for line in conn.log.lines)
+
+
 def test_auth_disabled():
     lines, _, _ = run("EHLO c\nAUTH PLAIN\nQUIT\n", smtpd_sasl_auth_enable="no")
     assert not any(line.startswith("250-AUTH") for line in lines)
     assert "503 5.5.1 Error: authentication not enabled" in lines
+
+
+@pytest.mark.parametrize("peer_ip, tls, offered", [
+    ("192.0.2.9", False, False), ("192.0.2.9", True, True), ("127.0.0.1", False, True), ("::1", False, True),
+    ("::ffff:127.0.0.2", False, True),
+])
+def test_tls_auth_only_hides_and_refuses_auth_in_clear_text(peer_ip, tls, offered):
+    lines, conn, _ = run(f"EHLO c\nAUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'secret')}\nQUIT\n", peer_ip=peer_ip,
+                         tls=tls, smtpd_tls_auth_only="yes")
+    assert any(line.startswith("250-AUTH ") for line in lines) == offered
+    if offered:
+        assert codes(lines)[2] == "235" and conn.user == "bob"
+    else:
+        assert "538 5.7.11 Encryption required for requested authentication mechanism" in lines
+
+
+def test_tls_auth_only_exceptions_are_configurable():
+    lines, _, _ = run("EHLO c\nQUIT\n", peer_ip="127.0.0.1", smtpd_tls_auth_only="yes",
+                      smtpd_tls_auth_only_exceptions="")
+    assert not any(line.startswith("250-AUTH ") for line in lines)
+    lines, _, _ = run("EHLO c\nQUIT\n", peer_ip="192.0.2.9", smtpd_tls_auth_only="yes",
+                      smtpd_tls_auth_only_exceptions="192.0.2.0/24")
+    assert any(line.startswith("250-AUTH ") for line in lines)
 
 
 def test_received_header_names_tls_and_user():
@@ -567,6 +670,9 @@ def test_mail_arguments_accept_common_forms():
     assert parse_mail("FROM: <a@B.Example>").sender == "a@b.example"
     assert parse_mail("from:<@relay.example:a@b.example>").sender == "a@b.example"
     assert parse_mail('FROM:<"a b"@b.example>').sender == '"a b"@b.example'
+    assert parse_mail('FROM:<"a.b"@b.example>').sender == "a.b@b.example"          # needs no quotes
+    assert parse_rcpt('TO:<"d\\emo"@B.example>').address == "demo@b.example"
+    assert parse_rcpt('TO:<"a..b"@b.example>').address == '"a..b"@b.example'
     assert parse_rcpt("TO:<x@y.example> NOTIFY=NEVER").notify == ["NEVER"]
     with pytest.raises(ArgError):
         parse_rcpt("TO:<x@y.example> NOTIFY=NEVER,SUCCESS")
@@ -596,40 +702,45 @@ def test_dnsbl_query_names(ip, name):
 
 # ---------------------------------------------------------------------------- DATA reader vs a line model
 
-def reference_data(stream: bytes) -> tuple[bytes, bool, bytes]:
-    """The rules of workers/smtpd/data.py, one line at a time: (message, line too long, rest)."""
-    out, too_long, after_crlf, pos = [], False, True, 0
+def reference_data(stream: bytes, max_line: int) -> tuple[bytes, bytes]:
+    """The rules of workers/smtpd/data.py, one line at a time: (message, rest)."""
+    out, after_crlf, pos = [], True, 0
     while True:
         end = stream.index(b"\n", pos) + 1
         line, pos = stream[pos:end], end
         if after_crlf and line == b".\r\n":
-            return b"".join(out), too_long, stream[pos:]
-        too_long = too_long or len(line) > 1000
+            return b"".join(out), stream[pos:]
         after_crlf = line.endswith(b"\r\n")
-        line = line[1:] if line.startswith(b".") else line
-        out.append(line if after_crlf else line[:-1] + b"\r\n")
+        text = line[:-2] if after_crlf else line[:-1]
+        pieces = []
+        while len(text) > max_line + text.startswith(b"."):       # break, then go on with " " + rest
+            cut = max_line + text.startswith(b".")
+            pieces.append(text[:cut])
+            text = b" " + text[cut:]
+        pieces.append(text)
+        pieces[0] = pieces[0][1:] if pieces[0].startswith(b".") else pieces[0]
+        out.append(b"\r\n".join(pieces) + b"\r\n")
 
 
 TOKENS = [b"a", b".", b"\r", b"\n", b"\r\n", b".\r\n", b"\r\n.\r\n"[:3], b"x" * 333]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(TOKENS), max_size=40), st.sampled_from([16, 64, 128 * 1024]))
-def test_data_reader_matches_the_line_model(tokens, reader_limit):
+@given(st.lists(st.sampled_from(TOKENS), max_size=40), st.sampled_from([16, 64, 128 * 1024]),
+       st.sampled_from([2, 3, 50, 998]))
+def test_data_reader_matches_the_line_model(tokens, reader_limit, max_line):
     from workers.smtpd.data import read_message
     stream = b"".join(tokens) + b"\r\n.\r\nNEXT COMMAND\r\n"
-    expected, too_long, rest = reference_data(stream)
+    expected, rest = reference_data(stream, max_line)
 
     async def read():
         reader = asyncio.StreamReader(limit=reader_limit)
         reader.feed_data(stream)
         reader.feed_eof()
         stored = []
-        result = await read_message(reader, stored.append, 0, 5)
+        result = await read_message(reader, stored.append, 0, max_line, 5)
         return result, b"".join(stored), await reader.read()
 
     result, stored, left = asyncio.run(read())
     assert left == rest
-    assert result.line_too_long == too_long
-    if not too_long:
-        assert stored == expected and result.size == len(expected)
+    assert stored == expected and result.size == len(expected)

@@ -5,9 +5,11 @@ workers._auth.Authenticator (over store.users.UserDB) it has account(name),
 verify_password(name, pw), verify_apop(name, timestamp, digest), sasl_mechanisms() and
 sasl_server(name); it adds
     tls_available() -> bool          a usable certificate and key (workers._tls)
-    open_maildrop(user) -> Maildrop  the locked INBOX snapshot (MaildropBusy, StorageError)
-verify_password and Maildrop.measure block (scrypt, file scans): sessions run them in a
-thread; everything touching the index stays on the event loop thread that opened it.
+    open_maildrop(user, exclusive) -> Maildrop   the INBOX snapshot, its lock shared or
+                                     exclusive (MaildropBusy, StorageError)
+The password checks are awaited: the verifier (workers/_authpool.py) runs them in its
+threads. Maildrop.measure blocks (file scans): sessions run it in a thread; everything
+touching the index stays on the event loop thread that opened it.
 Diagnostics: errors of the user database or the store propagate to the session.
 """
 from __future__ import annotations
@@ -18,6 +20,8 @@ from store.mailstore import open_store
 from store.users import UserDB
 from workers import _tls
 from workers._auth import Authenticator
+from workers._authpool import LocalVerifier
+from workers._log import Log
 from workers.pop3d.maildrop import Maildrop
 
 LOCK_SUBDIR = "pop3"      # under run_directory: the maildrop locks and size caches
@@ -25,7 +29,8 @@ LOCK_SUBDIR = "pop3"      # under run_directory: the maildrop locks and size cac
 
 class Backend(Authenticator):
     def __init__(self, params):
-        super().__init__(UserDB.open(params), params.myhostname)
+        users = UserDB.open(params)
+        super().__init__(users, params.myhostname, LocalVerifier.from_params(params, users, Log("pop")))
         self.params = params
         self.store = open_store(params)
         self.lock_dir = os.path.join(params.run_directory, LOCK_SUBDIR)
@@ -33,5 +38,5 @@ class Backend(Authenticator):
     def tls_available(self) -> bool:
         return _tls.tls_available(self.params)
 
-    def open_maildrop(self, user: str) -> Maildrop:
-        return Maildrop.open(self.store, user, self.lock_dir)
+    def open_maildrop(self, user: str, exclusive: bool = False) -> Maildrop:
+        return Maildrop.open(self.store, user, self.lock_dir, exclusive)

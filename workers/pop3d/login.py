@@ -3,23 +3,33 @@
 pop3_auth_methods decides what is offered: CLEAR (USER/PASS), APOP, and SASL mechanisms
 (PLAIN, CRAM-MD5, SCRAM-SHA-256, ...), as far as the backend implements them. With
 imap_pop_tls_security_level=encrypt nothing authenticates before STLS: the commands answer
-`-ERR [AUTH]` and CAPA does not list them.
+`-ERR [AUTH]` and CAPA does not list them. With disable_plaintext_auth (the default, as in
+Dovecot) the same holds for the ways that send the password itself (USER/PASS and SASL
+PLAIN/LOGIN), except for clients in disable_plaintext_auth_exceptions (loopback); APOP,
+CRAM-MD5 and SCRAM never show the password and stay offered.
 Every way in ends in finish(): a wrong name or password gets the same `-ERR [AUTH]` after
 auth_failure_delay (no fast guessing, no telling which part was wrong); only a client that
 proved the password learns that the account is disabled or not allowed to use POP3; then
-the maildrop lock is taken (`-ERR [IN-USE]` while another session holds it).
-Diagnostics: pop.log lines `login: ...`, `login failed: ...`, `login refused: ...`.
+the maildrop is opened (`-ERR [IN-USE]` when pop3_lock_session makes the sessions exclude
+each other). The checks are awaited through the backend's verifier (workers/_authpool.py);
+when it cannot take one now the command answers `-ERR [SYS/TEMP]`, not counted as a failure.
+Diagnostics: pop.log lines `login: ...`, `login failed: ...`, `login refused: ...`,
+`login unavailable: ...`.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import re
+from typing import Awaitable, Callable
 
 from store.fsio import StorageError
-from workers._auth import decode_response
-from workers._limits import LineTooLong
+from workers._auth import decode_response, login_failed
+from workers._authpool import AuthUnavailable
+from workers._limits import LineTooLong, refusal_text
 from workers.pop3d.maildrop import MaildropBusy
+from workers.smtpd.relay import in_networks
 
 MAX_AUTH_FAILURES = 3          # then the connection is closed
 AUTH_LINE_MAX = 8 * 1024       # a SASL response line (base64)
@@ -27,6 +37,7 @@ AUTH_MAX_ROUNDS = 10
 APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 TLS_REQUIRED = "[AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first"
 FAILED = "[AUTH] Authentication failed"
+UNAVAILABLE = "[SYS/TEMP] Authentication is temporarily unavailable, try again later"
 
 
 # ---------------------------------------------------------------- what is offered
@@ -37,7 +48,19 @@ def methods(session) -> list[str]:
 
 def sasl_mechanisms(session) -> list[str]:
     supported = set(session.backend.sasl_mechanisms())
-    return [m for m in methods(session) if m in supported]
+    refused = plaintext_refused(session)
+    return [m for m in methods(session) if m in supported and not (refused and _sends_password(session, m))]
+
+
+def _sends_password(session, mechanism: str) -> bool:
+    return mechanism in session.backend.sasl_mechanisms() and session.backend.sasl_is_plaintext(mechanism)
+
+
+def plaintext_refused(session) -> bool:
+    """disable_plaintext_auth: no password in the clear before TLS, except from the networks
+    of disable_plaintext_auth_exceptions."""
+    return session.params.disable_plaintext_auth and not session.conn.tls \
+        and not in_networks(session.conn.peer_ip, session.params.disable_plaintext_auth_exceptions)
 
 
 def offers(session, method: str) -> bool:
@@ -57,7 +80,7 @@ async def capa(session, args: list[str]) -> None:
     lines = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"]
     if not session.logged_in:
         if not tls_required(session):
-            if offers(session, "CLEAR"):
+            if offers(session, "CLEAR") and not plaintext_refused(session):
                 lines.append("USER")
             if sasl_mechanisms(session):
                 lines.append("SASL " + " ".join(sasl_mechanisms(session)))
@@ -81,6 +104,22 @@ async def stls(session, args: list[str]) -> None:
 
 # ---------------------------------------------------------------- USER/PASS and APOP
 
+Handler = Callable[..., Awaitable[None]]
+
+
+def _temporary_failure_when_unavailable(handler: Handler) -> Handler:
+    """A login command whose check the verifier cannot take now (AuthUnavailable: too many
+    waiting) answers the temporary failure of RFC 3206; no failed login is counted."""
+    @functools.wraps(handler)
+    async def guarded(session, args: list[str]) -> None:
+        try:
+            await handler(session, args)
+        except AuthUnavailable as e:
+            session.log.info(f"login unavailable: ip={session.conn.peer_ip}: {e}")
+            await session.err(UNAVAILABLE)
+    return guarded
+
+
 async def user(session, args: list[str]) -> None:
     if not await _may_authenticate(session, "CLEAR", "USER"):
         return
@@ -88,6 +127,7 @@ async def user(session, args: list[str]) -> None:
     await session.ok("Send your password")
 
 
+@_temporary_failure_when_unavailable
 async def password(session, args: list[str]) -> None:
     if not await _may_authenticate(session, "CLEAR", "PASS"):
         return
@@ -96,24 +136,26 @@ async def password(session, args: list[str]) -> None:
         await session.bad_command("Send USER first")
         return
     session.pending_user = None
-    ok = await asyncio.to_thread(session.backend.verify_password, name, args[0])
-    await finish(session, name if ok else None, name, "USER")
+    user = await session.backend.verify_password(name, args[0])
+    await finish(session, user, name, "USER")
 
 
+@_temporary_failure_when_unavailable
 async def apop(session, args: list[str]) -> None:
     if not await _may_authenticate(session, "APOP", "APOP"):
         return
     name, digest = args
-    ok = bool(APOP_DIGEST.fullmatch(digest)) and session.backend.verify_apop(
-        name, session.apop_timestamp, digest.lower())
-    await finish(session, name if ok else None, name, "APOP")
+    user = None
+    if APOP_DIGEST.fullmatch(digest):
+        user = await session.backend.verify_apop(name, session.apop_timestamp, digest.lower())
+    await finish(session, user, name, "APOP")
 
 
 async def _may_authenticate(session, method: str, verb: str) -> bool:
     if not offers(session, method):
         await session.bad_command(f"[AUTH] {verb} is not enabled on this server")
         return False
-    if tls_required(session):
+    if tls_required(session) or (method == "CLEAR" and plaintext_refused(session)):
         await session.bad_command(TLS_REQUIRED)
         return False
     return True
@@ -121,6 +163,7 @@ async def _may_authenticate(session, method: str, verb: str) -> bool:
 
 # ---------------------------------------------------------------- AUTH (SASL)
 
+@_temporary_failure_when_unavailable
 async def auth(session, args: list[str]) -> None:
     if tls_required(session):
         await session.bad_command(TLS_REQUIRED)
@@ -131,6 +174,9 @@ async def auth(session, args: list[str]) -> None:
         await session.send("".join(f"{m}\r\n" for m in offered).encode() + b".\r\n")
         return
     mechanism = args[0].upper()
+    if mechanism in methods(session) and _sends_password(session, mechanism) and plaintext_refused(session):
+        await session.bad_command(TLS_REQUIRED)
+        return
     if mechanism not in offered:
         await session.bad_command("[AUTH] Unsupported authentication mechanism")
         return
@@ -140,7 +186,7 @@ async def auth(session, args: list[str]) -> None:
         await session.bad_command("Invalid base64 in initial response")
         return
     for _ in range(AUTH_MAX_ROUNDS):
-        step = await asyncio.to_thread(server.step, response)
+        step = await server.step(response)
         if step.failed or step.user is not None:
             ok_user = None if step.failed else step.user
             await finish(session, ok_user, step.user or "-", mechanism)
@@ -170,10 +216,16 @@ async def auth(session, args: list[str]) -> None:
 async def finish(session, user: str | None, tried: str, method: str) -> None:
     """user is the authenticated name, None when the credentials were wrong."""
     ip = session.conn.peer_ip
+    refusal = await session.conn.report_login(user is not None, user)   # waits the auth penalty
+    if refusal:
+        session.log.info(f"login refused: user={tried} method={method} ip={ip} reason={refusal}")
+        await session.err(f"[SYS/TEMP] {refusal_text(refusal, ip, session.params)}")
+        session.closing = True
+        return
     if user is None:
         session.auth_failures += 1
         session.log.info(f"login failed: user={tried} method={method} ip={ip} attempt={session.auth_failures}")
-        await asyncio.sleep(session.params.auth_failure_delay)
+        await login_failed(session.conn)
         await session.err(FAILED)
         if session.auth_failures >= MAX_AUTH_FAILURES:
             await session.err("Too many failed logins, closing the connection")
@@ -191,7 +243,7 @@ async def finish(session, user: str | None, tried: str, method: str) -> None:
         return
     user = account.name  # the canonical form of the name the client typed
     try:
-        maildrop = session.backend.open_maildrop(user)
+        maildrop = session.backend.open_maildrop(user, session.params.pop3_lock_session)
     except MaildropBusy:
         session.log.info(f"login refused: user={user} method={method} ip={ip} reason=in-use")
         await session.err("[IN-USE] The mailbox is in use by another POP3 session")

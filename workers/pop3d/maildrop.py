@@ -1,11 +1,15 @@
-"""The maildrop of one POP3 session: a locked snapshot of the user's INBOX.
+"""The maildrop of one POP3 session: a snapshot of the user's INBOX, locked as configured.
 
 The lock is an flock() on lock_dir/<user>.lock, apart from the mailbox directory's own lock,
-so deliveries and IMAP go on while a POP3 session holds the maildrop (new mail shows in the
-next session).
-    Maildrop.open(store, user, lock_dir)   lock + snapshot from the index (quick; on the
-                         event loop's thread, where the index's LMDB env lives);
-                         MaildropBusy when another POP3 session, in any process, holds it
+so deliveries and IMAP go on during a POP3 session (new mail shows in the next session).
+Sessions of one user share it by default (pop3_lock_session = no, as Dovecot): each works
+on its own snapshot, and a message that another session has expunged meanwhile is simply
+gone for this one (RETR answers an error, its DELE has nothing left to remove). A session
+of a service with pop3_lock_session = yes takes it exclusively: no other POP3 session of
+that user, with either setting, gets in while it lasts (RFC 1939's `-ERR [IN-USE]`).
+    Maildrop.open(store, user, lock_dir, exclusive)   lock + snapshot from the index (quick;
+                         on the event loop's thread, where the index's LMDB env lives);
+                         MaildropBusy when the two locks do not go together
     .measure()           the sizes (file reads, no index access: run it in a thread)
     .messages            the snapshot, numbered from 1 (Entry: number, uid, pop_size, path)
     .get(n)              the entry, None when out of range or marked deleted
@@ -15,9 +19,10 @@ next session).
     .commit()            the UPDATE state: expunge the marked messages; StorageError
                          (disk full, index error) leaves every message in place
     .release()           drops the lock (after commit, or on a dropped connection)
-Sizes are the octets RETR sends (workers.pop3d.wire). A message file never changes, so its
-size is computed once and kept in lock_dir/<user>.sizes (rewritten by the lock holder only;
-a lost or stale cache is recomputed).
+Sizes are workers.pop3d.wire.message_size (CRLF line ends, dots not stuffed). A message
+file never changes, so its size is computed once and kept in lock_dir/<user>.sizes
+(replaced whole by whichever session measured something new; a lost, stale or
+older-format cache is recomputed).
 Diagnostics: MaildropBusy, StorageError; a message file that vanished (IMAP expunged it
 meanwhile) is left out of the snapshot, or reported by open_message() as FileNotFoundError.
 """
@@ -25,16 +30,19 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from store import fsio
 from store.mailstore import INBOX, MailStore, encode_component, ranges_from_values
-from workers.pop3d.wire import wire_size
+from workers.pop3d.wire import message_size
+
+SIZES_FORMAT = "mailhouse-pop3-sizes 2\n"     # 2: dots not stuffed
 
 
 class MaildropBusy(Exception):
-    """Another POP3 session holds this user's maildrop."""
+    """Another POP3 session holds this user's maildrop in a way that excludes this one."""
 
 
 @dataclass
@@ -47,7 +55,8 @@ class Entry:
 
 
 class SizeCache:
-    """(uidvalidity, uid, stored size) -> wire size, persisted as one line per message."""
+    """(uidvalidity, uid, stored size) -> POP3 size, persisted as one line per message after
+    a format line (the sizes of an older format counted the stuffed dots)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -55,29 +64,32 @@ class SizeCache:
         self.changed = False
         try:
             with open(self.path, encoding="ascii") as f:
+                if f.readline() != SIZES_FORMAT:
+                    return
                 for line in f:
                     fields = line.split()
                     if len(fields) == 4 and all(x.isdigit() for x in fields):
-                        validity, uid, stored, wire = map(int, fields)
-                        self.sizes[(validity, uid, stored)] = wire
+                        validity, uid, stored, size = map(int, fields)
+                        self.sizes[(validity, uid, stored)] = size
         except (OSError, UnicodeDecodeError):
             self.sizes = {}
 
     def size_of(self, key: tuple[int, int, int], path: str) -> int:
         if key not in self.sizes:
             with open(path, "rb") as f:
-                self.sizes[key] = wire_size(f)
+                self.sizes[key] = message_size(f)
             self.changed = True
         return self.sizes[key]
 
     def save(self, keep: set[tuple[int, int, int]]) -> None:
-        """Write back the entries still in the mailbox; a failure only costs a rescan."""
+        """Write back the entries still in the mailbox; a failure only costs a rescan. The
+        temp file is this writer's own: two sessions of the user may save at the same time."""
         if not self.changed and keep == set(self.sizes):
             return
-        text = "".join(f"{v} {u} {s} {self.sizes[(v, u, s)]}\n" for v, u, s in sorted(keep))
-        temp = f"{self.path}.tmp"
+        text = SIZES_FORMAT + "".join(f"{v} {u} {s} {self.sizes[(v, u, s)]}\n" for v, u, s in sorted(keep))
+        temp = f"{self.path}.{secrets.token_hex(6)}.tmp"
         try:
-            with open(temp, "w", encoding="ascii") as f:
+            with open(temp, "x", encoding="ascii") as f:
                 f.write(text)
             os.replace(temp, self.path)
         except OSError:
@@ -99,13 +111,14 @@ class Maildrop:
         self.messages: list[Entry] = []
 
     @classmethod
-    def open(cls, store: MailStore, user: str, lock_dir: str) -> "Maildrop":
-        """Lock and snapshot (quick: one index read); measure() must follow before use."""
+    def open(cls, store: MailStore, user: str, lock_dir: str, exclusive: bool = False) -> "Maildrop":
+        """Lock (shared, or exclusive for pop3_lock_session) and snapshot (quick: one index
+        read); measure() must follow before use."""
         os.makedirs(lock_dir, mode=0o700, exist_ok=True)
         base = os.path.join(lock_dir, encode_component(user))
         fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise MaildropBusy(user) from None

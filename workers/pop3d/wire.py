@@ -5,8 +5,10 @@ it on the wire (without the terminating "." line): every line end becomes CRLF (
 hold LF or CRLF), a line that starts with "." gets one more, and a last line without a
 line end gets CRLF. The file is read in blocks, so a message of any size streams in
 bounded memory; a line longer than a block is passed on in pieces.
-wire_size(file) is the number of octets wire_chunks yields: the size LIST and STAT report
-is computed by the very code that RETR runs, so the two cannot disagree.
+message_size(file) is the size LIST, STAT and RETR's "+OK n octets" report: the octets of
+the message RETR sends, with CRLF line ends but without the stuffed dots and the final
+".\r\n" (RFC 1939 11, as Dovecot counts); it runs the very line-end code that RETR runs,
+so the two cannot disagree.
 top_chunks(chunks, lines) cuts such a stream after the header, the empty line and `lines`
 lines of the body (TOP).
 Diagnostics: none; I/O errors of the file propagate.
@@ -21,8 +23,7 @@ _LINE_END = re.compile(rb"\r?\n")
 _DOT_LINE = re.compile(rb"^\.", re.MULTILINE)
 
 
-def _to_wire(block: bytes, at_line_start: bool) -> bytes:
-    block = _LINE_END.sub(b"\r\n", block)
+def _stuff(block: bytes, at_line_start: bool) -> bytes:
     if at_line_start:
         return _DOT_LINE.sub(b"..", block)
     # The block continues a line cut in an earlier block: its first "." is not a line start.
@@ -32,7 +33,8 @@ def _to_wire(block: bytes, at_line_start: bool) -> bytes:
     return block[:rest] + _DOT_LINE.sub(b"..", block[rest:])
 
 
-def wire_chunks(file: BinaryIO) -> Iterator[bytes]:
+def _crlf_blocks(file: BinaryIO) -> Iterator[tuple[bytes, bool]]:
+    """(block with CRLF line ends, whether it starts at the start of a line)."""
     carry = b""
     at_line_start = True
     while data := file.read(CHUNK):
@@ -45,14 +47,19 @@ def wire_chunks(file: BinaryIO) -> Iterator[bytes]:
             # One very long line: pass a piece on, but never split a CR from its LF.
             cut = len(data) - 1 if data.endswith(b"\r") else len(data)
         block, carry = data[:cut], data[cut:]
-        yield _to_wire(block, at_line_start)
+        yield _LINE_END.sub(b"\r\n", block), at_line_start
         at_line_start = block.endswith(b"\n")
     if carry:
-        yield _to_wire(carry + b"\n", at_line_start)
+        yield _LINE_END.sub(b"\r\n", carry + b"\n"), at_line_start
 
 
-def wire_size(file: BinaryIO) -> int:
-    return sum(len(chunk) for chunk in wire_chunks(file))
+def wire_chunks(file: BinaryIO) -> Iterator[bytes]:
+    for block, at_line_start in _crlf_blocks(file):
+        yield _stuff(block, at_line_start)
+
+
+def message_size(file: BinaryIO) -> int:
+    return sum(len(block) for block, _ in _crlf_blocks(file))
 
 
 def top_chunks(chunks: Iterable[bytes], lines: int) -> Iterator[bytes]:

@@ -7,7 +7,8 @@ an unknown or malformed parameter (555 5.5.4 / 501 5.5.4).
 Supported parameters: SIZE (RFC 1870), BODY (RFC 6152), RET/ENVID (MAIL) and NOTIFY/ORCPT
 (RCPT) of DSN (RFC 3461, xtext-decoded), AUTH (RFC 4954, accepted and ignored).
 Limits follow RFC 5321 4.5.3.1: local part 64, domain 255, path 256 octets; addresses are
-ASCII (SMTPUTF8 is not offered).
+ASCII (SMTPUTF8 is not offered). A quoted local part that needs no quotes (`"bob"@x`) is
+returned plain (`bob@x`): it names the same mailbox.
 """
 from __future__ import annotations
 
@@ -85,14 +86,23 @@ def _split(arg: str, keyword: str, bad: R.Reply) -> tuple[str, dict[str, str]]:
     return address, params
 
 
+def plain_local_part(local: str) -> str:
+    """`"demo"` -> `demo`: a quoted string whose content is a dot-string is the same mailbox
+    (RFC 5321 4.1.2), so it is stored in the plain form; other quoted strings stay as they are."""
+    if not local.startswith('"'):
+        return local
+    content = re.sub(r"\\(.)", r"\1", local[1:-1])
+    return content if re.fullmatch(_DOT_STRING, content) else local
+
+
 def check_mailbox(address: str, bad: R.Reply) -> str:
-    """Validate local@domain; returns it with the domain lower-cased."""
+    """Validate local@domain; returns it with the domain lower-cased and the local part plain."""
     if not address.isascii():
         raise ArgError(bad)
     m = _MAILBOX.fullmatch(address)
     if not m or len(m.group("local")) > MAX_LOCAL or len(m.group("domain")) > MAX_DOMAIN:
         raise ArgError(bad)
-    return f"{m.group('local')}@{m.group('domain').rstrip('.').lower()}"
+    return f"{plain_local_part(m.group('local'))}@{m.group('domain').rstrip('.').lower()}"
 
 
 def parse_mail(arg: str) -> MailArgs:

@@ -6,7 +6,8 @@ Backend(params) is built once per worker process and shared by its sessions:
     disk_low() -> bool             the master's run/lowspace flag (master/diskwatch.py)
     tls_available() -> bool        a usable certificate and key (workers/_tls.py)
     directory                      StoreDirectory: user(name) -> relay.UserState | None, is_alias(name)
-    sasl_server(name)              a workers/_auth.py mechanism; may_send(user) -> bool
+    sasl_server(name)              a workers/_auth.py SaslServer (its checks run in the
+                                   verifier's threads); may_send(user) -> bool
                                    (the account exists and is enabled)
     await rbl_lookup(ip, zones) -> (Listing | None, [failure, ...])
 The unit tests give the session a fake with the same members instead.
@@ -24,7 +25,8 @@ from store.mailstore import open_store
 from store.queue import Queue, QueueWriter, wake_qmgr
 from store.users import UserDB
 from workers import _tls
-from workers._auth import Authenticator, Mechanism
+from workers._auth import Authenticator, SaslServer
+from workers._log import Log
 from workers.smtpd import rbl
 from workers.smtpd.relay import UserState
 
@@ -60,7 +62,7 @@ class Backend:
         self.queue = Queue.from_params(params)
         self.queue.ensure_layout()
         self.directory = StoreDirectory(params)
-        self.authenticator = Authenticator(self.directory.users, params.myhostname)
+        self.authenticator = Authenticator.from_params(params, Log("smtp"), self.directory.users)
         self._resolver = rbl.make_resolver(params.dns_resolver) if params.smtpd_rbl_servers else None
 
     def open_message(self) -> QueueWriter:
@@ -75,7 +77,7 @@ class Backend:
     def tls_available(self) -> bool:
         return _tls.tls_available(self.params)
 
-    def sasl_server(self, name: str) -> Mechanism:
+    def sasl_server(self, name: str) -> SaslServer:
         return self.authenticator.sasl_server(name)
 
     def may_send(self, user: str) -> bool:

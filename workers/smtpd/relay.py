@@ -4,6 +4,7 @@ Policy(params) holds what the decisions need from main.cf (mydestination, mynetw
 smtpd_relay_restrictions, smtpd_refused_hosts, luser_relay).
   policy.host_refused(ip)                 -> bool (smtpd_refused_hosts)
   policy.is_local(address)                -> bool (its domain is in mydestination)
+  policy.is_postmaster(address)           -> bool (postmaster of a local domain, RFC 5321 4.5.1)
   policy.relay_check(ip, authenticated, address) -> Reply | None (None = allowed)
   policy.recipient_check(address, directory, declared_size) -> Reply | None
 Mail for a local domain is always accepted by the relay check (the recipient check decides
@@ -65,6 +66,11 @@ class Policy:
     def is_local(self, address: str) -> bool:
         _, domain = split_address(address)
         return domain == "" or domain in self.local_domains
+
+    def is_postmaster(self, address: str) -> bool:
+        """`postmaster` or `postmaster@` a local domain, in any case (RFC 5321 4.5.1)."""
+        local, _ = split_address(address)
+        return local.lower() == "postmaster" and self.is_local(address)
 
     def relay_check(self, ip: str, authenticated: bool, address: str) -> R.Reply | None:
         if self.is_local(address):

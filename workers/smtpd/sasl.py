@@ -1,14 +1,17 @@
 """The SMTP side of AUTH (RFC 4954): base64 lines between the client and a SASL mechanism.
 
 AuthExchange(conn, backend, mechanism, timeout, max_line).run(initial) -> AuthOutcome.
-backend.sasl_server(mechanism) gives a server-side mechanism (workers/_auth.py) with
-    step(response: bytes | None) -> Step
+backend.sasl_server(mechanism) gives a workers._auth.SaslServer with
+    await step(response: bytes | None) -> Step
 where Step.challenge (bytes) asks for another round, Step.user names the authenticated
 user, and Step.failed ends the exchange (Step.user then holds the name that was tried, if
-any, and Step.reason why, for the log). `initial` is the optional initial response of the AUTH command (`=` means empty).
+any, and Step.reason why, for the log). The password checks behind step() run in the
+verifier's threads (workers/_authpool.py), never on the event loop. `initial` is the
+optional initial response of the AUTH command (`=` means empty).
 The outcome carries either the user or the reply to send: 535 5.7.8 for bad credentials,
-501 5.7.0 when the client cancels with `*`, 501 5.5.2 for bad base64, 500 5.5.2 for an
-overlong line. The session sends that reply (and waits auth_failure_delay after 535).
+454 4.7.0 when the verifier cannot take the check now (AuthUnavailable), 501 5.7.0 when the
+client cancels with `*`, 501 5.5.2 for bad base64, 500 5.5.2 for an overlong line. The
+session sends that reply (after 535 only, it reports the failed login: workers._auth.login_failed).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import base64
 from dataclasses import dataclass
 
 from workers._auth import decode_response
+from workers._authpool import AuthUnavailable
 from workers._limits import LineTooLong
 from workers.smtpd import replies as R
 
@@ -44,7 +48,10 @@ class AuthExchange:
             if response is None:
                 return AuthOutcome(reply=R.AUTH_BAD_ENCODING)
         for _ in range(MAX_ROUNDS):
-            step = self.mechanism.step(response)
+            try:
+                step = await self.mechanism.step(response)
+            except AuthUnavailable as e:
+                return AuthOutcome(reply=R.AUTH_UNAVAILABLE, reason=str(e))
             if step.failed:
                 return AuthOutcome(reply=R.AUTH_FAILED, attempted_user=step.user, reason=step.reason)
             if step.user is not None:

@@ -14,6 +14,11 @@ line lengths (512 octets, 12288 for AUTH, RFC 4954 4), `smtpd_tls_security_level
 (smtpd_hard_error_limit -> 421) and the idle time (smtpd_timeout -> 421). When the master
 stops (conn.draining), a session waiting for a command gets `421 4.3.2 Service shutting
 down` at once; a message being received is finished (and acknowledged) first.
+Before the greeting a client outside mynetworks gets smtpd_pregreet_delay of silence; one
+that talks into it gets `554 5.5.1` and is dropped. AUTH is neither offered nor accepted
+(538 5.7.11) before TLS under smtpd_tls_auth_only, except from its exempt networks.
+Recipients past smtpd_recipient_limit get 452 4.5.3 without costing errors until
+smtpd_recipient_overshoot_limit; postmaster of a local domain is always accepted.
 
 Diagnostics (smtp.log): connect/disconnect with command counts at level high; rejected
 commands, authentications and every accepted message (`QUEUEID: from=<a>, size=N, nrcpt=K`)
@@ -28,8 +33,8 @@ from dataclasses import dataclass, field
 
 from store.fsio import StorageError
 from store.queue import Envelope, Recipient
-from workers._auth import offered_mechanisms
-from workers._limits import ErrorBudget, LineTooLong
+from workers._auth import login_failed, offered_mechanisms
+from workers._limits import ErrorBudget, LineTooLong, refusal_text
 from workers.smtpd import replies as R
 from workers.smtpd.address import ArgError, MailArgs, parse_mail, parse_rcpt
 from workers.smtpd.data import read_message
@@ -40,6 +45,7 @@ from workers.smtpd.sasl import AuthExchange, AuthOutcome
 MAX_COMMAND = 512                 # RFC 5321 4.5.3.1.4, CRLF included
 MAX_AUTH_LINE = 12288             # RFC 4954 4
 MAX_HELO = 255
+PREGREET_SAMPLE = 64              # octets of early talk read (and logged) before closing
 
 
 class State(enum.Enum):
@@ -93,6 +99,7 @@ class Transaction:
     mail: MailArgs
     recipients: list[Recipient] = field(default_factory=list)
     refused: int = 0                  # RCPTs answered with an error (for DATA's reply)
+    overshoot: int = 0                # RCPTs past smtpd_recipient_limit
 
 
 class Session:
@@ -139,7 +146,28 @@ class Session:
         zones = self.params.smtpd_rbl_servers
         if zones:
             self.rbl_task = asyncio.ensure_future(self.backend.rbl_lookup(self.conn.peer_ip, zones))
+        if await self.spoke_too_early():
+            return False
         await self.conn.send_line(f"220 {self.params.smtpd_banner}".encode())
+        return True
+
+    async def spoke_too_early(self) -> bool:
+        """postscreen's pregreet test: wait smtpd_pregreet_delay before the greeting; a real
+        SMTP client waits for it, many spam senders talk at once. Not in wrapper mode (the
+        handshake came first) nor for mynetworks clients. True: the session is over."""
+        delay = self.params.smtpd_pregreet_delay
+        if not delay or self.conn.tls or in_networks(self.conn.peer_ip, self.params.mynetworks):
+            return False
+        try:
+            async with asyncio.timeout(delay):
+                early = await self.conn.reader.read(PREGREET_SAMPLE)
+        except TimeoutError:
+            return False
+        if not early:
+            self.log.debug(f"lost connection before the greeting from {self.client}")
+            return True
+        self.log.info(f"reject: PREGREET {len(early)} from {self.client}: {early!r}")
+        await self.reply(R.PREGREET)
         return True
 
     async def serve(self) -> None:
@@ -175,12 +203,12 @@ class Session:
         else:
             await getattr(self, command.handler)(arg.strip())
 
-    async def reply(self, reply: R.Reply) -> None:
-        """Send a reply; errors count against smtpd_hard_error_limit; 421 ends the session."""
+    async def reply(self, reply: R.Reply, charge: bool = True) -> None:
+        """Send a reply; a charged error counts against smtpd_hard_error_limit; 421 ends the session."""
         await self.conn.send_line(bytes(reply))
         if reply.closes:
             raise Close
-        if reply.is_error and self.errors.charge():
+        if reply.is_error and charge and self.errors.charge():
             self.log.info(f"too many errors from {self.client}")
             await self.conn.send_line(bytes(R.TOO_MANY_ERRORS))
             raise Close
@@ -228,11 +256,16 @@ class Session:
                 and self.backend.tls_available())
 
     def auth_mechanisms(self) -> list[str]:
-        """The mechanisms offered now: none before TLS under `encrypt`."""
-        if not self.params.smtpd_sasl_auth_enable:
+        """The mechanisms offered now: none before TLS under `encrypt` or smtpd_tls_auth_only."""
+        if not self.params.smtpd_sasl_auth_enable or self.auth_needs_tls():
             return []
         return offered_mechanisms(self.params.smtpd_sasl_mechanisms, self.conn.tls,
                                   self.params.smtpd_tls_security_level)
+
+    def auth_needs_tls(self) -> bool:
+        """smtpd_tls_auth_only: no AUTH in clear text, except from smtpd_tls_auth_only_exceptions."""
+        return (self.params.smtpd_tls_auth_only and not self.conn.tls
+                and not in_networks(self.conn.peer_ip, self.params.smtpd_tls_auth_only_exceptions))
 
     async def starttls(self, arg: str) -> None:
         if arg:
@@ -256,6 +289,9 @@ class Session:
         if not self.params.smtpd_sasl_auth_enable:
             await self.reply(R.AUTH_NOT_ENABLED)
             return
+        if self.auth_needs_tls():
+            await self.reply(R.ENCRYPTION_REQUIRED)
+            return
         if self.user is not None:
             await self.reply(R.ALREADY_AUTHENTICATED)
             return
@@ -271,6 +307,12 @@ class Session:
         outcome = await exchange.run(initial.strip() or None)
         if outcome.user and not self.backend.may_send(outcome.user):
             outcome = AuthOutcome(reply=R.AUTH_FAILED, attempted_user=outcome.user, reason="account disabled")
+        if outcome.user or outcome.reply == R.AUTH_FAILED:
+            refusal = await self.conn.report_login(outcome.user is not None)   # waits the auth penalty
+            if refusal:
+                self.log.info(f"warning: {self.client}: {mechanism} authentication refused: over {refusal}")
+                await self.reply(R.AUTH_UNAVAILABLE.with_text(refusal_text(refusal, self.conn.peer_ip, self.params)))
+                return
         if outcome.user:
             self.user = outcome.user
             self.conn.set_user(outcome.user)
@@ -281,7 +323,9 @@ class Session:
             self.log.info(f"warning: {self.client}: {mechanism} authentication failed"
                           + (f" for {outcome.attempted_user}" if outcome.attempted_user else "")
                           + (f": {outcome.reason}" if outcome.reason else ""))
-            await asyncio.sleep(self.params.auth_failure_delay)
+            await login_failed(self.conn)
+        elif outcome.reply == R.AUTH_UNAVAILABLE:
+            self.log.info(f"warning: {self.client}: {mechanism} authentication unavailable: {outcome.reason}")
         await self.reply(outcome.reply)
 
     # ------------------------------------------------------------------ the transaction
@@ -310,18 +354,33 @@ class Session:
             txn.refused += 1
             await self.reply(e.reply)
             return
+        details = f"from=<{txn.mail.sender}> to=<{args.address}>"
+        if len(txn.recipients) >= self.params.smtpd_recipient_limit:
+            await self.too_many_recipients(txn, details)
+            return
         refusal = await self.check_recipient(args.address, txn)
         if refusal:
             txn.refused += 1
-            await self.reject(refusal, "RCPT", f"from=<{txn.mail.sender}> to=<{args.address}>")
+            await self.reject(refusal, "RCPT", details)
             return
         txn.recipients.append(Recipient(args.address, args.notify or None, args.orcpt))
         self.state = State.RCPT
         await self.reply(R.RCPT_OK)
 
+    async def too_many_recipients(self, txn: Transaction, details: str) -> None:
+        """452 past smtpd_recipient_limit. A well-behaved client sends those recipients again in
+        the next transaction, so (as in Postfix) they count as errors only past
+        smtpd_recipient_overshoot_limit; the recipients accepted so far stay valid."""
+        txn.refused += 1
+        txn.overshoot += 1
+        if txn.overshoot == 1:
+            self.log.info(f"NOQUEUE: reject: RCPT from {self.client}: {R.TOO_MANY_RECIPIENTS}; {details}")
+        overshoot_limit = self.params.smtpd_recipient_overshoot_limit
+        await self.reply(R.TOO_MANY_RECIPIENTS, charge=txn.overshoot > overshoot_limit)
+
     async def check_recipient(self, address: str, txn: Transaction) -> R.Reply | None:
-        if len(txn.recipients) >= self.params.smtpd_recipient_limit:
-            return R.TOO_MANY_RECIPIENTS
+        if self.policy.is_postmaster(address):
+            return None                  # RFC 5321 4.5.1: always accepted, blocklisted client or not
         listing = await self.rbl_listing()
         if listing:
             return listing
@@ -377,14 +436,11 @@ class Session:
     async def receive(self, writer, txn: Transaction) -> None:
         """Read the message into writer; 250 only after commit() made it durable."""
         result = await read_message(self.conn.reader, writer.write, self.params.message_size_limit,
-                                    self.params.smtpd_timeout,
+                                    self.params.line_length_limit, self.params.smtpd_timeout,
                                     head=self.received_header([r.address for r in txn.recipients]))
         details = f"from=<{txn.mail.sender}> nrcpt={len(txn.recipients)}"
         if result.too_big:
             await self.reject(R.MESSAGE_TOO_BIG, "DATA", details)
-            return
-        if result.line_too_long:
-            await self.reject(R.DATA_LINE_TOO_LONG, "DATA", details)
             return
         if result.storage_error:
             self.log.error(f"{self.client}: cannot spool a message: {result.storage_error}")

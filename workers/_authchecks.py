@@ -1,0 +1,110 @@
+"""The credential questions of a login, and how they are answered from the user database.
+
+A mechanism of workers/_auth.py never reads a password form itself: where it needs one
+it hands the protocol a check, plain data, and resumes with the answer. The verifier
+(workers/_authpool.py) runs check.answer(users) in one of its threads; an auth service
+(a process owning the user database) could run the same function on checks received
+over a socket. Answers never say why a check failed, and an unknown user costs the same
+work as a wrong password (a decoy scrypt verifier, a decoy SCRAM salt that does not change).
+
+    PasswordCheck(login, password)                 -> Verdict   scrypt (PLAIN, LOGIN, USER/PASS)
+    CramCheck(login, challenge, digest)            -> Verdict   CRAM-MD5, digest = raw 16 bytes
+    ApopCheck(login, timestamp, hexdigest)         -> Verdict
+    ScramLookup(login)                             -> ScramParams (salt, iterations)
+    ScramProof(login, salt, iterations, auth_message, proof) -> Verdict with the ServerSignature
+Verdict.user is the canonical user name (store/users.py UserDB.canonical) when the
+credentials are right, None otherwise.
+Diagnostics: lmdb.Error when the user database cannot be read (the verifier turns it into a
+temporary failure); a malformed stored form counts as a wrong password.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from store.passwords import ScramKeys
+from store.users import UserDB
+
+
+@dataclass(frozen=True)
+class Verdict:
+    user: str | None                               # canonical name; None = wrong credentials
+    server_signature: bytes = field(default=b"", repr=False)   # SCRAM's server-final proof
+
+
+@dataclass(frozen=True)
+class ScramParams:
+    salt: bytes
+    iterations: int
+
+
+@dataclass(frozen=True)
+class PasswordCheck:
+    login: str
+    password: str = field(repr=False)
+
+    def answer(self, users: UserDB) -> Verdict:
+        user = users.canonical(self.login)
+        matched = users.verify_password(self.login, self.password)    # as slow for unknown users
+        return Verdict(user if matched else None)
+
+
+@dataclass(frozen=True)
+class CramCheck:
+    login: str
+    challenge: bytes
+    digest: bytes = field(repr=False)
+
+    def answer(self, users: UserDB) -> Verdict:
+        matched = users.cram_md5(self.login, self.challenge, self.digest)
+        return Verdict(users.canonical(self.login) if matched else None)
+
+
+@dataclass(frozen=True)
+class ApopCheck:
+    login: str
+    timestamp: str
+    hexdigest: str = field(repr=False)
+
+    def answer(self, users: UserDB) -> Verdict:
+        secret = users.apop_secret(self.login)
+        candidate = secret if secret is not None else secrets.token_hex(16)
+        expected = hashlib.md5((self.timestamp + candidate).encode("utf-8")).hexdigest()
+        matched = hmac.compare_digest(expected, self.hexdigest.lower()) and secret is not None
+        return Verdict(users.canonical(self.login) if matched else None)
+
+
+@dataclass(frozen=True)
+class ScramLookup:
+    login: str
+
+    def answer(self, users: UserDB) -> ScramParams:
+        keys = users.scram_keys(self.login) or users.decoy_scram_keys(self.login)
+        return ScramParams(keys.salt, keys.iterations)
+
+
+@dataclass(frozen=True)
+class ScramProof:
+    """The client-final proof over the salt and iterations that ScramLookup gave out."""
+    login: str
+    salt: bytes
+    iterations: int
+    auth_message: bytes
+    proof: bytes = field(repr=False)
+
+    def answer(self, users: UserDB) -> Verdict:
+        keys = users.scram_keys(self.login)
+        if keys is None or (keys.salt, keys.iterations) != (self.salt, self.iterations):
+            # Unknown user, or the password changed during the exchange: keys no proof matches.
+            keys = ScramKeys(self.salt, self.iterations, os.urandom(32), os.urandom(32))
+        signature = hmac.new(keys.stored_key, self.auth_message, hashlib.sha256).digest()
+        if len(self.proof) != len(signature):
+            return Verdict(None)
+        client_key = bytes(a ^ b for a, b in zip(self.proof, signature))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), keys.stored_key):
+            return Verdict(None)
+        server_signature = hmac.new(keys.server_key, self.auth_message, hashlib.sha256).digest()
+        return Verdict(users.canonical(self.login), server_signature)
