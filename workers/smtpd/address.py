@@ -30,7 +30,9 @@ _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
 _MAILBOX = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})")
 _SOURCE_ROUTE = re.compile(r"^@[^:]+:")          # <@a,@b:user@c>: ignored (RFC 5321 4.1.2)
-_PATH = re.compile(r"^(?P<keyword>FROM|TO):\s*(?P<path><[^<>]*>|[^\s<>]+)(?P<params>(?:\s.*)?)$", re.I)
+# <...>: a quoted string inside may hold '<' and '>' (each '"' opens one, so no backtracking)
+_PATH = re.compile(r'^(?P<keyword>FROM|TO):[ \t]*(?P<path><(?:[^<>"]|"(?:[^"\\]|\\.)*")*>|[^\s<>]+)'
+                   r"(?P<params>(?:[ \t].*)?)$", re.I)
 _XTEXT = re.compile(r"^(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*$")
 NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
 
@@ -77,7 +79,9 @@ def _split(arg: str, keyword: str, bad: R.Reply) -> tuple[str, dict[str, str]]:
     if len(address) > MAX_PATH:
         raise ArgError(bad)
     params: dict[str, str] = {}
-    for word in m.group("params").split():
+    for word in re.split(r"[ \t]+", m.group("params")):      # SP (and tab); no other white space
+        if not word:
+            continue
         name, _, value = word.partition("=")
         name = name.upper()
         if not re.fullmatch(r"[A-Z0-9][A-Z0-9-]*", name) or name in params or len(value) > MAX_PARAM_VALUE:
