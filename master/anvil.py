@@ -37,14 +37,8 @@ import time
 from collections import Counter, OrderedDict
 from typing import Callable
 
-from master.params import Params
-from workers.smtpd.relay import in_networks
-
-MAXPROC = "maxproc"
-COUNT_LIMIT = "smtpd_client_connection_count_limit"
-RATE_LIMIT = "smtpd_client_connection_rate_limit"
-AUTH_RATE_LIMIT = "smtpd_client_auth_rate_limit"
-USERIP_LIMIT = "mail_max_userip_connections"
+from master.params import Params, in_networks
+from master.proto import AUTH_RATE_LIMIT, USERIP_LIMIT
 
 PENALTY_FIRST = 1.0            # seconds after the first failure; doubles with each one
 PENALTY_MAX = 15.0

@@ -3,15 +3,15 @@
 DiskGuard(params, log_callback) lives in the master. .sample() is cheap enough to call every
 loop turn: at most every SAMPLE_INTERVAL seconds it statvfs()es the queue, store, index and
 log directories (each filesystem once); when the space available to unprivileged users on
-any of them is below `disk_min_free` it creates `run_directory/lowspace` atomically
-(written under a temporary name, then renamed), and removes it when every one is back
-above. .reconfigure(params) takes a reloaded disk_min_free and samples at the next turn.
+any of them is below `disk_min_free` it creates the flag of master/proto.py,
+`run_directory/lowspace`, atomically (master/rundir.create_file), and removes it when every
+one is back above. .reconfigure(params) takes a reloaded disk_min_free and samples at the next turn.
 log_callback(level_code, text) receives one line per transition (level "E", so both ends
 are seen even at log_level=low); the master sends it to server.log.
 
-is_low(params) -> bool is what smtpd (MAIL FROM: 452 4.3.1), APPEND and COPY ask: one stat()
-of the flag. ENOSPC at write time is handled by the writers anyway; the flag only lets them
-refuse early and politely.
+proto.is_low(params) -> bool is what smtpd (MAIL FROM: 452 4.3.1), qmgr, APPEND and COPY
+ask: one stat() of the flag. ENOSPC at write time is handled by the writers anyway; the flag
+only lets them refuse early and politely.
 Diagnostics: a directory that cannot be examined is measured at its nearest existing parent;
 a flag that cannot be written or removed is logged once per transition.
 """
@@ -24,18 +24,9 @@ from typing import Callable
 
 from master import rundir
 from master.params import Params
+from master.proto import lowspace_path
 
-FLAG_NAME = "lowspace"
 SAMPLE_INTERVAL = 2.0     # seconds between two statvfs rounds
-
-
-def flag_path(params: Params) -> str:
-    return os.path.join(params.run_directory, FLAG_NAME)
-
-
-def is_low(params: Params) -> bool:
-    """True while the master says a data directory is below disk_min_free."""
-    return os.path.exists(flag_path(params))
 
 
 def free_bytes(path: str) -> int:
@@ -68,7 +59,7 @@ class DiskGuard:
 
     def reconfigure(self, params: Params) -> None:
         self.minimum = params.disk_min_free
-        self.flag = flag_path(params)
+        self.flag = lowspace_path(params)
         self.directories = sorted({params.queue_directory, params.mail_store_directory,
                                    params.index_directory, params.log_directory})
         self.next_sample = 0.0

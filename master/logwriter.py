@@ -2,7 +2,7 @@
 
 LogWriter(params)
     .worker_line(service, pid, line)   a line from a worker's stderr pipe, `E|M|H <log> <text>`
-                                       (workers/_log.py); anything else (a traceback) is
+                                       (master/proto.py); anything else (a traceback) is
                                        written to server.log as an error
     .log(logname, level_code, tag, text)   the master's own lines, tag like `master[123]`
     .maybe_rotate()                    cheap; call every loop turn
@@ -37,14 +37,13 @@ import threading
 import time
 
 from master.params import Params
-from workers._log import LOG_NAMES
+from master.proto import LOG_NAMES, parse_log_line
 
 LEVELS_KEPT = {"low": "E", "medium": "EM", "high": "EMH"}
 MAX_TEXT = 8192                      # characters of one line's text; the rest is cut
 SWEEP_INTERVAL = 3600.0              # seconds between archive sweeps without a rotation
 REOPEN_CHECK_INTERVAL = 5.0          # seconds between checks that NAME.log is still our file
 ARCHIVE_RE = re.compile(r"^(?P<log>%s)\.log\.\d{8}-\d{6}(?P<gz>\.gz)?$" % "|".join(LOG_NAMES))
-_WORKER_LINE = re.compile(rb"^([EMH]) (%s) (.*)$" % "|".join(LOG_NAMES).encode(), re.S)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")     # C0 and C1 controls (CSI is \x9b)
 
 
@@ -215,13 +214,13 @@ class LogWriter:
 
     # -- writing
     def worker_line(self, service_name: str, pid: int, line: bytes) -> None:
-        line = line.rstrip(b"\r\n")
-        m = _WORKER_LINE.match(line)
+        parsed = parse_log_line(line)
         tag = f"{service_name}[{pid}]"
-        if m is None:
-            self.log("server", "E", tag, line.decode("utf-8", "replace"))
+        if parsed is None:
+            self.log("server", "E", tag, line.rstrip(b"\r\n").decode("utf-8", "replace"))
         else:
-            self.log(m.group(2).decode(), m.group(1).decode(), tag, m.group(3).decode("utf-8", "replace"))
+            code, logname, text = parsed
+            self.log(logname, code, tag, text)
 
     def log(self, logname: str, level_code: str, tag: str, text: str) -> None:
         if level_code not in self.kept:

@@ -6,10 +6,12 @@ service (BindError names the master.cf line); Arbiter(config, bound).run(on_star
 serves until stopped and returns the exit code.
 
 Per turn: dispatch ready selector keys (accept, worker control messages, worker stderr,
-signals, status requests), reap dead children, then keep every service in shape: at least
-one worker per inet service, `maxproc` processes per unix service, recycling (max_use
-connections handed over, max_idle seconds without sessions: drain, replace), wake-ups of
-unix services, and finally the disk guard and log rotation.
+signals, status requests), reap dead children, abort workers silent past
+worker_hang_timeout (spawn.check_alive), then keep every service in shape: at least
+one worker per inet service, `maxproc` processes per unix service, recycling (each
+worker's own max_use draw of connections handed over, max_idle seconds without sessions:
+drain, replace), wake-ups of unix services, and finally the disk guard and log rotation.
+The messages on the control sockets are those of master/proto.py.
 
 Connection limit: a service's open sessions are counted here, across all its workers;
 connection maxproc+1 waits up to LIMIT_GRACE for a session to end, then is handed over
@@ -37,12 +39,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from master import listeners, sdnotify, spawn
-from master.anvil import COUNT_LIMIT, MAXPROC, RATE_LIMIT, Anvil, RefusalLog
+from master import listeners, proto, sdnotify, spawn
+from master.anvil import Anvil, RefusalLog
 from master.cf import ServiceSpec, parse_master_cf
 from master.diskwatch import DiskGuard
 from master.logwriter import LogWriter
 from master.params import ConfigError, Params, load_main_cf
+from master.proto import COUNT_LIMIT, MAXPROC, RATE_LIMIT
 from master.sig import SignalPipe
 from master.spawn import Service, Worker
 from master.status import StatusServer, socket_path
@@ -164,6 +167,7 @@ class Arbiter:
             key.data()
         self.reap()
         now = time.monotonic()
+        self.check_alive(now)
         if not self.stopping:
             for svc in list(self.services.values()):
                 self.maintain(svc, now)
@@ -308,8 +312,8 @@ class Arbiter:
         svc.open += 1
         svc.served += 1
         self.anvil.opened(svc.name, ip)
-        if svc.params.max_use and worker.handed >= svc.params.max_use:
-            self.retire(worker, f"served max_use={svc.params.max_use} connections")
+        if worker.max_use and worker.handed >= worker.max_use:
+            self.retire(worker, f"served its {worker.max_use} connections (max_use={svc.params.max_use})")
 
     def _stressed(self, svc: Service) -> bool:
         """Postfix's stress mode: once a session makes the service 3/4 full, new sessions get
@@ -354,13 +358,13 @@ class Arbiter:
         if worker.draining:
             return
         worker.draining = True
-        spawn.send_op(worker, {"op": "drain"})
+        spawn.send_op(worker, proto.drain())
         self.log("H", f"service {worker.service.name}: worker {worker.pid} retires: {reason}")
 
     def tell_stopping(self, worker: Worker) -> None:
         """Like retire, and the worker tells its idle sessions to end (graceful stop)."""
         worker.draining = True
-        spawn.send_op(worker, {"op": "drain", "stop": True})
+        spawn.send_op(worker, proto.drain(stop=True))
 
     def on_control(self, worker: Worker) -> None:
         messages = spawn.read_messages(worker)
@@ -374,19 +378,21 @@ class Arbiter:
     def on_message(self, worker: Worker, message: dict) -> None:
         svc = worker.service
         op = message.get("op")
-        if op == "ready":
+        if op == proto.OP_ALIVE:
+            pass                                # read_messages noted the sign of life
+        elif op == proto.OP_READY:
             worker.ready = True
             worker.protocol = str(message.get("protocol") or "")[:32]
-        elif op == "closed":
+        elif op == proto.OP_CLOSED:
             conn = self.conns.get(message.get("conn"))
             if conn is not None and conn.pid == worker.pid:      # a worker speaks for its own only
                 self._forget_conn(message.get("conn"))
-        elif op == "session":
+        elif op == proto.OP_SESSION:
             conn = self.conns.get(message.get("conn"))
             if conn is not None and conn.pid == worker.pid:
                 conn.user = str(message.get("user"))[:256]
                 conn.protocol = str(message.get("protocol") or conn.protocol)[:32]
-        elif op == "login":
+        elif op == proto.OP_LOGIN:
             conn = self.conns.get(message.get("conn"))
             if conn is not None and conn.pid == worker.pid:
                 self._login(worker, message["conn"], conn, bool(message.get("ok")),
@@ -405,7 +411,7 @@ class Arbiter:
             self.refusals.note(conn.service.name, refusal, conn.ip, what="logins")
         elif ok and user is not None:
             conn.user = user            # counted for the next login at once, before its session report
-        spawn.send_op(worker, {"op": "login", "conn": conn_id, "delay": delay, "refuse": refusal or ""})
+        spawn.send_op(worker, proto.login_answer(conn_id, delay, refusal or ""))
 
     def _forget_conn(self, conn_id) -> None:
         conn = self.conns.pop(conn_id, None)
@@ -471,6 +477,11 @@ class Arbiter:
                       f"throttling the service for {delay:.0f} s")
 
     # ------------------------------------------------------------------ upkeep
+    def check_alive(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if done := spawn.check_alive(worker, now):
+                self.log("E", done)
+
     def maintain(self, svc: Service, now: float) -> None:
         if svc.throttle_delay and any(w.proven(now) for w in svc.active_workers()):
             svc.unthrottle()
@@ -499,7 +510,7 @@ class Arbiter:
             if svc.next_wakeup:
                 for worker in svc.active_workers():
                     if worker.ready:
-                        spawn.send_op(worker, {"op": "wakeup"})
+                        spawn.send_op(worker, proto.wakeup())
             svc.next_wakeup = now + svc.spec.wakeup
 
     # ------------------------------------------------------------------ reload

@@ -4,6 +4,7 @@ PARAMS is the single source of truth for every key: name, type, default and boun
 load_main_cf(path) reads `key = value` lines (`#` comments, continuation lines that start
 with whitespace), expands `$name` / `${name}`, converts and validates every value and
 returns a Params. Params.override({...}) applies a service's `-o key=value` options.
+in_networks(ip, networks) matches an address against a parsed CIDR list (mynetworks, ...).
 Relative directories are made absolute against the folder of main.cf.
 Diagnostics: ConfigError("file:line: reason") for an unknown key, a bad value or a loop
 in `$name` expansion; the caller decides whether that is fatal (start) or ignored (reload).
@@ -68,6 +69,17 @@ def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Netw
         except ValueError:
             raise ValueError(f"bad network {item!r} (use CIDR, e.g. 192.0.2.0/24 or [2001:db8::]/32)") from None
     return nets
+
+
+def in_networks(ip: str, networks) -> bool:
+    """Is the address ip (text, as a socket reports it) in one of the parsed networks?"""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped                 # ::ffff:127.0.0.2 from a dual-stack socket
+    return any(addr.version == net.version and addr in net for net in networks)
 
 
 def parse_hostport(text: str) -> tuple[str, int] | None:
@@ -220,6 +232,7 @@ PARAMS: tuple[Param, ...] = (
     Param("max_use", _int, "100", 0, 1_000_000),
     Param("max_idle", parse_duration, "100s", 0, 86400),
     Param("graceful_timeout", parse_duration, "30s", 0, 3600),
+    Param("worker_hang_timeout", parse_duration, "60s", 0, 3600),
     Param("worker_client_limit", _int, "100", 1, 10_000),
     Param("stress_timeout", parse_duration, "10s", 0, 3600),
     # per-client limits, kept by the master for all workers (master/anvil.py)

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 
 from master.params import Params
-from master.rundir import POP3_LOCKS
+from master.proto import POP3_LOCKS
 from store.aliases import map_path
 from store.queue import QUEUES, Queue
 from store.users import UserDB

@@ -4,7 +4,7 @@ run_directory holds the pid file, the status socket and the low-space flag. When
 runs as root it keeps the directory root's (0755: workers may read the flag, nobody else
 may create anything), as Postfix keeps its pid file in a root-owned place: a compromised
 worker cannot plant a link that root would then write through. Only the subdirectory of
-pop3d's maildrop locks (POP3_LOCKS) belongs to mail_owner. Every file the master creates
+pop3d's maildrop locks (proto.POP3_LOCKS) belongs to mail_owner. Every file the master creates
 here is made with O_EXCL|O_NOFOLLOW and renamed into place (rename replaces a link, never
 follows it), and a pid read back is signalled only when that process is a master of this
 very configuration.
@@ -22,9 +22,9 @@ import stat
 
 from master.cf import resolve_config_path
 from master.params import Params
+from master.proto import POP3_LOCKS
 
 PID_MAX_BYTES = 32
-POP3_LOCKS = "pop3"             # run_directory/pop3: pop3d's maildrop locks (mail_owner's)
 
 
 class NotOurMaster(Exception):

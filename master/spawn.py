@@ -5,13 +5,20 @@ Service(spec, params) is one master.cf line at run time: its listener, its worke
 its end of the control socketpair, its stderr pipe, the sessions it holds, its state.
 
 spawn(svc) forks and execs `python -m <module> <args>` (subprocess with pass_fds, so the
-child is a fresh interpreter: no LMDB handle, no master state) with the control socket in
-MAILHOUSE_CONTROL_FD and the service's settings in MAILHOUSE_PARAMS / MAILHOUSE_BASE_DIR.
-When the master runs as root and the service's unpriv is y or -, the child runs as
-mail_owner. hand_over(worker, sock, conn_id, refusal, stress) passes an accepted socket
-(SCM_RIGHTS) with the header {"conn", "refuse": the limit it is over or "", "stress"};
-send_op(worker, message) sends a control message; read_messages / read_log_lines collect
-what the worker said. describe_exit(status) reads a waitpid status.
+child is a fresh interpreter: no LMDB handle, no master state) with the environment of
+master/proto.py (control socket, the service's settings). When the master runs as root and
+the service's unpriv is y or -, the child runs as mail_owner. Each worker draws its own
+max_use (draw_max_use: between max_use less a fifth and max_use), so workers started
+together do not all retire together. hand_over(worker, sock, conn_id, refusal, stress)
+passes an accepted socket (SCM_RIGHTS) with proto.handover's header; send_op(worker,
+message) sends a proto message; read_messages / read_log_lines collect what the worker
+said. describe_exit(status) reads a waitpid status.
+
+Liveness: every message read from a worker is a sign of life (it sends proto.alive()
+regularly from its event loop). check_alive(worker, now) sends SIGABRT to one silent for
+worker_hang_timeout (the worker's faulthandler prints its stack into server.log), then
+SIGKILL if it still lives ABORT_GRACE seconds later; an aborted worker takes no new
+connections and, once reaped, is replaced like any crashed worker.
 
 Throttle: a worker that dies abnormally before it has proven itself (served a client, or
 stayed up STARTUP_GRACE seconds after reporting ready) throttles its own service only
@@ -25,6 +32,7 @@ import array
 import json
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -33,14 +41,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from master import proto
 from master.cf import ServiceSpec
 from master.params import Params
-from workers import _server
 
 STARTUP_GRACE = 5.0            # seconds a ready worker must live to count as working without a client
 THROTTLE_FIRST = 1.0
 THROTTLE_MAX = 60.0
 LOG_LINE_MAX = 8192             # a worker's stderr line longer than this is cut into pieces
+ABORT_GRACE = 5.0               # seconds a hung worker gets to die of SIGABRT before SIGKILL
+MAX_USE_SPREAD = 5              # a worker's max_use is drawn down to max_use less 1/MAX_USE_SPREAD
+_RANDOM = random.Random()
 # The folder holding the master/ and workers/ packages: workers run the same code as the master.
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +69,11 @@ class Worker:
     draining: bool = False
     sessions: set[int] = field(default_factory=set)     # connection ids it holds
     handed: int = 0                                      # sessions handed over (not refusals): max_use
+    max_use: int = 0                                     # its own limit (draw_max_use), 0 = none
     idle_since: float = field(default_factory=time.monotonic)
+    last_heard: float = field(default_factory=time.monotonic)
+    aborted: float = 0.0                                 # when it was sent SIGABRT as hung
+    killed: bool = False                                 # and SIGKILL after ABORT_GRACE
     log_buffer: bytearray = field(default_factory=bytearray)
 
     def proven(self, now: float) -> bool:
@@ -92,7 +107,7 @@ class Service:
         return self.params.worker_client_limit
 
     def active_workers(self) -> list[Worker]:
-        return [w for w in self.workers.values() if not w.draining]
+        return [w for w in self.workers.values() if not w.draining and not w.aborted]
 
     @property
     def ready(self) -> bool:
@@ -132,13 +147,19 @@ def base_environment() -> dict[str, str]:
 def _environment(svc: Service, control_fd: int) -> dict[str, str]:
     env = base_environment()
     env.update({
-        _server.ENV_PARAMS: json.dumps(svc.params.to_env()),
-        _server.ENV_BASE_DIR: svc.params.base_dir,
-        _server.ENV_CONTROL_FD: str(control_fd),
-        _server.ENV_SERVICE: svc.spec.name,
-        _server.ENV_COMMAND: svc.spec.command,
+        proto.ENV_PARAMS: json.dumps(svc.params.to_env()),
+        proto.ENV_BASE_DIR: svc.params.base_dir,
+        proto.ENV_CONTROL_FD: str(control_fd),
+        proto.ENV_SERVICE: svc.spec.name,
+        proto.ENV_COMMAND: svc.spec.command,
     })
     return env
+
+
+def draw_max_use(max_use: int, rng: random.Random = _RANDOM) -> int:
+    """A worker's own max_use: uniform in [max_use - max_use // MAX_USE_SPREAD, max_use]
+    (exact below MAX_USE_SPREAD; 0 stays 0, never recycle)."""
+    return rng.randint(max_use - max_use // MAX_USE_SPREAD, max_use)
 
 
 def spawn(svc: Service) -> Worker:
@@ -159,13 +180,14 @@ def spawn(svc: Service) -> Worker:
         os.close(log_write)
     master_end.setblocking(False)
     os.set_blocking(log_read, False)
-    worker = Worker(pid=popen.pid, popen=popen, control=master_end, log_fd=log_read, service=svc)
+    worker = Worker(pid=popen.pid, popen=popen, control=master_end, log_fd=log_read, service=svc,
+                    max_use=draw_max_use(svc.params.max_use))
     svc.workers[worker.pid] = worker
     return worker
 
 
 def hand_over(worker: Worker, sock: socket.socket, conn_id: int, refusal: str, stress: bool) -> None:
-    header = json.dumps({"conn": conn_id, "refuse": refusal, "stress": stress}).encode()
+    header = proto.encode(proto.handover(conn_id, refusal, stress))
     fds = array.array("i", [sock.fileno()])
     worker.control.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
 
@@ -173,7 +195,7 @@ def hand_over(worker: Worker, sock: socket.socket, conn_id: int, refusal: str, s
 def send_op(worker: Worker, message: dict) -> bool:
     """False when the worker cannot be told (it is dying; the reaper deals with it)."""
     try:
-        worker.control.send(json.dumps(message).encode())
+        worker.control.send(proto.encode(message))
     except OSError:
         return False
     return True
@@ -184,17 +206,15 @@ def read_messages(worker: Worker) -> list[dict] | None:
     messages = []
     while True:
         try:
-            data = worker.control.recv(4096)
+            data = worker.control.recv(proto.CONTROL_MSG_MAX)
         except BlockingIOError:
             return messages
         except OSError:
             return None
         if not data:
             return None if not messages else messages
-        try:
-            messages.append(json.loads(data))
-        except ValueError:
-            messages.append({"op": "invalid", "data": data[:200].decode("utf-8", "replace")})
+        worker.last_heard = time.monotonic()
+        messages.append(proto.decode(data))
 
 
 def read_log_lines(worker: Worker, final: bool = False) -> tuple[list[bytes], bool]:
@@ -235,3 +255,26 @@ def describe_exit(status: int) -> tuple[bool, str]:
         return False, f"killed by signal {signum} ({name})"
     code = os.waitstatus_to_exitcode(status)
     return code == 0, f"exit status {code}"
+
+
+def check_alive(worker: Worker, now: float) -> str | None:
+    """Signal a worker silent past its service's worker_hang_timeout: SIGABRT, then SIGKILL
+    after ABORT_GRACE. Returns what was done, for the log, or None."""
+    timeout = worker.service.params.worker_hang_timeout
+    if worker.aborted:
+        if worker.killed or now - worker.aborted < ABORT_GRACE:
+            return None
+        worker.killed = True
+        how = f"still running {ABORT_GRACE:g} s after SIGABRT: killed"
+        signum = signal.SIGKILL
+    elif timeout and now - worker.last_heard > timeout:
+        worker.aborted = now
+        how = f"hung (no sign of life for {now - worker.last_heard:.0f} s): aborted"
+        signum = signal.SIGABRT
+    else:
+        return None
+    try:
+        os.kill(worker.pid, signum)
+    except ProcessLookupError:
+        return None                                 # dead already: the reaper tells
+    return f"worker {worker.pid} of {worker.service.name} {how}"

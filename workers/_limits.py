@@ -11,16 +11,16 @@ ErrorBudget(limit)
     .charge() counts one client error and returns True once the budget is spent
     (Postfix's smtpd_hard_error_limit); .spent tells without charging.
 refusal_text(limit, ip, params) -> str
-    The words for a client refused by one of the master's limits (master/anvil.py names
-    them: conn.refusal, or what conn.report_login returned); each protocol puts them in its
-    own refusal line (SMTP 421/454, POP3 -ERR, IMAP BYE/NO).
+    The words for a client refused by one of the master's limits (named in master/proto.py,
+    decided by master/anvil.py: conn.refusal, or what conn.report_login returned); each
+    protocol puts them in its own refusal line (SMTP 421/454, POP3 -ERR, IMAP BYE/NO).
 Diagnostics: none here; the session decides the protocol's reply.
 """
 from __future__ import annotations
 
 import asyncio
 
-from master.anvil import AUTH_RATE_LIMIT, COUNT_LIMIT, RATE_LIMIT, USERIP_LIMIT
+from master.proto import AUTH_RATE_LIMIT, COUNT_LIMIT, RATE_LIMIT, USERIP_LIMIT
 
 # The StreamReader's own buffer limit: no line may be longer than this whatever the
 # caller's limit (IMAP's longest command lines stay well below it).

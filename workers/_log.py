@@ -1,10 +1,11 @@
 """Worker-side logging: one line per event on stderr, which is a pipe to the master.
 
-Log(name) with name in server | smtp | imap | pop; .error() / .info() / .debug() map to the
-levels low / medium / high of `log_level`. A line on the wire is `<L> <name> <text>` with L
-one of E, M, H; the master's logwriter (the single writer of the files) adds the time and
-`service[pid]:` prefix, filters by level and rotates. Anything else a worker prints
-(a traceback) is logged by the master as an error in server.log.
+Log(name) with name in server | smtp | imap | pop (master/proto.py: LOG_NAMES); .error() /
+.info() / .debug() map to the levels low / medium / high of `log_level`. A line on the wire
+is proto.format_log_line's `<L> <name> <text>` with L one of E, M, H; the master's logwriter
+(the single writer of the files) adds the time and `service[pid]:` prefix, filters by level
+and rotates. Anything else a worker prints (a traceback) is logged by the master as an
+error in server.log.
 Only processes the master started log this way (their stderr is the master's pipe); outside
 the master (a tool, a unit test) the lines simply land on the process's own stderr.
 Diagnostics: a failed write (the master is gone) is dropped silently.
@@ -14,8 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-LOG_NAMES = ("server", "smtp", "imap", "pop")
-LEVEL_CODES = {"E": "low", "M": "medium", "H": "high"}
+from master.proto import LOG_NAMES, format_log_line
 
 
 class Log:
@@ -25,10 +25,9 @@ class Log:
         self.name = name
 
     def _emit(self, code: str, text: str) -> None:
-        # One write per line keeps lines whole in the pipe (< PIPE_BUF for sane lines).
-        line = f"{code} {self.name} {text}".replace("\n", " ")[:3900] + "\n"
+        # One write per line keeps lines whole in the pipe (format_log_line stays < PIPE_BUF).
         try:
-            os.write(sys.stderr.fileno(), line.encode("utf-8", "replace"))
+            os.write(sys.stderr.fileno(), format_log_line(code, self.name, text))
         except OSError:
             pass
 

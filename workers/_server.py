@@ -8,15 +8,16 @@ run_worker; it never accepts, never reads main.cf, never rotates logs:
     if __name__ == "__main__":
         run_worker(handle, refuse, log_name="smtp")
 
-The master hands over accepted sockets through the control socket (env
-MAILHOUSE_CONTROL_FD, SOCK_SEQPACKET, fd via SCM_RIGHTS, header {"conn", "refuse",
-"stress"}) and may send {"op": "drain"} (take nothing more, finish the sessions, exit;
-recycling and reload), {"op": "drain", "stop": true} (the same, and tell the sessions: the
-master is stopping) or {"op": "wakeup"}. The worker reports {"op": "ready", "protocol"},
-{"op": "closed", "conn"} and {"op": "session", "conn", "user", "protocol"}, and asks
-{"op": "login", "conn", "ok", "user"}, answered {"op": "login", "conn", "delay", "refuse"}.
-SIGTERM is a stop like {"op": "drain", "stop": true}; SIGINT is ignored (the master decides
-when sessions end). The process exits 0 once draining and idle.
+The master hands over accepted sockets through the control socket (master/proto.py holds
+the contract: env ENV_CONTROL_FD, SOCK_SEQPACKET, fd via SCM_RIGHTS with a handover header)
+and may send drain (take nothing more, finish the sessions, exit; recycling and reload),
+drain with stop (the same, and tell the sessions: the master is stopping) or wakeup. The
+worker reports ready, closed and session, asks login (answered with the auth penalty and
+any refusal), and sends alive every proto.heartbeat_interval seconds from its event loop:
+a session that blocks the loop stops the beats, and the master replaces the worker after
+worker_hang_timeout (SIGABRT: faulthandler, enabled here, prints every thread's stack on
+stderr, i.e. into server.log). SIGTERM is a stop like drain with stop; SIGINT is ignored
+(the master decides when sessions end). The process exits 0 once draining and idle.
 
 Per-client limits (kept by the master, master/anvil.py): a connection handed over with
 "refuse" goes to refuse(conn), conn.refusal naming the limit ("maxproc",
@@ -33,8 +34,8 @@ its next command and returns None instead once draining is set, so the session c
 its protocol's goodbye (SMTP `421 4.3.2`, IMAP `* BYE`, POP3 `-ERR`) and return. A session in
 the middle of a command (a DATA transfer) finishes it first.
 
-Settings come from the master (env MAILHOUSE_PARAMS: JSON of the raw settings including
-the service's -o overrides, MAILHOUSE_BASE_DIR), so a reload the master refused never
+Settings come from the master (env proto.ENV_PARAMS: JSON of the raw settings including
+the service's -o overrides, proto.ENV_BASE_DIR), so a reload the master refused never
 leaks into a worker; worker_params() rebuilds them.
 
 TLS wrapper mode (smtpd_tls_wrappermode for log "smtp", tls_wrappermode otherwise): the
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import faulthandler
 import json
 import os
 import signal
@@ -61,32 +63,26 @@ import sys
 import traceback
 from typing import Awaitable, Callable
 
+from master import proto
 from master.params import Params
 from store import lmdbcheck
 from workers._limits import STREAM_LIMIT, LineTooLong, read_line
 from workers._log import Log
 from workers._tls import TLSUnavailable, server_context
 
-ENV_PARAMS = "MAILHOUSE_PARAMS"
-ENV_BASE_DIR = "MAILHOUSE_BASE_DIR"
-ENV_CONTROL_FD = "MAILHOUSE_CONTROL_FD"
-ENV_SERVICE = "MAILHOUSE_SERVICE"          # the master.cf service name, e.g. 127.0.0.1:2525
-ENV_COMMAND = "MAILHOUSE_COMMAND"          # the master.cf command, e.g. smtpd
-
 HANDSHAKE_TIMEOUT = 30.0      # seconds for a wrapper-mode or STARTTLS handshake
 ASK_TIMEOUT = 5.0             # a question to the master unanswered this long: go on without
 PENALTY_MAX = 60.0            # the longest auth penalty a worker waits, whatever it is told
 STRESS_TIMEOUTS = ("smtpd_timeout", "pop3d_timeout", "imapd_timeout")
 REFUSE_TIMEOUT = 10.0         # a refused client gets this long to take its refusal
-CONTROL_MSG_MAX = 4096
 
 Handler = Callable[["Connection"], Awaitable[None]]
 
 
 def worker_params() -> Params:
     """The service's settings as the master handed them over."""
-    raw = json.loads(os.environ.get(ENV_PARAMS, "{}"))
-    return Params(raw, {}, os.environ.get(ENV_BASE_DIR, os.getcwd()))
+    raw = json.loads(os.environ.get(proto.ENV_PARAMS, "{}"))
+    return Params(raw, {}, os.environ.get(proto.ENV_BASE_DIR, os.getcwd()))
 
 
 def _set_title() -> None:
@@ -94,15 +90,15 @@ def _set_title() -> None:
         from setproctitle import setproctitle
     except ImportError:
         return
-    command = os.environ.get(ENV_COMMAND) or os.path.basename(sys.argv[0])
-    setproctitle(f"mailhouse {command} {os.environ.get(ENV_SERVICE, '')}".rstrip())
+    command = os.environ.get(proto.ENV_COMMAND) or os.path.basename(sys.argv[0])
+    setproctitle(f"mailhouse {command} {os.environ.get(proto.ENV_SERVICE, '')}".rstrip())
 
 
 class _Control:
     """The worker's end of the SOCK_SEQPACKET socketpair to the master."""
 
     def __init__(self) -> None:
-        fd = os.environ.get(ENV_CONTROL_FD)
+        fd = os.environ.get(proto.ENV_CONTROL_FD)
         self.sock: socket.socket | None = socket.socket(fileno=int(fd)) if fd else None
         if self.sock:
             self.sock.setblocking(False)
@@ -132,7 +128,7 @@ class _Control:
         if self.sock is None:
             return
         try:
-            self.sock.send(json.dumps(message).encode())
+            self.sock.send(proto.encode(message))
         except (BlockingIOError, OSError):
             # The master is gone or not reading: it recounts from our exit anyway.
             pass
@@ -142,7 +138,8 @@ class _Control:
         assert self.sock is not None
         fds = array.array("i")
         try:
-            data, ancdata, _flags, _addr = self.sock.recvmsg(CONTROL_MSG_MAX, socket.CMSG_SPACE(fds.itemsize))
+            data, ancdata, _flags, _addr = self.sock.recvmsg(proto.CONTROL_MSG_MAX,
+                                                             socket.CMSG_SPACE(fds.itemsize))
         except BlockingIOError:
             return None
         except OSError:
@@ -159,10 +156,7 @@ class _Control:
             if fd is not None:
                 os.close(fd)
             return {}, None
-        try:
-            return json.loads(data), fd
-        except ValueError:
-            return {"op": "invalid"}, fd
+        return proto.decode(data), fd
 
 
 class Connection:
@@ -217,13 +211,13 @@ class Connection:
     def set_user(self, name: str) -> None:
         """Record the authenticated user for `mailctl connections`."""
         self.user = name
-        self._control.send({"op": "session", "conn": self.conn_id, "user": name, "protocol": self.protocol})
+        self._control.send(proto.session(self.conn_id, name, self.protocol))
 
     async def report_login(self, ok: bool, user: str | None = None) -> str | None:
         """A login attempt ended (ok: the credentials were right; user: for the per user and
         address limit). Waits the client's auth penalty, right or wrong, so the time of the
         answer tells nothing; returns the name of the limit that refuses this login, or None."""
-        answer = await self._control.ask({"op": "login", "conn": self.conn_id, "ok": ok, "user": user})
+        answer = await self._control.ask(proto.login(self.conn_id, ok, user))
         if answer is None:
             return None
         delay = answer.get("delay")
@@ -279,7 +273,15 @@ class _WorkerBase:
         if self.control.sock is not None:
             loop.add_reader(self.control.sock.fileno(), self._on_control)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
-        self.control.send({"op": "ready", "protocol": self.log_name})
+        self.control.send(proto.ready(self.log_name))
+        if self.control.sock is not None:
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """A sign of life for the master, sent by the event loop itself: while a session
+        blocks the loop, none is sent (that is the point: proto, worker_hang_timeout)."""
+        self.control.send(proto.alive())
+        asyncio.get_running_loop().call_later(proto.heartbeat_interval(self.params), self._heartbeat)
 
     def _on_control(self) -> None:
         while (received := self.control.receive()) is not None:
@@ -295,9 +297,9 @@ class _WorkerBase:
         if fd is not None:
             os.close(fd)
         op = message.get("op")
-        if op == "drain":
+        if op == proto.OP_DRAIN:
             self.stop() if message.get("stop") else self.drain()
-        elif op == "wakeup":
+        elif op == proto.OP_WAKEUP:
             self.on_wakeup()
         else:
             self.log.error(f"control: unexpected message {message!r}")
@@ -344,7 +346,7 @@ class _InetWorker(_WorkerBase):
         return not self.sessions
 
     def on_message(self, message: dict, fd: int | None) -> None:
-        if message.get("op") == "login" and fd is None:
+        if message.get("op") == proto.OP_LOGIN and fd is None:
             self.control.answered(message)
             return
         if "conn" not in message:
@@ -420,7 +422,7 @@ class _InetWorker(_WorkerBase):
     def _closed(self, conn_id: int) -> None:
         if conn_id in self.sessions:
             self.sessions.discard(conn_id)
-            self.control.send({"op": "closed", "conn": conn_id})
+            self.control.send(proto.closed(conn_id))
         self.check_done()
 
 
@@ -450,6 +452,7 @@ class Daemon(_WorkerBase):
 
 def _prepare_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable()                         # SIGABRT from the master: the stack, in server.log
     _set_title()
     lmdbcheck.set_reporter(Log("server").error)   # a damaged index or user database, once
 

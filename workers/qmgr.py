@@ -26,7 +26,7 @@ import os
 import time
 import traceback
 
-from master.diskwatch import is_low
+from master.proto import is_low
 from store.fsio import StorageError
 from store.maildrop import Pickup
 from store.queue import NotQueued, Queue, QueueCorrupt

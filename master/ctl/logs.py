@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from master.ctl import Refused
 from master.logwriter import ARCHIVE_RE
-from workers._log import LOG_NAMES
+from master.proto import LOG_NAMES
 
 BLOCK = 64 * 1024
 POLL_SECONDS = 0.2

@@ -7,12 +7,15 @@ the next line is read with read_command: echoed, or `-ERR [SYS/TEMP] shutting do
 when the master stops meanwhile, `STARTTLS` -> `+OK begin TLS`
 and the upgrade, `TLS` -> `+OK <version>` or `+OK none`, `QUIT` -> `+OK bye` and close;
 `LOGIN <ok|bad> [user]` -> conn.report_login, answered `+OK <seconds waited>` or
-`-ERR <limit>`; `TIMEOUT` -> `+OK <smtpd_timeout of this session>`;
+`-ERR <limit>`; `TIMEOUT` -> `+OK <smtpd_timeout of this session>`; `HANG` blocks the whole
+worker (time.sleep on its event loop, no answer) for HANG_SECONDS, `HANG hard` the same
+with SIGABRT ignored (the master's liveness checks);
 any other line is echoed as `+OK <line>`. Refused: `-ERR [SYS/TEMP] refused: <limit>`.
 """
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from workers._limits import LineTooLong
@@ -20,6 +23,7 @@ from workers._server import Connection, run_worker
 
 LINE_LIMIT = 1000
 IDLE_TIMEOUT = 60.0
+HANG_SECONDS = 120.0
 
 
 async def handle(conn: Connection) -> None:
@@ -64,6 +68,10 @@ async def handle(conn: Connection) -> None:
             await conn.send_line(f"-ERR {refusal}".encode() if refusal else f"+OK {waited:.2f}".encode())
         elif verb == "TIMEOUT":
             await conn.send_line(f"+OK {conn.params.smtpd_timeout:g}".encode())
+        elif verb == "HANG":
+            if arg == "hard":
+                signal.signal(signal.SIGABRT, signal.SIG_IGN)
+            time.sleep(HANG_SECONDS)
         else:
             await conn.send_line(b"+OK " + line.rstrip(b"\r\n"))
 

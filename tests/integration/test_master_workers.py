@@ -1,4 +1,5 @@
-"""Worker processes: recycling after max_use and max_idle, crash respawn, throttling, wake-ups."""
+"""Worker processes: recycling after max_use and max_idle, crash respawn, throttling, wake-ups,
+hung workers."""
 from __future__ import annotations
 
 import os
@@ -31,7 +32,7 @@ def test_worker_recycled_after_max_use_finishes_its_session(mailsystem):
             assert three.pid() != first
         assert two.ask("still served") == "+OK still served"
     wait_until(lambda: first not in service(ms, echo)["workers"], what="the retired worker to exit")
-    assert f"worker {first} retires: served max_use=2 connections" in ms.log("server")
+    assert f"worker {first} retires: served its 2 connections (max_use=2)" in ms.log("server")
 
 
 def test_idle_worker_recycled_after_max_idle(mailsystem):
@@ -60,6 +61,38 @@ def test_crashed_worker_respawned(mailsystem):
     text = ms.wait_for_log("server", f"worker {victim} killed by signal 9 (SIGKILL); starting a new one")
     assert "throttling" not in text
     wait_until(lambda: service(ms, echo)["connections"] == 0, what="the sessions to be counted closed")
+
+
+def test_hung_worker_is_aborted_with_its_stack_logged_and_replaced(mailsystem):
+    ms = mailsystem(main={"worker_hang_timeout": "5s"})
+    echo = ms.add_service(ECHO)
+    ms.start()
+    with EchoClient(ms.port(echo), timeout=30) as client:
+        hung = client.pid()
+        client.sock.sendall(b"HANG\r\n")
+        ms.wait_for_log("server", f"worker {hung} of 127.0.0.1:{ms.port(echo)} hung (no sign of life for ",
+                        timeout=30)
+        assert client.line() == ""                  # its session died with it
+    replacement = _fresh_worker(ms, echo, hung)
+    with EchoClient(ms.port(echo)) as client:
+        assert client.pid() == replacement
+    text = ms.wait_for_log("server", f"worker {hung} killed by signal 6 (SIGABRT); starting a new one")
+    assert "Fatal Python error: Aborted" in text    # faulthandler: the hung stack is in server.log
+    assert "echo_service.py" in text and "still running" not in text
+
+
+def test_hung_worker_that_survives_sigabrt_is_killed(mailsystem):
+    ms = mailsystem(main={"worker_hang_timeout": "5s"})
+    echo = ms.add_service(ECHO)
+    ms.start()
+    with EchoClient(ms.port(echo), timeout=30) as client:
+        hung = client.pid()
+        client.sock.sendall(b"HANG hard\r\n")
+        ms.wait_for_log("server", f"worker {hung} of 127.0.0.1:{ms.port(echo)} still running 5 s after SIGABRT: "
+                                  "killed", timeout=40)
+    ms.wait_for_log("server", f"worker {hung} killed by signal 9 (SIGKILL); starting a new one")
+    with EchoClient(ms.port(echo)) as client:
+        assert client.pid() != hung
 
 
 def test_crash_loop_throttles_only_its_own_service(mailsystem):

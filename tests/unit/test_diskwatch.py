@@ -1,11 +1,12 @@
-"""master/diskwatch.py: the lowspace flag goes up and down once per transition."""
+"""master/diskwatch.py: the lowspace flag (master/proto.py) goes up and down once per transition."""
 from __future__ import annotations
 
 import os
 
 from master import diskwatch
-from master.diskwatch import DiskGuard, is_low
+from master.diskwatch import DiskGuard
 from master.params import load_main_cf
+from master.proto import is_low
 
 
 def make_params(tmp_path, minimum):

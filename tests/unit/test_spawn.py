@@ -1,19 +1,24 @@
-"""master/spawn.py without processes: the crash throttle, exit statuses, stderr line splitting."""
+"""master/spawn.py without processes: the crash throttle, exit statuses, stderr line splitting,
+max_use draws, the liveness check."""
 from __future__ import annotations
 
 import os
 import pwd
+import random
 import signal
 from types import SimpleNamespace
 
+import pytest
+
 from master.cf import parse_service_line
 from master.params import Params
-from master.spawn import LOG_LINE_MAX, STARTUP_GRACE, Service, Worker, describe_exit, read_log_lines
+from master.spawn import (ABORT_GRACE, LOG_LINE_MAX, STARTUP_GRACE, Service, Worker, check_alive, describe_exit,
+                          draw_max_use, read_log_lines)
 
 
-def _service() -> Service:
+def _service(**settings: str) -> Service:
     spec = parse_service_line("127.0.0.1:2525 inet n n n - - smtpd", "master.cf:1")
-    return Service(spec, Params({}, {}, "/tmp"))
+    return Service(spec, Params(settings, {}, "/tmp"))
 
 
 def test_throttle_doubles_up_to_a_minute_and_is_lifted():
@@ -66,3 +71,59 @@ def test_workers_drop_to_mail_owner_only_as_root_and_when_unpriv(monkeypatch):
     assert spawn._privileges(svc) == {"user": me.pw_uid, "group": me.pw_gid, "extra_groups": []}
     monkeypatch.setattr(spawn.os, "geteuid", lambda: 1000)
     assert spawn._privileges(svc) == {}                        # not root: nothing to drop
+
+
+def test_each_worker_draws_its_max_use_within_a_fifth_below():
+    rng = random.Random(1)
+    draws = [draw_max_use(100, rng) for _ in range(200)]
+    assert all(80 <= n <= 100 for n in draws)
+    assert len(set(draws)) > 10                      # workers started together retire apart
+    assert {draw_max_use(n, rng) for n in (1, 2, 3, 4) for _ in range(20)} == {1, 2, 3, 4}   # small: exact
+    assert {draw_max_use(5, rng) for _ in range(50)} == {4, 5}
+    assert draw_max_use(0, rng) == 0                 # never recycle stays never
+
+
+def test_a_silent_worker_is_aborted_then_killed(monkeypatch):
+    from master import spawn
+    sent = []
+    monkeypatch.setattr(spawn.os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    svc = _service(worker_hang_timeout="10s")
+    worker = Worker(pid=42, popen=None, control=None, log_fd=-1, service=svc, last_heard=100.0)
+    svc.workers[42] = worker
+    assert check_alive(worker, 110.0) is None and not sent            # 10 s is not past the deadline
+    assert check_alive(worker, 112.4) == "worker 42 of 127.0.0.1:2525 hung (no sign of life for 12 s): aborted"
+    assert sent == [(42, signal.SIGABRT)]
+    assert svc.active_workers() == []                                  # no new connections for it
+    assert check_alive(worker, 112.4 + ABORT_GRACE - 0.1) is None
+    assert check_alive(worker, 112.4 + ABORT_GRACE) == \
+        f"worker 42 of 127.0.0.1:2525 still running {ABORT_GRACE:g} s after SIGABRT: killed"
+    assert check_alive(worker, 1000.0) is None
+    assert sent == [(42, signal.SIGABRT), (42, signal.SIGKILL)]
+
+
+def test_no_hang_deadline_when_worker_hang_timeout_is_0(monkeypatch):
+    from master import spawn
+    monkeypatch.setattr(spawn.os, "kill", lambda pid, signum: pytest.fail("signalled"))
+    worker = Worker(pid=42, popen=None, control=None, log_fd=-1, service=_service(worker_hang_timeout="0"),
+                    last_heard=0.0)
+    assert check_alive(worker, 10**6) is None
+
+
+def test_every_message_read_is_a_sign_of_life():
+    from master import proto
+    from master.spawn import read_messages
+
+    class Control:                          # the master's end of the socketpair, as read_messages uses it
+        def __init__(self, *datagrams: bytes):
+            self.datagrams = list(datagrams)
+
+        def recv(self, size: int) -> bytes:
+            if not self.datagrams:
+                raise BlockingIOError
+            return self.datagrams.pop(0)[:size]
+
+    worker = Worker(pid=1, popen=None, control=Control(), log_fd=-1, service=_service(), last_heard=0.0)
+    assert read_messages(worker) == [] and worker.last_heard == 0.0
+    worker.control = Control(proto.encode(proto.alive()), b"[]")
+    assert read_messages(worker) == [proto.alive(), {"op": proto.OP_INVALID, "data": "[]"}]
+    assert worker.last_heard > 0.0

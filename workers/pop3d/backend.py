@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from master.proto import POP3_LOCKS
 from store.mailstore import open_store
 from store.users import UserDB
 from workers import _tls
@@ -24,8 +25,6 @@ from workers._authpool import LocalVerifier
 from workers._log import Log
 from workers.pop3d.maildrop import Maildrop
 
-LOCK_SUBDIR = "pop3"      # under run_directory: the maildrop locks and size caches
-
 
 class Backend(Authenticator):
     def __init__(self, params):
@@ -33,7 +32,7 @@ class Backend(Authenticator):
         super().__init__(users, params.myhostname, LocalVerifier.from_params(params, users, Log("pop")))
         self.params = params
         self.store = open_store(params)
-        self.lock_dir = os.path.join(params.run_directory, LOCK_SUBDIR)
+        self.lock_dir = os.path.join(params.run_directory, POP3_LOCKS)
 
     def tls_available(self) -> bool:
         return _tls.tls_available(self.params)

@@ -24,12 +24,12 @@ import functools
 import re
 from typing import Awaitable, Callable
 
+from master.params import in_networks
 from store.fsio import StorageError
 from workers._auth import decode_response, login_failed
 from workers._authpool import AuthUnavailable
 from workers._limits import LineTooLong, refusal_text
 from workers.pop3d.maildrop import MaildropBusy
-from workers.smtpd.relay import in_networks
 
 MAX_AUTH_FAILURES = 3          # then the connection is closed
 AUTH_LINE_MAX = 8 * 1024       # a SASL response line (base64)

@@ -147,7 +147,7 @@ class Session:
     async def dispatch(self, line: bytes) -> None:
         text = line.rstrip(b"\r\n").decode("utf-8", "replace")
         verb, _, rest = text.partition(" ")
-        verb = verb.upper()
+        verb = verb.upper() if verb.isascii() else ""      # no Unicode case folding ("lıst" is no LIST)
         if verb != "PASS":
             self.pending_user = None
         cmd = COMMANDS.get(verb)

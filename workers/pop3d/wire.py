@@ -51,6 +51,8 @@ def _crlf_blocks(file: BinaryIO) -> Iterator[tuple[bytes, bool]]:
         at_line_start = block.endswith(b"\n")
     if carry:
         yield _LINE_END.sub(b"\r\n", carry + b"\n"), at_line_start
+    elif not at_line_start:             # a last line without its end, passed on in pieces
+        yield b"\r\n", False
 
 
 def wire_chunks(file: BinaryIO) -> Iterator[bytes]:

@@ -3,7 +3,7 @@
 Backend(params) is built once per worker process and shared by its sessions:
     open_message() -> store.queue.QueueWriter into incoming/ (write / commit / abort)
     wake_qmgr()                    one byte into the queue manager's FIFO
-    disk_low() -> bool             the master's run/lowspace flag (master/diskwatch.py)
+    disk_low() -> bool             the master's run/lowspace flag (master/proto.py)
     tls_available() -> bool        a usable certificate and key (workers/_tls.py)
     directory                      StoreDirectory: user(name) -> relay.UserState | None, is_alias(name)
     sasl_server(name)              a workers/_auth.py SaslServer (its checks run in the
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import lmdb
 
-from master import diskwatch
+from master import proto
 from store import aliases
 from store.fsio import StorageError
 from store.mailstore import open_store
@@ -72,7 +72,7 @@ class Backend:
         wake_qmgr(self.params)
 
     def disk_low(self) -> bool:
-        return diskwatch.is_low(self.params)
+        return proto.is_low(self.params)
 
     def tls_available(self) -> bool:
         return _tls.tls_available(self.params)

@@ -18,10 +18,10 @@ directory is anything with user(name) -> UserState | None and is_alias(name) -> 
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
+from master.params import in_networks
 from workers.smtpd import replies as R
 
 @dataclass(frozen=True)
@@ -40,16 +40,6 @@ def split_address(address: str) -> tuple[str, str]:
     """`Bob@Example.org` -> ("Bob", "example.org"); `postmaster` -> ("postmaster", "")."""
     local, _, domain = address.rpartition("@")
     return (local, domain.lower()) if local else (address, "")
-
-
-def in_networks(ip: str, networks) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped                 # ::ffff:127.0.0.2 from a dual-stack socket
-    return any(addr.version == net.version and addr in net for net in networks)
 
 
 class Policy:

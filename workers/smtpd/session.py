@@ -31,6 +31,7 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 
+from master.params import in_networks
 from store.fsio import StorageError
 from store.queue import Envelope, Recipient
 from workers._auth import login_failed, offered_mechanisms
@@ -39,7 +40,7 @@ from workers.smtpd import replies as R
 from workers.smtpd.address import ArgError, MailArgs, parse_mail, parse_rcpt
 from workers.smtpd.data import read_message
 from workers.smtpd.received import received_header
-from workers.smtpd.relay import Policy, in_networks
+from workers.smtpd.relay import Policy
 from workers.smtpd.sasl import AuthExchange, AuthOutcome
 
 MAX_COMMAND = 512                 # RFC 5321 4.5.3.1.4, CRLF included
