@@ -130,7 +130,7 @@ def heartbeat_interval(params: Params) -> float:
 LOG_NAMES = ("server", "smtp", "imap", "pop")
 LEVEL_CODES = ("E", "M", "H")
 LOG_LINE_BYTES = 3900           # one write below PIPE_BUF: lines of many sessions never mix
-_LOG_LINE = re.compile(rb"^([%s]) (%s) (.*)$" % ("".join(LEVEL_CODES).encode(), "|".join(LOG_NAMES).encode()), re.S)
+_LOG_LINE = re.compile(r"^([{}]) ({}) (.*)$".format("".join(LEVEL_CODES), "|".join(LOG_NAMES)).encode(), re.S)
 
 
 def format_log_line(code: str, log: str, text: str) -> bytes:

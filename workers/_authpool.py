@@ -27,6 +27,7 @@ from typing import Protocol
 
 import lmdb
 
+from store.fsio import StorageError
 from store.users import UserDB
 from workers._authcache import VerifiedCache
 from workers._authchecks import PasswordCheck, Verdict
@@ -79,7 +80,7 @@ class LocalVerifier:
     def _fingerprint(self, user: str) -> bytes | None:
         try:
             return self.users.fingerprint(user)
-        except lmdb.Error as e:
+        except (lmdb.Error, StorageError) as e:          # StorageError: a damaged database
             raise AuthUnavailable(f"user database: {e}") from None
 
     def _answer(self, check, with_version: bool):
@@ -88,5 +89,5 @@ class LocalVerifier:
         try:
             version = self.users.fingerprint(check.login) if with_version else None
             return check.answer(self.users), version
-        except lmdb.Error as e:
+        except (lmdb.Error, StorageError) as e:          # StorageError: a damaged database
             raise AuthUnavailable(f"user database: {e}") from None

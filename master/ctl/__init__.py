@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from master.cf import resolve_config_path
 from master.params import ConfigError, Params, load_main_cf
+from store.fsio import StorageError
 
 # The subcommand modules, each owning one area of administration.
 AREAS = ("users", "aliases", "queue", "status", "logs", "store", "tls", "setup")
@@ -50,7 +51,7 @@ def run(argv: list[str]) -> int:
     try:
         config = load_config(args.config)
         return args.handler(args, config) or 0
-    except (Refused, ConfigError) as e:
+    except (Refused, ConfigError, StorageError) as e:     # StorageError: a damaged or full store
         print(f"mailctl: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:

@@ -19,7 +19,6 @@ from store.fsio import StorageError
 from store.lmdbcheck import DamagedEnvironment, read_meta
 from store.mailstore import INBOX, MailStore
 from store.reconstruct import replace_damaged_index
-from store.users import UserDB
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = os.sysconf("SC_PAGE_SIZE")
