@@ -120,6 +120,15 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _delimiters(text: str) -> str:
+    """recipient_delimiter: characters that end a local part's user name (`+` in `bob+lists`)."""
+    text = text.strip()
+    bad = sorted({ch for ch in text if ch.isalnum() or ch.isspace() or ch in '@"\\'})
+    if bad:
+        raise ValueError(f"{''.join(bad)!r} cannot separate a user name from its extension")
+    return text
+
+
 def _int(text: str) -> int:
     try:
         return int(text.strip())
@@ -216,6 +225,7 @@ PARAMS: tuple[Param, ...] = (
     Param("disk_min_free", parse_size, "200M", 0),
     # delivery and queue
     Param("luser_relay", _text, ""),
+    Param("recipient_delimiter", _delimiters, ""),
     Param("always_bcc", _text, ""),
     Param("imap_admins", parse_list, ""),
     Param("maximal_queue_lifetime", parse_duration, "5d", 0, 100 * 86400),
@@ -223,6 +233,9 @@ PARAMS: tuple[Param, ...] = (
     Param("maximal_backoff_time", parse_duration, "4000s", 1, 7 * 86400),
     Param("delay_warning_time", parse_duration, "4h", 0, 100 * 86400),
     Param("command_time_limit", parse_duration, "1000s", 1, 86400),
+    Param("default_process_limit", _int, "100", 1, 1000),
+    Param("default_destination_concurrency_limit", _int, "20", 1, 1000),
+    Param("qmgr_message_active_limit", _int, "20000", 1, 100_000),
     Param("mailing_lists_enabled", parse_bool, "yes"),
     # logging
     Param("log_level", _enum("low", "medium", "high"), "medium"),

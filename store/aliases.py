@@ -16,9 +16,9 @@ A name defined twice: the first wins and the build reports a warning (as Postfix
 build(source, target=None) compiles source into target (default `<source>.lmdb`): a new
 single-file LMDB is written beside it, fsynced and renamed over the old one, so readers
 see either the old or the new map, never a mix; a file with an error changes nothing.
-lookup(params, name) -> [targets] | None reads the map of alias_maps; AliasMap(path)
-reopens the map when a build replaced it. Recursive expansion (loops, depth) is the queue
-manager's (workers/delivery/resolve.py).
+AliasMap(map_path(alias_maps)).lookup(name) -> [targets] | None reads a compiled map and
+reopens it when a build replaced it (a process has one: store.handle.Store.aliases).
+Recursive expansion (loops, depth) is store/resolve.py's.
 Diagnostics: AliasError("file:line: reason").
 """
 from __future__ import annotations
@@ -241,13 +241,3 @@ class AliasMap:
             self._env.close()
         self._env, self._identity = None, None
 
-
-_MAPS: dict[str, AliasMap] = {}
-
-
-def lookup(params, name: str) -> list[str] | None:
-    """The targets of name in the map compiled from alias_maps; None if it is no alias."""
-    path = map_path(params.alias_maps)
-    if path not in _MAPS:
-        _MAPS[path] = AliasMap(path)
-    return _MAPS[path].lookup(name)

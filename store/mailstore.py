@@ -1,20 +1,14 @@
-"""Users' mailboxes on disk: delivery, folders, views, flags, expunge and quotas.
+"""Users' mailboxes on disk: delivery, folders, views, flags and expunge.
 
-Layout (mail_store_directory):
-  <user>/<mailbox path...>/       one directory per mailbox, any depth ("Work/2024" is
-                                  <user>/Work/2024/); names are %-encoded where unsafe
-  <mailbox dir>/<uid>.<uidvalidity>.eml   one file per message, written through store.fsio
-  <mailbox dir>/.mailbox          UIDVALIDITY, subscription, special-use (durable)
-  <mailbox dir>/.journal          flag changes and expunges, appended; a recovery hint that
-                                  reconstruct reads to keep flags after the index is lost
-The index (store.index, LMDB under index_directory) is the truth while it exists;
-reconstruct() rebuilds it from the files (store/reconstruct.py).
+The files are laid out as store/layout.py says (one directory per mailbox, one file per
+message, a .mailbox and a .journal file per mailbox). The index (store.index, LMDB under
+index_directory) is the truth while it exists; store/reconstruct.py rebuilds it from the files.
 
-Interface: MailStore(store_dir, index_dir, quota_limit) or open_store(params) (one per
-process, opened after exec). deliver(user, mailbox, source, delivery_id=None, flags=(),
-internal_date=None) -> UID, idempotent per delivery id; create/delete/rename/list/subscribe
-mailboxes; open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags,
-path); set_flags; expunge; copy (COPY/MOVE); usage(user); over_quota(user, extra_bytes);
+Interface: MailStore(store_dir, index_dir) (a process has one: store.handle.Store.mail).
+deliver(user, mailbox, source, delivery_id=None, flags=(), internal_date=None) -> UID,
+idempotent per delivery id; create/delete/rename/list/subscribe mailboxes;
+open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags, path); set_flags;
+expunge; copy (COPY/MOVE); usage(user) (the quota rule is store/directory.py's);
 delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail).
 Ordering that keeps crashes safe: message file durable -> index entry (with the delivery id
 in the same transaction); expunge: index first, then unlink (reconstruct removes the files of
@@ -33,36 +27,25 @@ import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
-from urllib.parse import unquote
+from typing import Iterable, Iterator, Sequence
 
 from store import fsio
-from store.users import get_user
 from store.index import (
     Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, View, flag_names, normalise_ranges,
     ranges_from_values,
 )
+from store.layout import (
+    DELETED_PREFIX, INBOX, JOURNAL_FILE, META_FILE, SEPARATOR, BadMailboxName, decode_component,
+    encode_component, journal_expunged, journal_flags, journal_next, message_file_name, meta_text,
+    normalise_mailbox,
+)
 
-INBOX = "INBOX"
-SEPARATOR = "/"
-MESSAGE_SUFFIX = ".eml"
-META_FILE = ".mailbox"
-JOURNAL_FILE = ".journal"
-DELETED_PREFIX = ".deleted."
-MAX_NAME_DEPTH = 16
-MAX_COMPONENT_BYTES = 200
 JOURNAL_COMPACT_BYTES = 1 << 20
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+=@,. ")
 
 __all__ = [
-    "MailStore", "MailboxView", "Message", "open_store", "BadMailboxName", "MailboxExists",
-    "NoSuchMailbox", "MailboxNotEmpty", "INBOX", "SEPARATOR", "normalise_mailbox", "ranges_from_values",
-    "quota_limits",
+    "MailStore", "MailboxView", "Message", "BadMailboxName", "MailboxExists", "NoSuchMailbox",
+    "MailboxNotEmpty", "INBOX", "SEPARATOR", "normalise_mailbox", "ranges_from_values",
 ]
-
-
-class BadMailboxName(ValueError):
-    """The mailbox name is empty, too deep, or has an empty or control-character part."""
 
 
 class MailboxNotEmpty(ValueError):
@@ -77,52 +60,6 @@ class Message:
     flags: tuple[str, ...]
     internal_date: int
     path: str
-
-
-# ---------------------------------------------------------------- names and paths
-
-def normalise_mailbox(name: str) -> str:
-    """Validate a mailbox name ("/"-separated); INBOX is case-insensitive."""
-    parts = name.split(SEPARATOR)
-    if not name or len(parts) > MAX_NAME_DEPTH or any(not p for p in parts):
-        raise BadMailboxName(f"bad mailbox name {name!r}")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
-        raise BadMailboxName("control characters in mailbox name")
-    if parts[0].upper() == INBOX:
-        parts[0] = INBOX
-    return SEPARATOR.join(parts)
-
-
-def encode_component(text: str) -> str:
-    """A name part as a directory name: unsafe bytes, "%" and a leading "." become %XX."""
-    out = []
-    for i, ch in enumerate(text):
-        if ch in _SAFE and not (ch == "." and i == 0):
-            out.append(ch)
-        else:
-            out.append("".join(f"%{b:02X}" for b in ch.encode()))
-    encoded = "".join(out)
-    if len(encoded.encode()) > MAX_COMPONENT_BYTES:
-        raise BadMailboxName(f"name part too long: {text[:40]!r}...")
-    return encoded
-
-
-def decode_component(encoded: str) -> str:
-    return unquote(encoded, errors="strict")
-
-
-def message_file_name(uid: int, uidvalidity: int) -> str:
-    return f"{uid}.{uidvalidity}{MESSAGE_SUFFIX}"
-
-
-def parse_message_file_name(name: str) -> tuple[int, int] | None:
-    """(uid, uidvalidity) of a file this store wrote, else None."""
-    if not name.endswith(MESSAGE_SUFFIX):
-        return None
-    uid_text, _, validity_text = name[:-len(MESSAGE_SUFFIX)].partition(".")
-    if uid_text.isdigit() and validity_text.isdigit() and 0 < int(uid_text) <= 0xFFFFFFFF:
-        return int(uid_text), int(validity_text)
-    return None
 
 
 # ---------------------------------------------------------------- mailbox view
@@ -163,10 +100,9 @@ class MailboxView:
 # ---------------------------------------------------------------- the store
 
 class MailStore:
-    def __init__(self, store_dir: str, index_dir: str, quota_limit: Callable[[str], int] | None = None):
+    def __init__(self, store_dir: str, index_dir: str):
         self.store_dir = os.fspath(store_dir)
         self.index = Index(index_dir)
-        self._quota_limit = quota_limit or (lambda user: 0)
 
     def close(self) -> None:
         self.index.close()
@@ -223,11 +159,11 @@ class MailStore:
             raise fsio.StorageError(f"cannot create {directory}: {e.strerror}", e.errno) from e
         info = self.index.create_mailbox(user, mailbox, uidvalidity=uidvalidity, special_use=special_use,
                                          subscribed=subscribed)
-        self._write_meta(directory, info)
+        self.write_meta(directory, info)
         return info
 
-    def _write_meta(self, directory: str, info: MailboxInfo) -> None:
-        text = f"uidvalidity {info.uidvalidity}\nsubscribed {int(info.subscribed)}\nspecial-use {info.special_use}\n"
+    def write_meta(self, directory: str, info: MailboxInfo) -> None:
+        text = meta_text(info.uidvalidity, info.subscribed, info.special_use)
         fsio.write_durably(directory, META_FILE, text.encode())
 
     def ensure_inbox(self, user: str) -> MailboxInfo:
@@ -249,7 +185,7 @@ class MailStore:
                                special_use: str | None = None) -> MailboxInfo:
         mailbox = normalise_mailbox(mailbox)
         info = self.index.set_mailbox_attributes(user, mailbox, subscribed=subscribed, special_use=special_use)
-        self._write_meta(self.mailbox_dir(user, mailbox), info)
+        self.write_meta(self.mailbox_dir(user, mailbox), info)
         return info
 
     def delete_mailbox(self, user: str, mailbox: str) -> MailboxInfo:
@@ -359,7 +295,7 @@ class MailStore:
                     _unlink_quietly(path)
                 raise
             if flags:
-                self._journal(directory, f"f {reservation.uid} {' '.join(flags)}\n")
+                self._journal(directory, journal_flags(reservation.uid, flags))
             return reservation.uid
 
     def copy(self, user: str, source: str, uid_ranges: Sequence[tuple[int, int]], target: str,
@@ -399,7 +335,7 @@ class MailStore:
                 if isinstance(e, fsio.StorageError):
                     raise
                 raise fsio.StorageError(f"cannot copy into {target}: {e.strerror}", e.errno) from e
-            flagged = "".join(f"f {uid} {' '.join(flags)}\n" for uid, _, _, flags in added if flags)
+            flagged = "".join(journal_flags(uid, flags) for uid, _, _, flags in added if flags)
             if flagged:
                 self._journal(target_dir, flagged)
         if move and pairs:
@@ -423,7 +359,7 @@ class MailStore:
         with self.locked(directory):
             changes = self.index.store_flags(user, mailbox, uid_ranges, mode, flags, unchanged_since)
             if len(changes):
-                self._journal(directory, "".join(f"f {r.uid} {' '.join(r.flags)}\n" for r in changes))
+                self._journal(directory, "".join(journal_flags(r.uid, r.flags) for r in changes))
         return changes
 
     def expunge(self, user: str, mailbox: str, uid_ranges: Sequence[tuple[int, int]] | None = None,
@@ -437,7 +373,7 @@ class MailStore:
             if not len(removed):
                 return removed
             uids = removed.uids()
-            self._journal(directory, "x " + " ".join(map(str, uids)) + "\n")
+            self._journal(directory, journal_expunged(uids))
             validity = self.index.mailbox(user, mailbox).uidvalidity
             for uid in uids:
                 _unlink_quietly(os.path.join(directory, message_file_name(uid, validity)))
@@ -463,11 +399,11 @@ class MailStore:
     def _compact_journal(self, directory: str) -> None:
         user, mailbox = self._owner_of(directory)
         view = self.index.open_view(user, mailbox)
-        lines = [f"n {view.info.uidnext}\n"]
+        lines = [journal_next(view.info.uidnext)]
         for seq in range(1, len(view) + 1):
             bits = view.flag_bits(seq)
             if bits:
-                lines.append(f"f {view.uid(seq)} {' '.join(flag_names(bits, view.keywords))}\n")
+                lines.append(journal_flags(view.uid(seq), flag_names(bits, view.keywords)))
         try:
             fsio.write_durably(directory, JOURNAL_FILE, "".join(lines).encode())
         except fsio.StorageError:
@@ -477,28 +413,15 @@ class MailStore:
         relative = os.path.relpath(directory, self.store_dir).split(os.sep)
         return decode_component(relative[0]), SEPARATOR.join(decode_component(p) for p in relative[1:])
 
-    # -- quotas
+    # -- quota usage and delivery ids
     def usage(self, user: str) -> int:
         """Bytes stored for user over all mailboxes (exact)."""
         return self.index.usage(user)[0]
-
-    def quota_limit(self, user: str) -> int:
-        """The user's quota in bytes; 0 means unlimited."""
-        return self._quota_limit(user)
-
-    def over_quota(self, user: str, extra_bytes: int = 0) -> bool:
-        limit = self.quota_limit(user)
-        return bool(limit) and self.usage(user) + extra_bytes > limit
 
     def delivered(self, user: str, delivery_id: str) -> bool:
         """True when the message of delivery_id is already stored and indexed: a re-run after
         a crash (before the queue's done mark) must count it as delivered, whatever the quota."""
         return self.index.delivered(user, delivery_id)
-
-    def reconstruct(self, user: str | None = None):
-        """Rebuild the index from the files (see store/reconstruct.py); returns the report."""
-        from store.reconstruct import reconstruct  # here: store.reconstruct imports this module
-        return reconstruct(self, user)
 
 
 def _set_mtime(path: str, date: int) -> None:
@@ -532,25 +455,3 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-# ---------------------------------------------------------------- one store per process
-
-_stores: dict[tuple, MailStore] = {}
-
-
-def open_store(params) -> MailStore:
-    """The process's MailStore for these settings (the LMDB env opens on first use)."""
-    key = (os.getpid(), params.mail_store_directory, params.index_directory)
-    if key not in _stores:
-        _stores[key] = MailStore(params.mail_store_directory, params.index_directory,
-                                 quota_limit=quota_limits(params))
-    return _stores[key]
-
-
-def quota_limits(params) -> Callable[[str], int]:
-    """user -> quota in bytes (0: unlimited): the user's own quota, else default_quota."""
-    def limit(name: str) -> int:
-        user = get_user(params, name)  # through the process's shared users env
-        return params.default_quota if user is None or user.quota is None else user.quota
-    return limit

@@ -45,10 +45,11 @@ from dataclasses import dataclass, field
 
 from store import fsio, lmdbcheck
 from store.index import NoSuchMailbox, ranges_from_values
-from store.mailstore import (
-    DELETED_PREFIX, JOURNAL_FILE, META_FILE, SEPARATOR, BadMailboxName, MailStore, decode_component,
-    message_file_name, normalise_mailbox, parse_message_file_name,
+from store.layout import (
+    DELETED_PREFIX, JOURNAL_FILE, META_FILE, SEPARATOR, BadMailboxName, Journal, decode_component,
+    message_file_name, normalise_mailbox, parse_message_file_name, read_journal, read_meta,
 )
+from store.mailstore import MailStore
 
 DELIVERY_MEMORY = 30 * 86400  # delivery ids older than this are forgotten on a full run
 STALE_TEMP_AGE = 3600  # a temp file this old belongs to a writer that died
@@ -122,13 +123,6 @@ def _mailbox_name(store: MailStore, user: str, relative: str, directory: str) ->
         return name if store.mailbox_dir(user, name) == directory else None
     except BadMailboxName:
         return None
-
-
-@dataclass
-class _Journal:
-    flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    expunged: set[int] = field(default_factory=set)
-    highest_uid: int = 0
 
 
 def reconstruct(store: MailStore, user: str | None = None) -> list[Report]:
@@ -249,7 +243,7 @@ def _reconstruct_user(store: MailStore, user: str) -> Report:
 
 
 def _reconstruct_mailbox(store: MailStore, user: str, name: str, directory: str, report: Report) -> None:
-    journal = _read_journal(os.path.join(directory, JOURNAL_FILE))
+    journal = read_journal(os.path.join(directory, JOURNAL_FILE))
     canonical: dict[int, tuple[int, str]] = {}
     foreign: list[str] = []
     for entry in sorted(os.listdir(directory)):
@@ -300,8 +294,8 @@ def _reconstruct_mailbox(store: MailStore, user: str, name: str, directory: str,
         fsio.fsync_dir(directory)
 
 
-def _recreate(store: MailStore, user: str, name: str, directory: str, canonical, journal: _Journal):
-    meta = _read_meta(os.path.join(directory, META_FILE))
+def _recreate(store: MailStore, user: str, name: str, directory: str, canonical, journal: Journal):
+    meta = read_meta(os.path.join(directory, META_FILE))
     validity = int(meta.get("uidvalidity", 0) or 0)
     if not validity and canonical:
         validity = Counter(v for v, _ in canonical.values()).most_common(1)[0][0]
@@ -310,7 +304,7 @@ def _recreate(store: MailStore, user: str, name: str, directory: str, canonical,
     info = store.index.create_mailbox(user, name, uidvalidity=validity or None, uidnext=uidnext,
                                       special_use=meta.get("special-use", ""),
                                       subscribed=meta.get("subscribed") == "1")
-    store._write_meta(directory, info)
+    store.write_meta(directory, info)
     return info
 
 
@@ -322,37 +316,3 @@ def _adopt_foreign(store: MailStore, user: str, name: str, directory: str, entry
     os.rename(source, os.path.join(directory, target_name))
     store.index.append(user, name, reservation.uid, st.st_size, int(st.st_mtime))
     report.renumbered.append((name, entry, reservation.uid))
-
-
-def _read_meta(path: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return dict(line.rstrip("\n").partition(" ")[::2] for line in f if " " in line)
-    except OSError:
-        return {}
-
-
-def _read_journal(path: str) -> _Journal:
-    journal = _Journal()
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return journal
-    for line in lines:
-        words = line.split()
-        if len(words) < 2 or not words[1].isdigit():
-            continue  # a torn last line after a crash, or junk
-        if words[0] == "f":
-            uid = int(words[1])
-            journal.flags[uid] = tuple(words[2:])
-            journal.expunged.discard(uid)
-        elif words[0] == "x":
-            uid = max(int(w) for w in words[1:] if w.isdigit())
-            journal.expunged.update(int(w) for w in words[1:] if w.isdigit())
-        elif words[0] == "n":
-            uid = int(words[1]) - 1
-        else:
-            continue
-        journal.highest_uid = max(journal.highest_uid, uid)
-    return journal

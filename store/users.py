@@ -11,9 +11,9 @@ Names are checked (NAME) before any use, so none can reach outside a directory (
 leading '.' are refused).
 
 Interface:
-    db = UserDB.from_params(params) / UserDB.open(params) / UserDB(env_path, key_path, login_domains)
+    db = UserDB(env_path, key_path, login_domains) / UserDB.from_params(params)
+        (a process has one: store.handle.Store.users)
     db.canonical(login) -> str | None        # "bob", "Bob@example.test" -> "bob"; None if invalid
-    get_user(params, name) -> User | None    # the one-call form for readers
     db.get(name) -> User | None;  db.list() -> [User];  db.add(user or name, password=None)
     db.update(user);  db.set_password(name, password);  db.delete(name) -> bool
     db.verify_password(name, pw) -> bool     # scrypt; as slow for unknown users as for known
@@ -21,12 +21,13 @@ Interface:
     db.cram_md5(name, challenge, digest) -> bool;  db.apop_secret(name) -> str | None
     db.may_login(name, protocol) -> bool     # enabled, and imap/pop allowed for the user
     db.fingerprint(name) -> bytes | None     # changes with any change to the account
+    db.close() (also at the end of a `with` block)
 Diagnostics: UserError (bad name, exists, unknown) with a one-line reason for mailctl;
 StorageError when LMDB cannot write (map full is retried once after growing the map).
-An LMDB env must be opened once per process: envs are shared per path and stay open for the
-life of the process (leaving a `with` block does not close them; close() does). They open
-through store.lmdbcheck: a damaged data file is refused at each use (DamagedEnvironment, a
-StorageError), never mapped.
+A UserDB owns its LMDB env, and LMDB allows one env per path and process: a process keeps
+one UserDB (its Store's) rather than opening the same database twice. The env opens
+through store.lmdbcheck: a damaged data file is refused at each use (DamagedEnvironment,
+a StorageError), never mapped.
 """
 from __future__ import annotations
 
@@ -81,16 +82,7 @@ def check_name(name: str) -> str:
     return low
 
 
-_ENVS: dict[str, lmdbcheck.Environment] = {}
 REMEDY = "restore it from a backup (the accounts cannot be rebuilt from the mail)"
-
-
-def _shared_env(path: str) -> lmdbcheck.Environment:
-    path = os.path.abspath(path)
-    if path not in _ENVS:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        _ENVS[path] = lmdbcheck.Environment(path, REMEDY, map_size=MAP_SIZE, max_dbs=4, subdir=True, mode=0o600)
-    return _ENVS[path]
 
 
 class UserDB:
@@ -98,7 +90,9 @@ class UserDB:
         self.env_path = os.path.abspath(env_path)
         self.key_path = key_path
         self.login_domains = frozenset(d.lower().rstrip(".") for d in login_domains)
-        self._shared = _shared_env(self.env_path)
+        os.makedirs(self.env_path, mode=0o700, exist_ok=True)
+        self._checked = lmdbcheck.Environment(self.env_path, REMEDY, map_size=MAP_SIZE, max_dbs=4, subdir=True,
+                                              mode=0o600)
         self._opened: lmdb.Environment | None = None
         self._key: bytes | None = None
         try:
@@ -109,7 +103,7 @@ class UserDB:
     @property
     def env(self) -> lmdb.Environment:
         """The env for one transaction (checked; the database handles follow a reopened env)."""
-        env = self._shared.current()
+        env = self._checked.current()
         if env is not self._opened:
             self._users = env.open_db(b"users")
             self._creds = env.open_db(b"credentials")
@@ -125,19 +119,15 @@ class UserDB:
     def from_params(cls, params) -> "UserDB":
         return cls(*cls.paths(params), params.mydestination)
 
-    open = from_params           # reads well as `with UserDB.open(params) as users:`
-
     def close(self) -> None:
-        """Close the process's env for this path (tests; a process normally keeps it)."""
-        shared = _ENVS.pop(self.env_path, None)
-        if shared is not None:
-            shared.close()
+        """Close the env (a later use opens it again)."""
+        self._checked.close()
 
     def __enter__(self) -> "UserDB":
         return self
 
     def __exit__(self, *exc) -> None:
-        pass                     # the env stays open for the process; see the module docstring
+        self.close()
 
     # ---------------------------------------------------------------- storage
     def _secret_key(self) -> bytes | None:
@@ -302,7 +292,3 @@ class UserDB:
         """Which forms the user has (for `user list`), never the forms themselves."""
         return sorted(self._forms(name))
 
-
-def get_user(params, name: str) -> User | None:
-    """The user record, through the process's shared env."""
-    return UserDB.from_params(params).get(name)

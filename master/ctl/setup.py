@@ -26,7 +26,7 @@ from master.ctl.tls import ensure_certificate, fingerprint
 from master.params import Params
 from store.aliases import AliasError, build, map_path, parse
 from store.fsio import StorageError
-from store.queue import Queue
+from store.handle import Store
 from store.users import UserDB, UserError
 
 POSTMASTER = "postmaster"
@@ -67,7 +67,7 @@ def data_directories(params: Params) -> list[str]:
             params.log_directory, params.run_directory, *_tls_folders(params)]
 
 
-def create_directories(params: Params) -> None:
+def create_directories(params: Params, store: Store) -> None:
     tls_dirs = set(_tls_folders(params))
     for key in ("tls_cert_file", "tls_key_file"):
         folder = os.path.dirname(getattr(params, key))
@@ -80,20 +80,20 @@ def create_directories(params: Params) -> None:
         except OSError as e:
             raise Refused(f"cannot create {path}: {e.strerror}") from None
     try:
-        Queue.from_params(params).ensure_layout()
+        store.queue.ensure_layout()
         rundir.prepare(params)
     except OSError as e:
         raise Refused(f"cannot prepare {e.filename or params.queue_directory}: {e.strerror or e}") from None
 
 
-def give_to_mail_owner(params: Params) -> None:
+def give_to_mail_owner(params: Params, store: Store) -> None:
     """As root: what the workers use (preflight.worker_paths) and the key belong to mail_owner.
     run_directory stays root's: it holds the master's pid file and status socket."""
     try:
         owner = pwd.getpwnam(params.mail_owner)
     except KeyError:
         raise Refused(f"mail_owner {params.mail_owner!r} is not a user on this system") from None
-    UserDB.from_params(params)                      # opening it creates the database files
+    store.users                                     # opening it creates the database files
     ours = [params.data_directory, *data_directories(params)]
     paths = [need.path for need in preflight.worker_paths(params)
              if any(_inside(need.path, folder) for folder in ours)
@@ -112,7 +112,7 @@ def give_to_mail_owner(params: Params) -> None:
             raise Refused(f"cannot give {path} to {params.mail_owner}: {e.strerror}") from None
 
 
-def ensure_role_addresses(params: Params, postmaster: str | None) -> list[str]:
+def ensure_role_addresses(params: Params, users: UserDB, postmaster: str | None) -> list[str]:
     """RFC 2142's postmaster and abuse must reach somebody. Without --postmaster the account
     `postmaster` (no password: it receives, and logs in once given one) takes the mail;
     `abuse` is an alias of postmaster. Lines an aliases file already has are kept. -> what
@@ -120,10 +120,9 @@ def ensure_role_addresses(params: Params, postmaster: str | None) -> list[str]:
     done = []
     if postmaster is None:
         try:
-            with UserDB.open(params) as users:
-                if users.get(POSTMASTER) is None:
-                    users.add(POSTMASTER)
-                    done.append(f"account {POSTMASTER} (no password yet: mailctl user passwd {POSTMASTER})")
+            if users.get(POSTMASTER) is None:
+                users.add(POSTMASTER)
+                done.append(f"account {POSTMASTER} (no password yet: mailctl user passwd {POSTMASTER})")
         except (UserError, StorageError) as e:
             raise Refused(f"cannot add the {POSTMASTER} account: {e}") from None
     source = params.alias_maps
@@ -144,13 +143,12 @@ def ensure_role_addresses(params: Params, postmaster: str | None) -> list[str]:
     return done
 
 
-def ensure_demo_user(params: Params) -> bool:
+def ensure_demo_user(users: UserDB) -> bool:
     """The demo user, unless it exists; -> True when it was created now."""
     try:
-        with UserDB.open(params) as users:
-            if users.get(DEMO_USER) is not None:
-                return False
-            users.add(DEMO_USER, password=DEMO_PASSWORD)
+        if users.get(DEMO_USER) is not None:
+            return False
+        users.add(DEMO_USER, password=DEMO_PASSWORD)
     except (UserError, StorageError) as e:
         raise Refused(f"cannot add the demo user: {e}") from None
     return True
@@ -186,12 +184,13 @@ def describe_service(spec: ServiceSpec, params: Params) -> str:
 def cmd_init(args, config) -> int:
     params = config.params
     specs = parse_master_cf(config.master_cf)        # a bad table is refused before anything is made
-    create_directories(params)
-    cert = ensure_certificate(params)
-    created_user = ensure_demo_user(params) if args.demo else False
-    roles = ensure_role_addresses(params, args.postmaster)
-    if os.geteuid() == 0:
-        give_to_mail_owner(params)
+    with Store.open(params) as store:
+        create_directories(params, store)
+        cert = ensure_certificate(params)
+        created_user = ensure_demo_user(store.users) if args.demo else False
+        roles = ensure_role_addresses(params, store.users, args.postmaster)
+        if os.geteuid() == 0:
+            give_to_mail_owner(params, store)
 
     print(f"mailhouse data in {params.data_directory}")
     if cert is not None:

@@ -20,9 +20,10 @@ import os
 
 from master.ctl import Refused
 from store.fsio import StorageError
+from store.handle import Store
 from store.lmdbcheck import DamagedEnvironment
-from store.mailstore import MailStore, quota_limits
-from store.reconstruct import replace_damaged_index
+from store.mailstore import MailStore
+from store.reconstruct import reconstruct, replace_damaged_index
 from store.users import UserError, check_name
 
 
@@ -35,21 +36,17 @@ def register(sub) -> None:
     reconstruct.set_defaults(handler=cmd_reconstruct)
 
 
-def _store(params) -> MailStore:
-    return MailStore(params.mail_store_directory, params.index_directory, quota_limits(params))
-
-
-def account_rows(store: MailStore) -> list[dict]:
+def account_rows(store: Store) -> list[dict]:
     rows = []
-    for name in store.index.users():
-        quota, used = store.quota_limit(name), store.usage(name)
+    for name in store.mail.index.users():
+        quota, used = store.directory.quota(name), store.mail.usage(name)
         free = round(max(quota - used, 0) * 100 / quota, 1) if quota else None
         rows.append({"user": name, "quota_bytes": quota, "used_bytes": used, "percent_free": free})
     return rows
 
 
 def cmd_accounts(args, config) -> int:
-    with _store(config.params) as store:
+    with Store.open(config.params) as store:
         try:
             rows = account_rows(store)
         except StorageError as e:
@@ -70,18 +67,19 @@ def cmd_reconstruct(args, config) -> int:
         names = [check_name(name) for name in args.users]
     except UserError as e:
         raise Refused(str(e)) from None
-    with _store(config.params) as store:
+    with Store.open(config.params) as store:
+        mail = store.mail
         try:
             for name in names:
-                if not _has_mail_store(store, name):
+                if not _has_mail_store(mail, name):
                     raise Refused(f"no mail store for user {name!r}")
-            replaced = replace_damaged_index(store)
+            replaced = replace_damaged_index(mail)
             if replaced is not None:
                 lines = replaced.lines()
                 if names:
                     lines.append("index: it is shared by all users, so all of them were rebuilt")
             else:
-                reports = [r for name in names for r in store.reconstruct(name)] if names else store.reconstruct()
+                reports = [r for name in names for r in reconstruct(mail, name)] if names else reconstruct(mail)
                 lines = [line for report in reports for line in report.lines()]
         except StorageError as e:
             raise Refused(str(e)) from None

@@ -24,6 +24,7 @@ import sys
 from master.ctl import Refused
 from master.params import parse_size
 from store.fsio import StorageError
+from store.handle import Store
 from store.users import PROTOCOLS, User, UserDB, UserError
 
 ADDRESS = re.compile(r"[^\s@,]+(@[^\s@,]+\.[^\s@,]+)?")
@@ -135,15 +136,12 @@ def _apply(user: User, args) -> None:
         user.enabled = True
 
 
-def _users(config) -> UserDB:
-    return UserDB.from_params(config.params)
-
-
-def _refuse_errors(action):
-    """Turn the store's one-line errors into mailctl's exit 1."""
+def _with_store(action):
+    """Run action(args, store) on this command's store; its one-line errors are mailctl's exit 1."""
     def run(args, config):
         try:
-            return action(args, config)
+            with Store.open(config.params) as store:
+                return action(args, store)
         except (UserError, StorageError) as e:
             raise Refused(str(e)) from None
     return run
@@ -164,9 +162,9 @@ def describe(user: User, users: UserDB) -> dict:
 
 # ---------------------------------------------------------------- commands
 
-@_refuse_errors
-def cmd_add(args, config) -> int:
-    users = _users(config)
+@_with_store
+def cmd_add(args, store) -> int:
+    users = store.users
     user = User(args.name)
     _apply(user, args)
     users.add(user, _password(args))
@@ -174,9 +172,9 @@ def cmd_add(args, config) -> int:
     return 0
 
 
-@_refuse_errors
-def cmd_set(args, config) -> int:
-    users = _users(config)
+@_with_store
+def cmd_set(args, store) -> int:
+    users = store.users
     user = _existing(users, args.name)
     password = _password(args)
     _apply(user, args)
@@ -187,25 +185,20 @@ def cmd_set(args, config) -> int:
     return 0
 
 
-@_refuse_errors
-def cmd_del(args, config) -> int:
-    users = _users(config)
+@_with_store
+def cmd_del(args, store) -> int:
+    users = store.users
     user = _existing(users, args.name)
     if args.purge:
-        _purge_mail(config.params, user.name)
+        store.mail.remove_user(user.name)
     users.delete(user.name)
     print(f"deleted user {user.name}" + (" and the mail" if args.purge else " (the mail is kept)"))
     return 0
 
 
-def _purge_mail(params, name: str) -> None:
-    from store import mailstore          # only --purge needs the mail store
-    mailstore.open_store(params).remove_user(name)
-
-
-@_refuse_errors
-def cmd_list(args, config) -> int:
-    users = _users(config)
+@_with_store
+def cmd_list(args, store) -> int:
+    users = store.users
     rows = [describe(user, users) for user in sorted(users.list(), key=lambda u: u.name)]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -219,9 +212,9 @@ def cmd_list(args, config) -> int:
     return 0
 
 
-@_refuse_errors
-def cmd_passwd(args, config) -> int:
-    users = _users(config)
+@_with_store
+def cmd_passwd(args, store) -> int:
+    users = store.users
     user = _existing(users, args.name)
     if sys.stdin.isatty():
         password = getpass.getpass(f"New password for {user.name}: ")

@@ -4,7 +4,7 @@ Wire form, for any stored bytes and any read block size: RETR's stream is the me
 every line end made CRLF (an unterminated last line gets one) and dots stuffed;
 message_size is its length unstuffed; TOP is the header, the empty line and the first n
 body lines of that stream (the whole message when it has fewer).
-Session, after login, driven through the fake transport of tests/unit/test_pop3_session.py
+Session, after login, driven through the fake transport of tests/fakes.py
 over a real store holding corpus messages: for any sequence of command lines (known and
 unknown verbs in any case, wrong argument counts, numbers out of range, with leading zeros,
 signs or non-ASCII digits, over-long lines) every reply is what a model of RFC 1939 says:
@@ -25,9 +25,9 @@ from hypothesis import given, strategies as st
 
 from master.params import Params
 from store.mailstore import INBOX
+from tests.fakes import FakeConnection
 from tests.fuzz.budget import fuzz_settings
 from tests.fuzz.seeds import POP3_SESSIONS, messages
-from tests.unit.test_pop3_session import FakeConn
 from workers.pop3d import wire
 from workers.pop3d.backend import Backend
 from workers.pop3d.session import MAX_BAD_COMMANDS, MAX_LINE, Session
@@ -99,7 +99,7 @@ def make_backend(root: str) -> Backend:
                     {}, root)
     backend = Backend(params)
     for message in store_messages():
-        backend.store.deliver(USER, INBOX, message)
+        backend.store.mail.deliver(USER, INBOX, message)
     return backend
 
 
@@ -194,7 +194,7 @@ def check_reply(model: Model, verb: str, args: list[str], status: bytes, ok: boo
 
 def run_session(backend, lines: list[bytes]) -> tuple[Model, bytes]:
     async def session() -> bytes:
-        conn = FakeConn(backend.params, lines)
+        conn = FakeConnection(backend.params, b"".join(lines))
         maildrop = backend.open_maildrop(USER)
         await asyncio.to_thread(maildrop.measure)
         model.texts[:] = [crlf(maildrop.open_message(e).read()) for e in maildrop.messages]

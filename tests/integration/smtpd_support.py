@@ -21,8 +21,9 @@ import subprocess
 import time
 
 from master.params import Params, load_main_cf
+from store.handle import Store
 from store.queue import Queue, QueueItem
-from store.users import User, UserDB
+from store.users import User
 
 
 def smtp_system(mailsystem, main: dict | None = None, args: tuple[str, ...] = (), tls: bool = True,
@@ -45,7 +46,8 @@ def params_of(system) -> Params:
 
 
 def add_user(system, name: str, password: str, **profile) -> None:
-    UserDB.from_params(params_of(system)).add(User(name=name, **profile), password=password)
+    with Store.open(params_of(system)) as store:
+        store.users.add(User(name=name, **profile), password=password)
 
 
 def queued(system) -> list[QueueItem]:

@@ -120,10 +120,13 @@ def test_remote_recipients_wait_in_deferred_without_bounce(mailsystem, inboxes):
 def test_dsn_parameters_over_smtp_orcpt_ret_hdrs_never_and_success(mailsystem, corpus, inboxes):
     """RFC 3461/3464 end to end: ORCPT comes back as Original-Recipient, RET=HDRS returns the
     header only, ENVID as Original-Envelope-Id, NOTIFY=NEVER gives no report, NOTIFY=SUCCESS one."""
-    system = delivery_system(mailsystem, smtpd=True, users={"alice": (), "bob": ()})
-    write_aliases(system, "gone: ghost\nquiet: ghost\n")      # accepted at RCPT, fails in qmgr
+    # Without SIZE, RCPT cannot know that the message is larger than the whole quota of gone@
+    # and quiet@: accepted at RCPT, it bounces in qmgr.
+    system = delivery_system(mailsystem, smtpd=True, users={"alice": (), "bob": (), "gone": ("--quota", "100"),
+                                                           "quiet": ("--quota", "100")})
     system.start()
     original = (corpus / "01-plain.eml").read_bytes()
+    assert len(original) > 100
     with smtplib.SMTP("127.0.0.1", smtpd_port(system), timeout=30) as client:
         client.ehlo("client.example")
         assert client.mail("alice@example.test", ["RET=HDRS", "ENVID=env+2B1"])[0] == 250
@@ -147,7 +150,7 @@ def test_dsn_parameters_over_smtp_orcpt_ret_hdrs_never_and_success(mailsystem, c
         assert parse(original).get_payload().strip().splitlines()[0] not in returned_text
     [failed] = reports["Undelivered Mail Returned to Sender"].get_payload()[1].get_payload()[1:]
     assert (failed["Original-Recipient"], failed["Final-Recipient"], failed["Action"], failed["Status"]) == \
-        ("rfc822;Gone+list@example.test", "rfc822; gone@example.test", "failed", "5.1.1")
+        ("rfc822;Gone+list@example.test", "rfc822; gone@example.test", "failed", "5.2.2")
     assert failed["Diagnostic-Code"].startswith("X-mailhouse; ")
     [delivered] = reports["Successful Mail Delivery Report"].get_payload()[1].get_payload()[1:]
     assert (delivered["Final-Recipient"], delivered["Action"], delivered["Status"]) == \
@@ -155,6 +158,6 @@ def test_dsn_parameters_over_smtp_orcpt_ret_hdrs_never_and_success(mailsystem, c
     assert not any(wait_queues_empty(system).values())
     assert len(inbox.messages("alice")) == 2                  # nothing for quiet@ (NOTIFY=NEVER)
     log = system.log("smtp")
-    assert "to=<quiet@example.test>, relay=none" in log
+    assert "to=<quiet@example.test>, relay=local" in log
     assert "no failed notification for <quiet@example.test> (NOTIFY=NEVER)" in log
     assert "sender success notification" in log

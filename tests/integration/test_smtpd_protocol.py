@@ -3,8 +3,9 @@ DSN parameters, size limits, SMTP smuggling, line limits, error and time limits,
 the pregreet test, absurd limits refused at start.
 
 Mail that smtpd accepts stays in queue/incoming (no qmgr runs here); the tests read it
-back with store.queue. Local recipients are accepted through luser_relay, so these tests
-do not depend on the user database (test_smtpd_recipients.py does).
+back with store.queue. Local recipients are accepted through luser_relay (an address
+elsewhere, so any local name is deliverable), so these tests do not depend on the user
+database (test_smtpd_recipients.py does).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.integration.smtpd_support import client, message, queued, raw_session
 
 pytestmark = pytest.mark.integration
 
-BASE = {"luser_relay": "bob"}
+BASE = {"luser_relay": "catchall@elsewhere.example"}
 
 
 def keywords(smtp: smtplib.SMTP) -> list[str]:

@@ -30,7 +30,7 @@ def dns_server():
 
 
 def rbl_system(mailsystem, dns_server, zones: str, mynetworks: str = "127.0.0.1/32"):
-    return smtp_system(mailsystem, {"luser_relay": "bob", "mynetworks": mynetworks,
+    return smtp_system(mailsystem, {"luser_relay": "catchall@elsewhere.example", "mynetworks": mynetworks,
                                     "smtpd_rbl_servers": zones, "smtpd_rbl_timeout": "1s",
                                     "dns_resolver": f"127.0.0.1:{dns_server.port}"}, tls=False)
 

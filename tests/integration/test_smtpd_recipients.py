@@ -10,7 +10,7 @@ import smtplib
 
 import pytest
 
-from store.mailstore import open_store
+from store.handle import Store
 from tests.integration.smtpd_support import add_user, client, params_of, queued, raw_session, smtp_system
 
 pytestmark = pytest.mark.integration
@@ -59,8 +59,8 @@ def test_local_recipient_replies(mailsystem):
 def test_full_mailbox_gets_a_temporary_refusal(mailsystem):
     system, port = smtp_system(mailsystem, OUTSIDE, tls=False)
     make_users(system)
-    store = open_store(params_of(system))
-    store.deliver("dave", "INBOX", b"Subject: filler\r\n\r\n" + b"x" * 10300 + b"\r\n")
+    with Store.open(params_of(system)) as store:
+        store.mail.deliver("dave", "INBOX", b"Subject: filler\r\n\r\n" + b"x" * 10300 + b"\r\n")
     assert rcpt_reply(port, "dave@example.test") == (452, b"4.2.2 Mailbox full")
     assert rcpt_reply(port, "bob@example.test")[0] == 250
 
@@ -81,6 +81,7 @@ def test_recipients_past_the_limit_wait_for_the_next_transaction(mailsystem):
     keeps its session and its accepted recipients, and sends the rest in a new transaction."""
     system, port = smtp_system(mailsystem, {"luser_relay": "bob", "smtpd_recipient_limit": "5",
                                             "smtpd_hard_error_limit": "3"}, tls=False)
+    add_user(system, "bob", "pw")                               # luser_relay takes them
     everyone = [f"user{n}@example.test" for n in range(12)]
     batches = []
     with client(port) as smtp:
@@ -97,9 +98,10 @@ def test_recipients_past_the_limit_wait_for_the_next_transaction(mailsystem):
 
 
 def test_recipients_past_the_overshoot_limit_count_as_errors(mailsystem):
-    _, port = smtp_system(mailsystem, {"luser_relay": "bob", "smtpd_recipient_limit": "5",
-                                       "smtpd_recipient_overshoot_limit": "2", "smtpd_hard_error_limit": "3"},
-                          tls=False)
+    system, port = smtp_system(mailsystem, {"luser_relay": "bob", "smtpd_recipient_limit": "5",
+                                            "smtpd_recipient_overshoot_limit": "2", "smtpd_hard_error_limit": "3"},
+                               tls=False)
+    add_user(system, "bob", "pw")
     rcpts = b"".join(b"RCPT TO:<user%d@example.test>\r\n" % n for n in range(12))
     replies = raw_session(port, b"EHLO c\r\nMAIL FROM:<alice@remote.example>\r\n" + rcpts)
     finals = [r[:3] for r in replies if r[3:4] == b" "]

@@ -25,7 +25,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 
 
 def test_every_250_is_a_queue_file(mailsystem, corpus):
-    system, port = smtp_system(mailsystem, {"luser_relay": "bob"}, tls=False)
+    system, port = smtp_system(mailsystem, {"luser_relay": "catchall@elsewhere.example"}, tls=False)
     ids = []
     with client(port) as smtp:
         smtp.ehlo("client.example")
@@ -41,7 +41,7 @@ def test_every_250_is_a_queue_file(mailsystem, corpus):
 
 
 def test_low_disk_gives_452_at_mail_from(mailsystem):
-    system, port = smtp_system(mailsystem, {"luser_relay": "bob", "disk_min_free": "1000000G"}, tls=False)
+    system, port = smtp_system(mailsystem, {"luser_relay": "catchall@elsewhere.example", "disk_min_free": "1000000G"}, tls=False)
     flag = system.var / "run" / "lowspace"
     wait_for(flag.exists)
     with client(port) as smtp:
@@ -55,7 +55,7 @@ def test_low_disk_gives_452_at_mail_from(mailsystem):
 
 def test_kill_right_after_250_loses_nothing(mailsystem):
     """250 comes after the rename into incoming/: a SIGKILL of everything right after it keeps the file."""
-    system, port = smtp_system(mailsystem, {"luser_relay": "bob"}, tls=False)
+    system, port = smtp_system(mailsystem, {"luser_relay": "catchall@elsewhere.example"}, tls=False)
     ids = []
     with client(port) as smtp:
         smtp.ehlo("client.example")

@@ -8,6 +8,7 @@ import pytest
 
 from store import aliases
 from store.aliases import AliasError, AliasMap, build, map_path, parse
+from store.handle import Store
 
 SAMPLE = """\
 # system aliases
@@ -133,11 +134,9 @@ def test_open_reader_sees_the_rebuilt_map(source, tmp_path):
 
 def test_missing_map_means_no_aliases(tmp_path):
     assert AliasMap(str(tmp_path / "none.lmdb")).lookup("postmaster") is None
-    params = types.SimpleNamespace(alias_maps=str(tmp_path / "aliases"))
-    assert aliases.lookup(params, "postmaster") is None
 
 
-def test_lookup_through_params(source):
+def test_the_store_reads_the_map_of_alias_maps(source):
     build(source)
-    params = types.SimpleNamespace(alias_maps=source)
-    assert aliases.lookup(params, "Staff") == ["dave", "eve", "frank", "carol@example.org"]
+    with Store.open(types.SimpleNamespace(alias_maps=source)) as store:
+        assert store.aliases.lookup("Staff") == ["dave", "eve", "frank", "carol@example.org"]

@@ -14,6 +14,7 @@ import pytest
 
 from store import fsio
 from store.mailstore import MailStore
+from store.reconstruct import reconstruct
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -131,7 +132,7 @@ def test_delivery_killed_at_each_step(root, point):
     assert len(view) in (3, 4)  # old state, or new state
     # the queue manager retries the same delivery: exactly one copy results
     uid = store.deliver("bob", "INBOX", NEW_MESSAGE, delivery_id="Q7:bob")
-    store.reconstruct("bob")
+    reconstruct(store, "bob")
     view = check_no_entry_without_file(store)
     assert len(view) == 4 and view.view.uids()[-1] == uid
     with view.open(4) as f:
@@ -148,7 +149,7 @@ def test_expunge_killed_at_each_step(root, point):
     store = MailStore(root / "store", root / "index")
     view = check_no_entry_without_file(store)
     assert view.view.uids() == []
-    store.reconstruct("bob")  # leftover files of expunged messages go; nothing comes back
+    reconstruct(store, "bob")  # leftover files of expunged messages go; nothing comes back
     assert store.open_mailbox("bob", "INBOX").view.uids() == []
     assert [n for n in os.listdir(view.directory) if n.endswith(".eml")] == []
     assert store.usage("bob") == 0
@@ -160,7 +161,7 @@ def test_purge_killed_at_each_step(root, point):
     killed = run_child(root, point, "purge") != 0
     assert killed == (point != "none")
     store = MailStore(root / "store", root / "index")
-    store.reconstruct()
+    reconstruct(store)
     if point == "before-rename":  # nothing was out of sight yet: the old state, whole
         assert len(check_no_entry_without_file(store)) == 3
         store.remove_user("bob")  # `mailctl user del --purge` once more
@@ -175,9 +176,9 @@ def test_temp_files_left_by_a_crash_are_not_messages(root):
     directory = store.mailbox_dir("bob", "INBOX")
     temps = [n for n in os.listdir(directory) if fsio.is_temp_name(n)]
     assert len(temps) == 1
-    [report] = store.reconstruct("bob")
+    [report] = reconstruct(store, "bob")
     assert not report.adopted and not report.renumbered
     os.utime(os.path.join(directory, temps[0]), (0, 0))  # old enough to be certainly dead
-    [report] = store.reconstruct("bob")
+    [report] = reconstruct(store, "bob")
     assert report.removed_files == [("INBOX", temps[0])]
     store.index.close()

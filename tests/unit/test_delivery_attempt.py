@@ -4,16 +4,19 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+from types import SimpleNamespace
 
 import pytest
 
 from master.params import Params
+from store.directory import Account, Failed, LocalDomains
 from store.fsio import StorageError
 from store.queue import Envelope, Queue, Recipient
-from workers.delivery.attempt import REMOTE_PENDING, Attempt, Context, backoff
-from workers.delivery.local import Outcome, RunAs
-from workers.delivery.resolve import Resolver, UserEntry
-from workers.qmgr import QueueManager
+from store.resolve import Resolver
+from workers.qmgr.attempt import Attempt, Context, backoff
+from workers.qmgr.manager import QueueManager
+from workers.qmgr.transports.local import RunAs
+from workers.qmgr.transports.remote import REMOTE_PENDING
 
 
 class Log:
@@ -26,27 +29,36 @@ class Log:
     info = debug = error
 
 
-class Mailboxes:
-    """Idempotent per delivery id, like store.mailstore; `full` users are over quota."""
+class Mail:
+    """Idempotent per delivery id, like store.mailstore; keeps what each user got."""
 
-    def __init__(self, full=()):
+    def __init__(self):
         self.stored: dict[str, list[bytes]] = {}
         self.ids: set[str] = set()
-        self.full = set(full)
+        self.sources = []
 
-    def __call__(self, user, message, delivery_id):
-        if user in self.full:
-            return Outcome(False, False, "4.2.2", "mailbox full")
+    def delivered(self, user, delivery_id):
+        return delivery_id in self.ids
+
+    def deliver(self, user, mailbox, source, delivery_id):
+        self.sources.append(source)
+        data = b"".join(source)
         if delivery_id not in self.ids:
             self.ids.add(delivery_id)
-            self.stored.setdefault(user, []).append(message)
-        return Outcome(True)
+            self.stored.setdefault(user, []).append(data)
+        return len(self.ids)
 
 
 class Directory:
-    users = {"bob": UserEntry(), "carol": UserEntry(), "archive": UserEntry(),
-             "dora": UserEntry(enabled=False), "fwd": UserEntry(forward=("x@remote.org",), keep_copy=True)}
+    """store.directory.Directory's answers from tables; `full` users are over quota."""
+    users = {"bob": Account("bob"), "carol": Account("carol"), "archive": Account("archive"),
+             "dora": Account("dora", enabled=False),
+             "fwd": Account("fwd", forward=("x@remote.org",), keep_copy=True)}
     aliases = {"team": ["bob", "carol"], "loop1": ["loop2"], "loop2": ["loop1"]}
+
+    def __init__(self, params):
+        self.domains = LocalDomains(params)
+        self.full: set[str] = set()
 
     def user(self, name):
         return self.users.get(name)
@@ -54,21 +66,35 @@ class Directory:
     def alias(self, name):
         return self.aliases.get(name)
 
+    def unextended(self, name):
+        return None
+
+    def quota_check(self, name, size):
+        return Failed("4.2.2", "mailbox full") if name in self.full else None
+
 
 @pytest.fixture
 def setup(tmp_path):
-    def make(mailboxes=None, **settings):
+    made = []
+
+    def make(full=(), **settings):
         raw = {"myhostname": "mail.example.test", "mydomain": "example.test",
                "data_directory": str(tmp_path), "minimal_backoff_time": "10s",
                "maximal_backoff_time": "100s", **settings}
         params = Params(raw, {}, str(tmp_path))
         queue = Queue.from_params(params)
         queue.ensure_layout()
-        log = Log()
-        resolver = Resolver(params.mydestination, params.luser_relay, Directory())
-        ctx = Context(params, log, queue, resolver, mailboxes or Mailboxes(), RunAs(name="t"))
+        directory = Directory(params)
+        directory.full.update(full)
+        store = SimpleNamespace(queue=queue, mail=Mail(), directory=directory,
+                                resolver=Resolver(directory, params.luser_relay))
+        ctx = Context.build(params, Log(), store, RunAs(name="t"))
+        ctx.mail, ctx.directory = store.mail, directory          # for the checks
+        made.append(ctx)
         return ctx
-    return make
+    yield make
+    for ctx in made:
+        ctx.close()
 
 
 def enqueue(queue: Queue, recipients, sender="alice@example.org", body=b"Subject: hi\r\n\r\nhello\r\n", **env):
@@ -97,9 +123,12 @@ def test_delivers_once_per_mailbox_and_finishes(setup):
     ctx = setup()
     qid = enqueue(ctx.queue, ["bob@example.test", "team@example.test", "BOB@mail.example.test"])
     assert attempt(ctx, qid) == "finished"
-    stored = ctx.deliver_mailbox.stored
+    stored = ctx.mail.stored
     assert {u: len(m) for u, m in stored.items()} == {"bob": 1, "carol": 1}
-    assert stored["bob"][0].startswith(b"Return-Path: <alice@example.org>\r\nDelivered-To: bob@example.test\r\n")
+    assert stored["bob"][0] == (b"Return-Path: <alice@example.org>\r\nDelivered-To: bob@example.test\r\n"
+                                b"Subject: hi\r\n\r\nhello\r\n")
+    # streamed from the queue file into the store's writer, never a copy of the whole message
+    assert not any(isinstance(source, (bytes, bytearray)) for source in ctx.mail.sources)
     assert ctx.queue.ids("active") == [] and bounces(ctx.queue) == []
     assert any("to=<carol@example.test>, orig_to=<team@example.test>, relay=local" in line
                and "status=sent (delivered to INBOX)" in line for line in ctx.log.lines)
@@ -115,7 +144,7 @@ def test_unknown_disabled_and_loop_bounce_in_one_dsn(setup):
     assert [(b["Final-Recipient"], b["Status"]) for b in blocks] == [
         ("rfc822; ghost@example.test", "5.1.1"), ("rfc822; dora@example.test", "5.2.1"),
         ("rfc822; loop1@example.test", "5.4.6")]
-    assert len(ctx.deliver_mailbox.stored["bob"]) == 1
+    assert len(ctx.mail.stored["bob"]) == 1
 
 
 def test_no_bounce_to_the_null_sender_nor_when_notify_never(setup):
@@ -126,19 +155,19 @@ def test_no_bounce_to_the_null_sender_nor_when_notify_never(setup):
 
 
 def test_over_quota_defers_with_doubling_backoff_then_bounces_when_expired(setup):
-    ctx = setup(Mailboxes(full={"carol"}), maximal_queue_lifetime="1h")
+    ctx = setup(full={"carol"}, maximal_queue_lifetime="1h")
     qid = enqueue(ctx.queue, ["team@example.test"])
     now = ctx.queue.load(qid).envelope.arrival
     assert attempt(ctx, qid, now) == "deferred"
     assert ctx.queue.load(qid).state.next_try == pytest.approx(now + 10)
     assert attempt(ctx, qid, now + 20) == "deferred"
     assert ctx.queue.load(qid).state.next_try == pytest.approx(now + 20 + 20)
-    assert len(ctx.deliver_mailbox.stored["bob"]) == 1          # bob got it once, carol still pending
+    assert len(ctx.mail.stored["bob"]) == 1          # bob got it once, carol still pending
     assert attempt(ctx, qid, now + 3601) == "finished"
     [(_env, dsn)] = bounces(ctx.queue)
     block = dsn.get_payload()[1].get_payload()[1]
     assert block["Status"] == "4.4.7" and block["Action"] == "failed"
-    assert len(ctx.deliver_mailbox.stored["bob"]) == 1
+    assert len(ctx.mail.stored["bob"]) == 1
 
 
 def test_backoff_is_capped(setup):
@@ -153,7 +182,7 @@ def test_remote_recipients_stay_deferred_and_never_bounce(setup):
     assert attempt(ctx, qid, now) == "deferred"
     assert attempt(ctx, qid, now + 7200) == "deferred"
     assert bounces(ctx.queue) == []
-    assert len(ctx.deliver_mailbox.stored["fwd"]) == 1            # the kept copy, once
+    assert len(ctx.mail.stored["fwd"]) == 1            # the kept copy, once
     assert any(REMOTE_PENDING in line and "to=<x@remote.org>" in line for line in ctx.log.lines)
 
 
@@ -161,21 +190,21 @@ def test_always_bcc_copy_once(setup):
     ctx = setup(always_bcc="archive@example.test")
     qid = enqueue(ctx.queue, ["bob@example.test", "carol@example.test"])
     assert attempt(ctx, qid) == "finished"
-    assert len(ctx.deliver_mailbox.stored["archive"]) == 1
+    assert len(ctx.mail.stored["archive"]) == 1
 
 
 def test_rerun_after_a_crash_does_not_duplicate(setup):
-    ctx = setup(Mailboxes(full={"carol"}))
+    ctx = setup(full={"carol"})
     qid = enqueue(ctx.queue, ["team@example.test"])
     assert attempt(ctx, qid) == "deferred"
-    ctx.deliver_mailbox.full.clear()
+    ctx.directory.full.clear()
     # as if the file were recovered from active/ after a crash: delivered again from the start
     assert attempt(ctx, qid, ctx.queue.load(qid).state.next_try) == "finished"
-    assert {u: len(m) for u, m in ctx.deliver_mailbox.stored.items()} == {"bob": 1, "carol": 1}
+    assert {u: len(m) for u, m in ctx.mail.stored.items()} == {"bob": 1, "carol": 1}
 
 
 def test_one_delay_warning_after_delay_warning_time(setup):
-    ctx = setup(Mailboxes(full={"carol"}), delay_warning_time="1h")
+    ctx = setup(full={"carol"}, delay_warning_time="1h")
     qid = enqueue(ctx.queue, [Recipient("carol@example.test", orcpt="rfc822;carol@example.test")])
     now = ctx.queue.load(qid).envelope.arrival
     assert attempt(ctx, qid, now) == "deferred"
@@ -195,18 +224,19 @@ def test_delivered_to_header_of_the_same_address_is_a_loop(setup):
             b"Delivered-To: carol@example.test\r\n")
     qid = enqueue(ctx.queue, ["bob@example.test", "carol@example.test"], body=body)
     assert attempt(ctx, qid) == "finished"
-    assert list(ctx.deliver_mailbox.stored) == ["carol"]           # a Delivered-To in the body does not count
+    assert list(ctx.mail.stored) == ["carol"]           # a Delivered-To in the body does not count
     [(_env, dsn)] = bounces(ctx.queue)
     block = dsn.get_payload()[1].get_payload()[1]
     assert (block["Final-Recipient"], block["Status"]) == ("rfc822; bob@example.test", "5.4.6")
 
 
-def test_a_storage_error_parks_the_file_in_deferred_not_in_active(setup):
-    class BrokenStore:
-        def __call__(self, user, message, delivery_id):
-            raise StorageError("index: No space left on device")
-    ctx = setup(BrokenStore())
+def test_a_storage_error_parks_the_file_in_deferred_not_in_active(setup, monkeypatch):
+    ctx = setup()
     queue_id = enqueue(ctx.queue, ["bob@example.test"])
+
+    def broken(*args):
+        raise StorageError("state log: No space left on device")
+    monkeypatch.setattr(ctx.queue, "mark_done", broken)
     asyncio.run(QueueManager(ctx).deliver(queue_id))
     assert ctx.queue.ids("active") == [] and ctx.queue.ids("deferred") == [queue_id]
     assert any("storage error, will retry" in line for line in ctx.log.lines)

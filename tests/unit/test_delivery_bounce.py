@@ -4,7 +4,7 @@ from __future__ import annotations
 import email
 import email.policy
 
-from workers.delivery.bounce import RETURN_WHOLE_LIMIT, Failure, Report, build_dsn
+from workers.qmgr.bounce import RETURN_WHOLE_LIMIT, Failure, Report, build_dsn
 
 
 def parse(raw: bytes):

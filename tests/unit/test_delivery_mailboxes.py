@@ -1,26 +1,45 @@
-"""qmgr's INBOX deliverer on a real store: quotas, and a re-run after a crash between the
-mailbox write and the queue's done mark."""
+"""qmgr's mailbox transport on a real store: quotas, streaming from the queue file, and a
+re-run after a crash between the mailbox write and the queue's done mark."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 
+from master.params import Params
+from store.directory import Directory
 from store.mailstore import MailStore
-from workers.delivery import mailboxes
+from workers.qmgr.message import MessageFile
+from workers.qmgr.transports.mailbox import MailboxTransport
 
 QUOTA = 10_000
 
 
+class Users:
+    """store.users.UserDB's get(): every name is a user with QUOTA, but carol has no quota."""
+
+    def get(self, name):
+        quota = 0 if name == "carol" else QUOTA
+        return SimpleNamespace(name=name, enabled=True, forward=[], keep_copy=False, quota=quota)
+
+
 @pytest.fixture
 def store(tmp_path):
-    ms = MailStore(tmp_path / "store", tmp_path / "index", quota_limit=lambda user: QUOTA)
+    ms = MailStore(tmp_path / "store", tmp_path / "index")
     yield ms
     ms.close()
 
 
 @pytest.fixture
-def deliver(store, monkeypatch):
-    monkeypatch.setattr(mailboxes, "open_store", lambda params: store)
-    return mailboxes.MailboxDeliverer(params=None)
+def deliver(store, tmp_path):
+    params = Params({"data_directory": str(tmp_path)}, {}, str(tmp_path))
+    transport = MailboxTransport(store, Directory(params, Users(), None, store), None, "mail.example.test")
+
+    def run(user: str, message: bytes, delivery_id: str):
+        path = tmp_path / f"queue-file-{delivery_id}"
+        path.write_bytes(b"HEAD\n" + message)          # the message part starts after a head
+        return transport.store_one(user, b"", MessageFile(str(path), 5, len(message)), delivery_id)
+    return run
 
 
 def test_quota_defers_and_bounces(deliver, store):
@@ -29,6 +48,13 @@ def test_quota_defers_and_bounces(deliver, store):
     full = deliver("bob", b"y" * 6000, "Q3:bob")
     assert (full.ok, full.permanent, full.status) == (False, False, "4.2.2")
     assert store.usage("bob") == 6000
+
+
+def test_the_message_part_of_the_queue_file_is_stored(deliver, store):
+    message = b"Subject: big\r\n\r\n" + b"z" * 600_000          # several chunks
+    assert deliver("carol", message, "Q1:carol").ok
+    with store.open_mailbox("carol", "INBOX").open(1) as f:
+        assert f.read() == message
 
 
 def test_a_rerun_after_the_mailbox_write_is_delivered_once_whatever_the_quota(deliver, store):

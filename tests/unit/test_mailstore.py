@@ -1,4 +1,4 @@
-"""Mailboxes on disk: delivery, folders, flags, expunge, quotas, disk full and reconstruct."""
+"""Mailboxes on disk: delivery, folders, flags, expunge, usage, disk full and reconstruct."""
 from __future__ import annotations
 
 import errno
@@ -9,14 +9,14 @@ import subprocess
 import pytest
 
 from store import fsio
-from store.mailstore import (
-    BadMailboxName, MailboxExists, MailboxNotEmpty, MailStore, NoSuchMailbox, encode_component,
-)
+from store.layout import encode_component
+from store.mailstore import BadMailboxName, MailboxExists, MailboxNotEmpty, MailStore, NoSuchMailbox
+from store.reconstruct import reconstruct
 
 
 @pytest.fixture
 def store(tmp_path):
-    ms = MailStore(tmp_path / "store", tmp_path / "index", quota_limit=lambda user: 10_000 if user == "small" else 0)
+    ms = MailStore(tmp_path / "store", tmp_path / "index")
     yield ms
     ms.index.close()
 
@@ -207,7 +207,7 @@ def test_a_purge_cut_short_never_brings_the_mail_back(store, messages, monkeypat
     monkeypatch.undo()
     [hidden, carols] = sorted(os.listdir(store.store_dir))
     assert hidden.startswith(".deleted.") and carols == "carol"  # bob's is out of sight already
-    reports = {r.user: r for r in store.reconstruct()}
+    reports = {r.user: r for r in reconstruct(store)}
     assert sorted(reports) == (["bob", "carol"] if crash_in == "index" else ["carol"])
     assert os.listdir(store.store_dir) == ["carol"]
     assert store.index.users() == ["carol"] and store.list_mailboxes("bob") == []
@@ -270,13 +270,6 @@ def test_copy_that_runs_out_of_space_leaves_nothing(store, messages, monkeypatch
     assert message_files(store, "bob", "Other") == [] and len(store.open_mailbox("bob", "Other")) == 0
 
 
-def test_over_quota(store, messages):
-    assert not store.over_quota("bob", 10**12)  # no limit
-    store.deliver("small", "INBOX", b"x" * 9000)
-    assert not store.over_quota("small", 1000)
-    assert store.over_quota("small", 1001)
-
-
 def test_delivered_knows_ids_whose_message_is_indexed(store, messages):
     store.deliver("bob", "INBOX", messages[0], delivery_id="Q1:bob")
     assert store.delivered("bob", "Q1:bob")
@@ -286,7 +279,7 @@ def test_delivered_knows_ids_whose_message_is_indexed(store, messages):
     fsio.write_durably(store.mailbox_dir("bob", "INBOX"), f"{reservation.uid}.{reservation.uidvalidity}.eml",
                        messages[1])
     assert not store.delivered("bob", "Q2:bob")
-    store.reconstruct("bob")  # adopts the file: the message is there now
+    reconstruct(store, "bob")  # adopts the file: the message is there now
     assert store.delivered("bob", "Q2:bob")
 
 
@@ -315,7 +308,7 @@ def test_reconstruct_after_losing_the_whole_index(tmp_path, store, messages):
     shutil.rmtree(tmp_path / "index")
 
     fresh = MailStore(tmp_path / "store", tmp_path / "index")
-    [report] = fresh.reconstruct()
+    [report] = reconstruct(fresh)
     assert set(report.mailboxes_added) == set(before)
     assert _snapshot(fresh, "bob") == before
     assert fresh.usage("bob") == usage
@@ -334,7 +327,7 @@ def test_reconstruct_repairs_a_running_index(store, messages):
         f.write(messages[6])
     store.index.store_flags("bob", "INBOX", [(4, 4)], "+", ["\\Deleted"])
     store.index.expunge("bob", "INBOX", [(3, 4)], deleted_only=False)  # crash before the unlinks
-    [report] = store.reconstruct("bob")
+    [report] = reconstruct(store, "bob")
     assert report.dropped == [("INBOX", 2)]
     assert report.removed_files == [("INBOX", f"3.{validity}.eml"), ("INBOX", f"4.{validity}.eml")]
     assert report.renumbered == [("INBOX", "dropped-in.eml", 6)]
@@ -344,7 +337,7 @@ def test_reconstruct_repairs_a_running_index(store, messages):
     assert view.message(1).flags == ("\\Flagged",)
     assert store.usage("bob") == sum(len(messages[i]) for i in (0, 4, 6))
     assert store.mailbox("bob", "INBOX").uidvalidity == validity
-    [again] = store.reconstruct("bob")
+    [again] = reconstruct(store, "bob")
     assert not again.changed
 
 
@@ -353,7 +346,7 @@ def test_reconstruct_adopts_a_file_whose_index_entry_never_came(store, messages)
     reservation = store.index.reserve_uid("bob", "INBOX", "Q9:bob")
     name = f"{reservation.uid}.{reservation.uidvalidity}.eml"
     fsio.write_durably(store.mailbox_dir("bob", "INBOX"), name, messages[1])  # crash after the rename
-    [report] = store.reconstruct("bob")
+    [report] = reconstruct(store, "bob")
     assert report.adopted == [("INBOX", reservation.uid)]
     # the retried delivery finds its message and stores nothing new
     assert store.deliver("bob", "INBOX", messages[1], delivery_id="Q9:bob") == reservation.uid
@@ -366,17 +359,17 @@ def test_reconstruct_skips_directories_made_by_hand_and_refuses_a_missing_store(
         os.makedirs(os.path.join(store.user_dir("bob"), odd, "Sub"))
         with open(os.path.join(store.user_dir("bob"), odd, "x.eml"), "wb") as f:
             f.write(messages[1])
-    [report] = store.reconstruct("bob")
+    [report] = reconstruct(store, "bob")
     assert sorted(report.skipped) == ["%ZZ", "Entwürfe", "inbox"]
     assert [m.name for m in store.list_mailboxes("bob")] == ["INBOX"] and store.usage("bob") == len(messages[0])
     empty = MailStore(tmp_path / "not-mounted", tmp_path / "index2")
     with pytest.raises(fsio.StorageError):
-        empty.reconstruct()
+        reconstruct(empty)
     empty.close()
 
 
 def test_encode_component_round_trips():
-    from store.mailstore import decode_component
+    from store.layout import decode_component
     for name in ("INBOX", ".x", "a b", "ü/ñ", "%41", "Sent Items"):
         assert decode_component(encode_component(name)) == name
         assert not encode_component(name).startswith(".")
@@ -434,7 +427,7 @@ def test_journal_is_compacted_and_still_restores_flags(tmp_path, store, messages
     store.index.close()
     shutil.rmtree(tmp_path / "index")
     fresh = MailStore(tmp_path / "store", tmp_path / "index")
-    fresh.reconstruct("bob")
+    reconstruct(fresh, "bob")
     assert _snapshot(fresh, "bob") == before
     assert fresh.open_mailbox("bob", "INBOX").message(1).flags == ("\\Seen", "$Later")
     fresh.close()
@@ -450,7 +443,7 @@ def test_a_deletion_cut_short_never_brings_the_mailbox_back(store, messages, mon
     with pytest.raises(RuntimeError):
         store.delete_mailbox("bob", "Old")
     monkeypatch.undo()
-    [report] = store.reconstruct("bob")
+    [report] = reconstruct(store, "bob")
     assert report.mailboxes_dropped == ["Old"]
     assert store.list_mailboxes("bob") == []
     assert os.listdir(store.user_dir("bob")) == []  # the half-deleted directory is gone too
@@ -501,5 +494,5 @@ def test_concurrent_deliveries_and_readers_in_processes(tmp_path):
                 bodies.add(f.read())
         assert len(bodies) == 75 and b"retried" not in bodies
         assert ms.usage("bob") == sum(len(b) for b in bodies)
-        [report] = ms.reconstruct("bob")
+        [report] = reconstruct(ms, "bob")
         assert not report.changed

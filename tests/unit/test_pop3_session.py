@@ -1,7 +1,7 @@
 """POP3 session state machine, driven line by line through a fake transport (no sockets).
 
 The backend is real (user database, SASL, store.mailstore in tmp_path, messages from
-tests/corpus); only the transport is a fake.
+tests/corpus); only the transport is a fake (tests/fakes.py FakeConnection).
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from master.params import Params
 from store.fsio import StorageError
 from store.mailstore import INBOX, BadMailboxName
 from store.users import User, UserDB
+from tests.conftest import shared_corpus
+from tests.fakes import FakeConnection, FakeLog
 from workers._authpool import AuthUnavailable, LocalVerifier
-from workers._limits import LineTooLong
 from workers.pop3d import session as S
 from workers.pop3d.backend import Backend
 from workers.pop3d.maildrop import Maildrop, MaildropBusy
 from workers.pop3d.wire import message_size, top_chunks, wire_chunks
-from tests.conftest import shared_corpus
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 EML = sorted(CORPUS.glob("*.eml"))
@@ -41,72 +41,6 @@ async def until(predicate, rounds: int = 5000):
             return
         await asyncio.sleep(0.001)
     raise AssertionError("the session did not get there")
-
-
-class FakeLog:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def error(self, text): self.lines.append("E " + text)
-    def info(self, text): self.lines.append("M " + text)
-    def debug(self, text): self.lines.append("H " + text)
-
-
-class FakeConn:
-    """Connection's members as the session uses them; input is a list of lines (or errors)."""
-
-    def __init__(self, params, lines, tls=False, interactive=False, peer_ip="127.0.0.1"):
-        self.params = params
-        self.interactive = interactive      # wait for the test to add input instead of EOF
-        self.log = FakeLog()
-        self.peer_ip = peer_ip              # loopback: passwords in clear are allowed by default
-        self.input = list(lines)
-        self.output = bytearray()
-        self.tls = tls
-        self.user = None
-        self.tls_started = False
-        self.draining = asyncio.Event()
-
-    async def read_command(self, limit, timeout):
-        """As Connection.read_command: None once draining is set (the master stops)."""
-        if self.interactive:
-            await until(lambda: self.input or self.draining.is_set())
-        if self.draining.is_set():
-            return None
-        return await self.read_line(limit, timeout)
-
-    async def read_line(self, limit, timeout):
-        if self.interactive:
-            await until(lambda: self.input)
-        if not self.input:
-            return b""
-        item = self.input.pop(0)
-        if isinstance(item, BaseException):
-            raise item
-        if len(item) > limit:
-            raise LineTooLong(f"line longer than {limit}")
-        return item
-
-    async def send(self, data):
-        self.output += data
-
-    async def send_line(self, line):
-        await self.send(line if line.endswith(b"\r\n") else line + b"\r\n")
-
-    async def start_tls(self, go_ahead):
-        await self.send_line(go_ahead)
-        self.tls = True
-        self.tls_started = True
-
-    def tls_version(self): return "TLSv1.3" if self.tls else None
-    def tls_cipher(self): return "TLS_AES_256_GCM_SHA384" if self.tls else None
-
-    def set_user(self, name):
-        self.user = name
-
-    async def report_login(self, ok, user=None):
-        """As Connection.report_login when the master has no penalty or refusal."""
-        return None
 
 
 def make_params(tmp_path, **settings) -> Params:
@@ -146,17 +80,21 @@ def backend(params, user_db, monkeypatch):
 
 @pytest.fixture
 def store(backend):
-    return backend.store
+    return backend.store.mail
 
 
 def deliver(store, *names, user="bob"):
     return [store.deliver(user, INBOX, (CORPUS / n).read_bytes()) for n in names]
 
 
+def client(lines) -> bytes:
+    """Command lines (str, or bytes with their line end) as the client sends them."""
+    return b"".join(l.encode() + b"\r\n" if isinstance(l, str) else l for l in lines)
+
+
 def run(backend, tmp_path, lines, tls=False, peer_ip="127.0.0.1", **settings):
     """Run a whole session; returns (conn, [reply lines])."""
-    conn = FakeConn(make_params(tmp_path, **settings), [l.encode() + b"\r\n" if isinstance(l, str) else l
-                                                         for l in lines], tls=tls, peer_ip=peer_ip)
+    conn = FakeConnection(make_params(tmp_path, **settings), client(lines), tls=tls, peer_ip=peer_ip)
     asyncio.run(S.Session(conn, backend).run())
     return conn, conn.output.decode("utf-8", "replace").split("\r\n")
 
@@ -258,7 +196,7 @@ def test_transaction_commands_refused_before_login(backend, tmp_path):
 def test_too_many_bad_commands_closes(backend, tmp_path):
     conn, out = run(backend, tmp_path, ["XYZZY"] * 20)
     assert out[-2] == "-ERR Too many bad commands, closing the connection"
-    assert len(conn.input) == 20 - S.MAX_BAD_COMMANDS
+    assert conn.unread() == b"XYZZY\r\n" * (20 - S.MAX_BAD_COMMANDS)
 
 
 def test_overlong_line_is_an_error_not_a_crash(backend, tmp_path):
@@ -268,8 +206,10 @@ def test_overlong_line_is_an_error_not_a_crash(backend, tmp_path):
 
 def test_timeout_ends_session_without_update(backend, store, tmp_path):
     deliver(store, "01-plain.eml")
-    _, out = run(backend, tmp_path, ["USER bob", "PASS secret", "DELE 1", TimeoutError()])
-    assert out[-2] == "-ERR Disconnected for inactivity"
+    conn = FakeConnection(make_params(tmp_path, pop3d_timeout="1s"), client(["USER bob", "PASS secret", "DELE 1"]),
+                          eof=False)
+    asyncio.run(S.Session(conn, backend).run())
+    assert conn.lines()[-1] == "-ERR Disconnected for inactivity"
     assert len(store.open_mailbox("bob", INBOX)) == 1
 
 
@@ -304,7 +244,7 @@ def test_three_failures_close_the_connection(backend, tmp_path):
     conn, out = run(backend, tmp_path, ["USER bob", "PASS a", "USER bob", "PASS b", "USER bob", "PASS c",
                                         "USER bob", "PASS secret"])
     assert "-ERR Too many failed logins, closing the connection" in out
-    assert conn.user is None and conn.input
+    assert conn.user is None and conn.unread()
 
 
 def test_failed_login_waits_auth_failure_delay(backend, tmp_path, monkeypatch):
@@ -319,10 +259,10 @@ def test_failed_login_waits_auth_failure_delay(backend, tmp_path, monkeypatch):
 
 def test_apop_right_and_wrong(backend, store, tmp_path):
     deliver(store, "01-plain.eml")
-    conn = FakeConn(make_params(tmp_path), [])
+    conn = FakeConnection(make_params(tmp_path))
     session = S.Session(conn, backend)
     good = hashlib.md5((session.apop_timestamp + "secret").encode()).hexdigest()
-    conn.input = [b"APOP bob " + b"0" * 32 + b"\r\n", f"APOP bob {good}\r\n".encode(), b"QUIT\r\n"]
+    conn.feed(client(["APOP bob " + "0" * 32, f"APOP bob {good}", "QUIT"]))
     asyncio.run(session.run())
     r = replies(conn.output.decode().split("\r\n"))
     assert r[1] == "-ERR [AUTH] Authentication failed"
@@ -368,23 +308,23 @@ def test_auth_cancel_bad_base64_and_unknown_mechanism(backend, tmp_path):
 
 
 def test_auth_cram_md5_right_and_wrong(backend, tmp_path):
-    conn = FakeConn(make_params(tmp_path), [], interactive=True)
+    conn = FakeConnection(make_params(tmp_path), eof=False)
 
     async def exchange():
         session = S.Session(conn, backend)
         task = asyncio.ensure_future(session.run())
         answers = []
         for password in ("bad", "secret"):
-            conn.input.append(b"AUTH CRAM-MD5\r\n")
+            conn.feed(b"AUTH CRAM-MD5\r\n")
             await until(lambda: b"+ " in conn.output)
             challenge = base64.b64decode(bytes(conn.output).split(b"+ ")[-1].split(b"\r\n")[0])
             conn.output.clear()
             digest = hmac.new(password.encode(), challenge, "md5").hexdigest()
-            conn.input.append(base64.b64encode(f"bob {digest}".encode()) + b"\r\n")
+            conn.feed(base64.b64encode(f"bob {digest}".encode()) + b"\r\n")
             await until(lambda: conn.output.endswith(b"\r\n") and b"+ " not in conn.output)
             answers.append(conn.output.decode())
             conn.output.clear()
-        conn.input.append(b"QUIT\r\n")
+        conn.feed(b"QUIT\r\n")
         await task
         return answers
 
@@ -410,7 +350,7 @@ def test_tls_required_refuses_every_login_before_stls(backend, tmp_path):
     r = replies(out)
     refused = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first"
     assert r[2:6] == [refused] * 4
-    assert r[6] == "+OK Begin TLS negotiation now" and conn.tls_started
+    assert r[6] == "+OK Begin TLS negotiation now" and conn.tls
     assert r[-2].startswith("+OK Logged in")
 
 
@@ -517,7 +457,7 @@ def test_quit_releases_the_lock_before_it_answers(backend, store, tmp_path):
     deliver(store, "01-plain.eml")
     free_at_reply = []
 
-    class Watching(FakeConn):
+    class Watching(FakeConnection):
         async def send(self, data):
             if data.startswith(b"+OK Logging out"):
                 try:
@@ -527,7 +467,7 @@ def test_quit_releases_the_lock_before_it_answers(backend, store, tmp_path):
                     free_at_reply.append(False)
             await super().send(data)
 
-    conn = Watching(make_params(tmp_path), [l.encode() + b"\r\n" for l in login("DELE 1", "QUIT")])
+    conn = Watching(make_params(tmp_path), client(login("DELE 1", "QUIT")))
     asyncio.run(S.Session(conn, backend).run())
     assert free_at_reply == [True]
     assert len(store.open_mailbox("bob", INBOX)) == 0
@@ -545,12 +485,11 @@ def test_dropped_connection_deletes_nothing_and_releases_lock(backend, store, tm
 def test_server_stop_says_so_and_deletes_nothing(backend, store, tmp_path):
     """Graceful stop: an idle session gets -ERR [SYS/TEMP] and ends without UPDATE."""
     deliver(store, "01-plain.eml", "02-utf8-8bit.eml")
-    conn = FakeConn(make_params(tmp_path), [], interactive=True)
+    conn = FakeConnection(make_params(tmp_path), eof=False)
 
     async def stopped_while_idle():
         task = asyncio.ensure_future(S.Session(conn, backend).run())
-        for line in login("DELE 1"):
-            conn.input.append(line.encode() + b"\r\n")
+        conn.feed(client(login("DELE 1")))
         await until(lambda: b"+OK Message 1 deleted" in conn.output)
         conn.draining.set()
         await task
@@ -628,8 +567,7 @@ def test_size_cache_of_the_old_format_is_recomputed(backend, store, tmp_path):
 def test_client_that_stops_reading_a_retr_is_dropped(backend, store, tmp_path, monkeypatch):
     deliver(store, "05-mixed-attachment.eml", "01-plain.eml")
     monkeypatch.setattr(S, "FAREWELL_TIMEOUT", 0.01)
-    conn = FakeConn(make_params(tmp_path, pop3d_timeout="1s"), [l.encode() + b"\r\n" for l in
-                                                                 login("DELE 2", "RETR 1", "QUIT")])
+    conn = FakeConnection(make_params(tmp_path, pop3d_timeout="1s"), client(login("DELE 2", "RETR 1", "QUIT")))
     real_send = conn.send
 
     async def stalled_send(data):
@@ -638,7 +576,7 @@ def test_client_that_stops_reading_a_retr_is_dropped(backend, store, tmp_path, m
         await real_send(data)
     conn.send = stalled_send
     asyncio.run(S.Session(conn, backend).run())
-    assert conn.input == [b"QUIT\r\n"]          # never got that far
+    assert conn.unread() == b"QUIT\r\n"          # never got that far
     assert any("timeout: user=bob" in line for line in conn.log.lines)
     assert len(store.open_mailbox("bob", INBOX)) == 2
     assert backend.open_maildrop("bob", exclusive=True).release() is None   # the lock was given back

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from master.ctl import load_config, run
-from store.users import UserDB
+from store.handle import Store
 
 MASTER_CF = """\
 127.0.0.1:2525     inet  n       n      n      -      -       smtpd
@@ -64,18 +64,19 @@ def test_init_demo_adds_the_demo_user_once(tmp_path, capsys):
     etc = make_config(tmp_path)
     assert run(["-c", etc, "init", "--demo"]) == 0
     assert "demo / password demo (created)" in capsys.readouterr().out
-    users = UserDB.open(load_config(etc).params)
-    assert users.verify_password("demo", "demo")
+    with Store.open(load_config(etc).params) as store:
+        assert store.users.verify_password("demo", "demo")
     assert run(["-c", etc, "init", "--demo"]) == 0
     assert "(already there)" in capsys.readouterr().out
-    assert [user.name for user in users.list()] == ["demo", "postmaster"]
+    with Store.open(load_config(etc).params) as store:
+        assert [user.name for user in store.users.list()] == ["demo", "postmaster"]
 
 
 def test_init_gives_postmaster_and_abuse_somewhere_to_go(tmp_path, capsys):
     etc = make_config(tmp_path)
     assert run(["-c", etc, "init"]) == 0
-    with UserDB.from_params(load_config(etc).params) as users:
-        assert users.get("postmaster") is not None
+    with Store.open(load_config(etc).params) as store:
+        assert store.users.get("postmaster") is not None
     aliases = (tmp_path / "etc" / "aliases").read_text()
     assert "abuse: postmaster\n" in aliases and (tmp_path / "etc" / "aliases.lmdb").exists()
     assert "account postmaster" in capsys.readouterr().out
@@ -88,8 +89,8 @@ def test_init_postmaster_option_writes_the_alias_and_keeps_the_administrators(tm
     (tmp_path / "etc" / "aliases").write_text("abuse: security-team@example.org\n")
     assert run(["-c", etc, "init", "--postmaster", "alice"]) == 0
     assert (tmp_path / "etc" / "aliases").read_text() == "abuse: security-team@example.org\npostmaster: alice\n"
-    with UserDB.from_params(load_config(etc).params) as users:
-        assert users.get("postmaster") is None
+    with Store.open(load_config(etc).params) as store:
+        assert store.users.get("postmaster") is None
 
 
 def test_init_makes_no_folder_outside_data_directory_but_the_named_ones(tmp_path):

@@ -1,9 +1,10 @@
 """smtpd session state machine, driven through a fake transport (no sockets).
 
-The client's bytes are fed into a real asyncio.StreamReader all at once (which is also
-what a pipelining client does); the session's replies are collected line by line.
-The backend is a fake: a user table, an alias set, a queue writer that records what it
-was given, a PLAIN/LOGIN mechanism over a password table.
+The transport is tests/fakes.py FakeConnection: the client's bytes are fed into a real
+asyncio.StreamReader all at once (which is also what a pipelining client does); the
+session's replies are collected. The backend is a fake: the real recipient resolver over a
+fake user table, alias map and quota usage, a queue writer that records what it was given, a
+PLAIN/LOGIN mechanism over a password table.
 """
 from __future__ import annotations
 
@@ -15,74 +16,20 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from master.params import Params
+from store.directory import Directory
 from store.fsio import StorageError
+from store.resolve import Resolver
+from store.users import User
+from tests.fakes import FakeConnection
 from workers._authpool import AuthUnavailable
-from workers._limits import STREAM_LIMIT, read_line
-from workers._server import Connection
 from workers.smtpd.address import ArgError, parse_mail, parse_rcpt
 from workers.smtpd.received import received_header
-from workers.smtpd.relay import UserState
 from workers.smtpd.session import Session
 
 HOST = "mail.example.test"
 
 
 # ---------------------------------------------------------------------------- fakes
-
-class FakeLog:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def error(self, text):
-        self.lines.append("E " + text)
-
-    def info(self, text):
-        self.lines.append("M " + text)
-
-    def debug(self, text):
-        self.lines.append("H " + text)
-
-
-class FakeConn:
-    def __init__(self, client: bytes, params: Params, peer_ip: str, tls: bool = False, eof: bool = True):
-        """Must be made inside the running loop (the StreamReader binds to it)."""
-        self.reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-        self.reader.feed_data(client)
-        if eof:
-            self.reader.feed_eof()
-        self.params = params
-        self.peer_ip = peer_ip
-        self.log = FakeLog()
-        self.tls = tls
-        self.out: list[bytes] = []
-        self.user = None
-        self.draining = asyncio.Event()
-
-    async def read_line(self, limit, timeout):
-        return await read_line(self.reader, limit, timeout)
-
-    read_command = Connection.read_command
-
-    async def send_line(self, line: bytes):
-        self.out.extend(line.split(b"\r\n"))
-
-    async def start_tls(self, go_ahead):
-        await self.send_line(go_ahead)
-        self.tls = True
-
-    def tls_version(self):
-        return "TLSv1.3" if self.tls else None
-
-    def tls_cipher(self):
-        return "TLS_AES_256_GCM_SHA384" if self.tls else None
-
-    def set_user(self, name):
-        self.user = name
-
-    async def report_login(self, ok, user=None):
-        """As Connection.report_login when the master has no penalty or refusal."""
-        return None
-
 
 class FakeWriter:
     def __init__(self, backend):
@@ -141,22 +88,28 @@ class FakeLogin:
         return Step(user=self.name, failed=not ok)
 
 
-class FakeDirectory:
-    def __init__(self):
-        self.users = {"bob": UserState(True, 0, 0), "carol": UserState(False, 0, 0),
-                      "dave": UserState(True, 1000, 900)}
-        self.aliases = {"postmaster", "team"}
+class FakeAccounts:
+    """The user database, the alias map and the quota usage behind the store's Directory."""
 
-    def user(self, name):
+    def __init__(self):
+        self.users = {"bob": User("bob"), "carol": User("carol", enabled=False), "dave": User("dave", quota=1000)}
+        self.aliases = {"postmaster": ["bob"], "team": ["bob", "carol"]}
+        self.used = {"dave": 900}
+
+    def get(self, name):
         return self.users.get(name)
 
-    def is_alias(self, name):
-        return name in self.aliases
+    def lookup(self, name):
+        return self.aliases.get(name)
+
+    def usage(self, name):
+        return self.used.get(name, 0)
 
 
 @dataclass
 class FakeBackend:
-    directory: FakeDirectory = field(default_factory=FakeDirectory)
+    accounts: FakeAccounts = field(default_factory=FakeAccounts)
+    luser_relay: str = ""
     committed: list = field(default_factory=list)
     woken: int = 0
     low: bool = False
@@ -180,8 +133,13 @@ class FakeBackend:
     def sasl_server(self, name):
         return FakePlain(self.passwords) if name == "PLAIN" else FakeLogin(self.passwords)
 
+    def __post_init__(self):
+        directory = Directory(make_params(), self.accounts, self.accounts, self.accounts)
+        self.directory = Resolver(directory, self.luser_relay)
+
     def may_send(self, user):
-        return user in self.passwords and self.directory.users.get(user, UserState(True, 0, 0)).enabled
+        account = self.accounts.get(user)
+        return user in self.passwords and (account is None or account.enabled)
 
     async def rbl_lookup(self, ip, zones):
         return self.listed, []
@@ -196,17 +154,14 @@ def make_params(**settings) -> Params:
 
 
 def run(client: bytes | str, backend: FakeBackend | None = None, peer_ip: str = "192.0.2.9",
-        tls: bool = False, **settings) -> tuple[list[str], FakeConn, FakeBackend]:
+        tls: bool = False, **settings) -> tuple[list[str], FakeConnection, FakeBackend]:
     backend = backend or FakeBackend()
     if isinstance(client, str):
         client = client.replace("\n", "\r\n").encode()
 
-    async def session() -> FakeConn:
-        conn = FakeConn(client, make_params(**settings), peer_ip, tls)
-        await Session(conn, backend).run()
-        return conn
-    conn = asyncio.run(session())
-    return [line.decode() for line in conn.out if line], conn, backend
+    conn = FakeConnection(make_params(**settings), client, peer_ip=peer_ip, tls=tls)
+    asyncio.run(Session(conn, backend).run())
+    return conn.lines(), conn, backend
 
 
 def codes(lines: list[str]) -> list[str]:
@@ -295,9 +250,9 @@ def test_too_many_errors_closes_with_421():
 
 def test_idle_timeout_closes_with_421():
     async def scenario():
-        conn = FakeConn(b"EHLO c\r\n", make_params(smtpd_timeout="1s"), "192.0.2.9", eof=False)
+        conn = FakeConnection(make_params(smtpd_timeout="1s"), b"EHLO c\r\n", peer_ip="192.0.2.9", eof=False)
         await Session(conn, FakeBackend()).run()
-        return [line.decode() for line in conn.out if line]
+        return conn.lines()
     lines = asyncio.run(scenario())
     assert lines[-1] == "421 4.4.2 Error: timeout exceeded"
 
@@ -312,12 +267,12 @@ async def _until(condition) -> None:
 
 def test_stop_tells_an_idle_session_421_at_once():
     async def scenario():
-        conn = FakeConn(b"EHLO c\r\n", make_params(smtpd_timeout="300s"), "192.0.2.9", eof=False)
+        conn = FakeConnection(make_params(smtpd_timeout="300s"), b"EHLO c\r\n", peer_ip="192.0.2.9", eof=False)
         task = asyncio.ensure_future(Session(conn, FakeBackend()).run())
-        await _until(lambda: any(line.startswith(b"250 ") for line in conn.out))
+        await _until(lambda: any(line.startswith("250 ") for line in conn.lines()))
         conn.draining.set()
         await asyncio.wait_for(task, 5)
-        return [line.decode() for line in conn.out if line]
+        return conn.lines()
     lines = asyncio.run(scenario())
     assert lines[-1] == "421 4.3.2 Service shutting down"
 
@@ -325,14 +280,14 @@ def test_stop_tells_an_idle_session_421_at_once():
 def test_stop_during_data_finishes_and_acknowledges_the_message_first():
     async def scenario():
         backend = FakeBackend()
-        conn = FakeConn(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
-                        b"Subject: hi\r\n\r\nfirst half\r\n", make_params(), "192.0.2.9", eof=False)
+        conn = FakeConnection(make_params(), b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@example.test>\r\n"
+                              b"DATA\r\nSubject: hi\r\n\r\nfirst half\r\n", peer_ip="192.0.2.9", eof=False)
         task = asyncio.ensure_future(Session(conn, backend).run())
-        await _until(lambda: any(line.startswith(b"354") for line in conn.out))
+        await _until(lambda: any(line.startswith("354") for line in conn.lines()))
         conn.draining.set()
-        conn.reader.feed_data(b"second half\r\n.\r\n")
+        conn.feed(b"second half\r\n.\r\n")
         await asyncio.wait_for(task, 5)
-        return [line.decode() for line in conn.out if line], backend
+        return conn.lines(), backend
     lines, backend = asyncio.run(scenario())
     assert codes(lines)[-2:] == ["250", "421"] and lines[-1] == "421 4.3.2 Service shutting down"
     assert backend.committed[0][1].endswith(b"first half\r\nsecond half\r\n")
@@ -359,7 +314,7 @@ def test_recipients_past_the_limit_cost_no_error_until_the_overshoot_limit():
 def test_postmaster_is_accepted_from_a_blocklisted_client_without_alias():
     from workers.smtpd.rbl import Listing
     backend = FakeBackend(listed=Listing("bl.test", "127.0.0.2", "listed"))
-    backend.directory.aliases.clear()
+    backend.accounts.aliases.clear()
     lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nRCPT TO:<PostMaster@Example.Test>\n"
                       "RCPT TO:<postmaster>\nRCPT TO:<\"postmaster\"@mail.example.test>\n"
                       "RCPT TO:<postmaster@elsewhere.example>\nQUIT\n", backend, smtpd_rbl_servers="bl.test")
@@ -368,13 +323,13 @@ def test_postmaster_is_accepted_from_a_blocklisted_client_without_alias():
 
 def test_pregreet_talker_is_refused_and_a_patient_client_served():
     async def scenario(early: bytes, peer_ip: str):
-        conn = FakeConn(early, make_params(smtpd_pregreet_delay="0.2"), peer_ip, eof=False)
+        conn = FakeConnection(make_params(smtpd_pregreet_delay="0.2"), early, peer_ip=peer_ip, eof=False)
         task = asyncio.ensure_future(Session(conn, FakeBackend()).run())
         if not early:
-            await _until(lambda: conn.out)
-            conn.reader.feed_data(b"QUIT\r\n")
+            await _until(lambda: conn.output)
+            conn.feed(b"QUIT\r\n")
         await asyncio.wait_for(task, 5)
-        return [line.decode() for line in conn.out if line], conn.log.lines
+        return conn.lines(), conn.log.lines
     lines, log = asyncio.run(scenario(b"EHLO c\r\n", "192.0.2.9"))
     assert lines == ["554 5.5.1 Protocol error"]
     assert "M reject: PREGREET 8 from [192.0.2.9]: b'EHLO c\\r\\n'" in log
@@ -516,8 +471,15 @@ def test_disabled_user_and_quota_replies():
 
 def test_luser_relay_accepts_unknown_users():
     lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<nobody@example.test>\nQUIT\n",
-                      luser_relay="bob")
+                      FakeBackend(luser_relay="bob"))
     assert codes(lines)[3] == "250"
+
+
+def test_an_alias_loop_is_refused_at_rcpt():
+    backend = FakeBackend()
+    backend.accounts.aliases.update({"a": ["b"], "b": ["a"]})
+    lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<a@example.test>\nQUIT\n", backend)
+    assert "550 5.4.6 Recipient address rejected: mail forwarding loop (a -> b -> a)" in lines
 
 
 @pytest.mark.parametrize("in_mynetworks", [True, False])
@@ -683,7 +645,7 @@ def test_failing_user_database_is_a_temporary_error():
 
     def broken(name):
         raise StorageError("user database: MDB_PANIC")
-    backend.directory.user = broken
+    backend.accounts.get = broken
     lines, conn, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nQUIT\n", backend)
     assert "451 4.3.0 Temporary lookup failure" in lines
     assert any(line.startswith("E ") and "MDB_PANIC" in line for line in conn.log.lines)

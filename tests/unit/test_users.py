@@ -190,12 +190,13 @@ def test_apop_secret_is_bound_to_the_user(db):
 
 def test_lost_or_bad_key_disables_apop_only(db, tmp_path):
     db.add("bob", password="pw")
+    db.close()                                   # one env per path and process
     for content in (b"short", os.urandom(32)):
         with open(db.key_path, "wb") as f:
             f.write(content)
-        fresh = UserDB(db.env_path, db.key_path)
-        assert fresh.apop_secret("bob") is None
-        assert fresh.verify_password("bob", "pw") and fresh.scram_keys("bob") is not None
+        with UserDB(db.env_path, db.key_path) as fresh:
+            assert fresh.apop_secret("bob") is None
+            assert fresh.verify_password("bob", "pw") and fresh.scram_keys("bob") is not None
 
 
 def test_user_without_password_has_no_form(db):

@@ -1,9 +1,9 @@
 """What a POP3 session needs from the rest of the system, behind one small object.
 
-Backend(params) is built once per worker process and shared by its sessions. From
-workers._auth.Authenticator (over store.users.UserDB) it has account(name),
-verify_password(name, pw), verify_apop(name, timestamp, digest), sasl_mechanisms() and
-sasl_server(name); it adds
+Backend(params) is built once per worker process and shared by its sessions; it opens the
+process's store (store.handle.Store). From workers._auth.Authenticator (over the store's
+user database) it has account(name), verify_password(name, pw), verify_apop(name,
+timestamp, digest), sasl_mechanisms() and sasl_server(name); it adds
     tls_available() -> bool          a usable certificate and key (workers._tls)
     open_maildrop(user, exclusive) -> Maildrop   the INBOX snapshot, its lock shared or
                                      exclusive (MaildropBusy, StorageError)
@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 
 from master.proto import POP3_LOCKS
-from store.mailstore import open_store
-from store.users import UserDB
+from store.handle import Store
 from workers import _tls
 from workers._auth import Authenticator
 from workers._authpool import LocalVerifier
@@ -28,14 +27,14 @@ from workers.pop3d.maildrop import Maildrop
 
 class Backend(Authenticator):
     def __init__(self, params):
-        users = UserDB.open(params)
+        self.store = Store.open(params)
+        users = self.store.users
         super().__init__(users, params.myhostname, LocalVerifier.from_params(params, users, Log("pop")))
         self.params = params
-        self.store = open_store(params)
         self.lock_dir = os.path.join(params.run_directory, POP3_LOCKS)
 
     def tls_available(self) -> bool:
         return _tls.tls_available(self.params)
 
     def open_maildrop(self, user: str, exclusive: bool = False) -> Maildrop:
-        return Maildrop.open(self.store, user, self.lock_dir, exclusive)
+        return Maildrop.open(self.store.mail, user, self.lock_dir, exclusive)

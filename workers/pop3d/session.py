@@ -1,17 +1,18 @@
-"""One POP3 session (RFC 1939): the state machine and its command table.
+"""One POP3 session (RFC 1939): a workers._session.Session with POP3's table and replies.
 
 Session(conn, backend).run() serves a client from greeting to close.
 States: AUTHORIZATION (greeting until a login succeeds) -> TRANSACTION (the maildrop is
 locked) -> UPDATE (entered only by QUIT: the DELE marks are committed, then the session
 ends). Any other end (client gone, timeout, too many errors, server stop) leaves the maildrop as it was.
-COMMANDS says where each verb is legal and how many arguments it takes; the dispatcher
-alone enforces that, the line limit (MAX_LINE, RFC 2449's 255 octets), the error budget and
-pop3d_timeout (for reading a command and for every write: a client that stops reading a
-RETR is dropped too) and the graceful stop (conn.draining: a session waiting for its next
+COMMANDS says where each verb is legal and how many arguments it takes; the base's
+dispatcher alone enforces that, the line limit (MAX_LINE, RFC 2449's 255 octets), the error
+budget (MAX_BAD_COMMANDS; only the errors answered through bad_command count), pop3d_timeout
+(for reading a command; send() puts it on every write: a client that stops reading a RETR
+is dropped too) and the graceful stop (conn.draining: a session waiting for its next
 command gets `-ERR [SYS/TEMP] Server shutting down` and ends without UPDATE; a command in
-progress, a RETR say, is finished first), so the handlers in login.py and transaction.py stay short.
-`conn` is a workers._server.Connection (the unit tests pass a fake with the same members);
-`backend` is workers.pop3d.backend.Backend (or a fake).
+progress, a RETR say, is finished first), so the handlers in login.py and transaction.py stay
+short. A PASS must come right after its USER: any other line forgets the USER.
+`conn` is a workers._session.Connection; `backend` is workers.pop3d.backend.Backend (or a fake).
 Diagnostics: replies per RFC 1939/2449/3206 (`-ERR [AUTH]`, `[IN-USE]`, `[SYS/TEMP]`);
 logins, failures, logouts and dropped sessions go to pop.log (conn.log).
 """
@@ -19,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass
-from typing import Awaitable, Callable
 
+from workers import _session
 from workers._auth import apop_timestamp
-from workers._limits import ErrorBudget, LineTooLong
+from workers._session import Command, Connection, Flag, Request
 from workers.pop3d import login, transaction
 from workers.pop3d.maildrop import Maildrop
 
@@ -38,52 +38,41 @@ class State(enum.Enum):
     UPDATE = 3
 
 
-A, T = State.AUTHORIZATION, State.TRANSACTION
-Handler = Callable[["Session", list[str]], Awaitable[None]]
+A = frozenset({State.AUTHORIZATION})
+T = frozenset({State.TRANSACTION})
+A_T = A | T
 
-
-@dataclass(frozen=True)
-class Cmd:
-    handler: Handler
-    states: frozenset[State]
-    min_args: int = 0
-    max_args: int = 0
-    rest_is_one_arg: bool = False     # PASS: the password may contain spaces
-
-
-COMMANDS: dict[str, Cmd] = {
-    #          handler                 legal in                  args
-    "CAPA": Cmd(login.capa,            frozenset({A, T})),
-    "STLS": Cmd(login.stls,            frozenset({A})),
-    "USER": Cmd(login.user,            frozenset({A}),           1, 1),
-    "PASS": Cmd(login.password,        frozenset({A}),           1, 1, rest_is_one_arg=True),
-    "APOP": Cmd(login.apop,            frozenset({A}),           2, 2),
-    "AUTH": Cmd(login.auth,            frozenset({A}),           0, 2),
-    "QUIT": Cmd(transaction.quit,      frozenset({A, T})),
-    "STAT": Cmd(transaction.stat,      frozenset({T})),
-    "LIST": Cmd(transaction.list_,     frozenset({T}),           0, 1),
-    "UIDL": Cmd(transaction.uidl,      frozenset({T}),           0, 1),
-    "RETR": Cmd(transaction.retr,      frozenset({T}),           1, 1),
-    "TOP":  Cmd(transaction.top,       frozenset({T}),           2, 2),
-    "DELE": Cmd(transaction.dele,      frozenset({T}),           1, 1),
-    "RSET": Cmd(transaction.rset,      frozenset({T})),
-    "NOOP": Cmd(transaction.noop,      frozenset({T})),
+COMMANDS: dict[str, Command] = {
+    #               handler                legal in  arguments
+    "CAPA": Command(login.capa,            A_T,      (0, 0)),
+    "STLS": Command(login.stls,            A,        (0, 0)),
+    "USER": Command(login.user,            A,        (1, 1)),
+    "PASS": Command(login.password,        A,        (1, 1), Flag.WHOLE_REST),
+    "APOP": Command(login.apop,            A,        (2, 2)),
+    "AUTH": Command(login.auth,            A,        (0, 2)),
+    "QUIT": Command(transaction.quit,      A_T,      (0, 0)),
+    "STAT": Command(transaction.stat,      T,        (0, 0)),
+    "LIST": Command(transaction.list_,     T,        (0, 1)),
+    "UIDL": Command(transaction.uidl,      T,        (0, 1)),
+    "RETR": Command(transaction.retr,      T,        (1, 1)),
+    "TOP":  Command(transaction.top,       T,        (2, 2)),
+    "DELE": Command(transaction.dele,      T,        (1, 1)),
+    "RSET": Command(transaction.rset,      T,        (0, 0)),
+    "NOOP": Command(transaction.noop,      T,        (0, 0)),
 }
 
 
-class Session:
-    def __init__(self, conn, backend):
-        self.conn = conn
-        self.backend = backend
-        self.params = conn.params
-        self.log = conn.log
-        self.state = State.AUTHORIZATION
-        self.closing = False
+class Session(_session.Session):
+    commands = COMMANDS
+    line_limit = MAX_LINE
+    encoding = "utf-8"
+
+    def __init__(self, conn: Connection, backend):
+        super().__init__(conn, backend, State.AUTHORIZATION, MAX_BAD_COMMANDS, conn.params.pop3d_timeout)
         self.pending_user: str | None = None       # set by USER, consumed by PASS
         self.user: str | None = None
         self.maildrop: Maildrop | None = None
         self.auth_failures = 0
-        self.errors = ErrorBudget(MAX_BAD_COMMANDS)
         self.apop_timestamp = apop_timestamp(self.params.myhostname) if login.offers(self, "APOP") else None
         self.counts = {"retr": 0, "top": 0, "dele": 0}
 
@@ -103,38 +92,9 @@ class Session:
         await self.send(("-ERR " + text).encode("utf-8") + b"\r\n")
 
     async def bad_command(self, text: str) -> None:
+        """An -ERR that counts against the error budget."""
         await self.err(text)
-        if self.errors.charge():
-            await self.err("Too many bad commands, closing the connection")
-            self.closing = True
-
-    # -- life cycle
-    async def run(self) -> None:
-        greeting = "mailhouse POP3 server ready"
-        await self.ok(f"{greeting} {self.apop_timestamp}" if self.apop_timestamp else greeting)
-        try:
-            while not self.closing:
-                try:
-                    line = await self.conn.read_command(MAX_LINE, self.params.pop3d_timeout)
-                except LineTooLong:
-                    await self.bad_command("Line too long")
-                    continue
-                if line is None:
-                    await self.shutting_down()
-                    return
-                if not line:
-                    return
-                await self.dispatch(line)
-        except TimeoutError:
-            self.log.info(f"timeout: user={self.user or '-'} ip={self.conn.peer_ip}")
-            await self.farewell("Disconnected for inactivity")
-        finally:
-            self.end()
-
-    async def shutting_down(self) -> None:
-        """The master stops: say so and end without UPDATE (the DELE marks are dropped)."""
-        self.log.info(f"server shutting down: user={self.user or '-'} ip={self.conn.peer_ip}")
-        await self.farewell("[SYS/TEMP] Server shutting down")
+        await self.charge_error()
 
     async def farewell(self, text: str) -> None:
         """The last -ERR line; the client may have stopped reading: do not wait long."""
@@ -144,24 +104,43 @@ class Session:
         except (TimeoutError, ConnectionError):
             pass
 
-    async def dispatch(self, line: bytes) -> None:
-        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-        verb, _, rest = text.partition(" ")
-        verb = verb.upper() if verb.isascii() else ""      # no Unicode case folding ("lıst" is no LIST)
-        if verb != "PASS":
+    async def too_many_errors(self) -> None:
+        await self.err("Too many bad commands, closing the connection")
+
+    async def unknown(self, request: Request) -> None:
+        await self.bad_command("Unknown command")
+
+    async def too_long(self) -> None:
+        await self.bad_command("Line too long")
+
+    async def wrong_state(self, request: Request, command: Command) -> None:
+        await self.bad_command(f"{request.verb} is not valid in the {self.state.name} state")
+
+    async def bad_arguments(self, request: Request) -> None:
+        await self.bad_command(f"Syntax error in {request.verb}")
+
+    # -- life cycle
+    async def start(self) -> bool:
+        greeting = "mailhouse POP3 server ready"
+        await self.ok(f"{greeting} {self.apop_timestamp}" if self.apop_timestamp else greeting)
+        return True
+
+    async def dispatch(self, request: Request) -> None:
+        if request.verb != "PASS":
             self.pending_user = None
-        cmd = COMMANDS.get(verb)
-        if cmd is None:
-            await self.bad_command("Unknown command")
-            return
-        if self.state not in cmd.states:
-            await self.bad_command(f"{verb} is not valid in the {self.state.name} state")
-            return
-        args = [rest] if cmd.rest_is_one_arg and rest else rest.split()
-        if not cmd.min_args <= len(args) <= cmd.max_args:
-            await self.bad_command(f"Syntax error in {verb}")
-            return
-        await cmd.handler(self, args)
+        await super().dispatch(request)
+
+    async def timed_out(self) -> None:
+        self.log.info(f"timeout: user={self.user or '-'} ip={self.conn.peer_ip}")
+        await self.farewell("Disconnected for inactivity")
+
+    async def shutting_down(self) -> None:
+        """The master stops: say so and end without UPDATE (the DELE marks are dropped)."""
+        self.log.info(f"server shutting down: user={self.user or '-'} ip={self.conn.peer_ip}")
+        await self.farewell("[SYS/TEMP] Server shutting down")
+
+    def lost(self) -> None:
+        self.log.debug(f"connection lost: user={self.user or '-'} ip={self.conn.peer_ip}")
 
     @property
     def logged_in(self) -> bool:

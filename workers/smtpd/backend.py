@@ -1,68 +1,40 @@
 """What an SMTP session needs from the rest of the system, behind one small object.
 
-Backend(params) is built once per worker process and shared by its sessions:
+Backend(params) is built once per worker process and shared by its sessions; it opens the
+process's store (store.handle.Store) and hands out its parts:
     open_message() -> store.queue.QueueWriter into incoming/ (write / commit / abort)
     wake_qmgr()                    one byte into the queue manager's FIFO
     disk_low() -> bool             the master's run/lowspace flag (master/proto.py)
     tls_available() -> bool        a usable certificate and key (workers/_tls.py)
-    directory                      StoreDirectory: user(name) -> relay.UserState | None, is_alias(name)
+    directory                      the recipient table: the store's resolver, whose
+                                   verify(address, size) is what qmgr delivers by
     sasl_server(name)              a workers/_auth.py SaslServer (its checks run in the
                                    verifier's threads); may_send(user) -> bool
                                    (the account exists and is enabled)
     await rbl_lookup(ip, zones) -> (Listing | None, [failure, ...])
 The unit tests give the session a fake with the same members instead.
-Diagnostics: none of its own; StorageError from the queue, and a failing user or alias
-database (turned into StorageError here), reach the session as temporary errors.
+Diagnostics: none of its own; StorageError from the queue, the user database or the alias
+map reaches the session as a temporary error.
 """
 from __future__ import annotations
 
-import lmdb
-
 from master import proto
-from store import aliases
-from store.fsio import StorageError
-from store.mailstore import open_store
-from store.queue import Queue, QueueWriter, wake_qmgr
-from store.users import UserDB
+from store.handle import Store
+from store.queue import QueueWriter, wake_qmgr
 from workers import _tls
 from workers._auth import Authenticator, SaslServer
 from workers._log import Log
 from workers.smtpd import rbl
-from workers.smtpd.relay import UserState
-
-
-class StoreDirectory:
-    """Users (store/users.py), their quota usage (store/mailstore.py) and aliases."""
-
-    def __init__(self, params):
-        self.params = params
-        self.users = UserDB.from_params(params)
-
-    def user(self, name: str) -> UserState | None:
-        try:
-            account = self.users.get(name)
-            if account is None:
-                return None
-            quota = self.params.default_quota if account.quota is None else account.quota
-            used = open_store(self.params).usage(account.name) if quota else 0
-        except lmdb.Error as e:
-            raise StorageError(f"user database: {e}") from None
-        return UserState(account.enabled, quota, used)
-
-    def is_alias(self, name: str) -> bool:
-        try:
-            return aliases.lookup(self.params, name) is not None
-        except lmdb.Error as e:
-            raise StorageError(f"alias map: {e}") from None
 
 
 class Backend:
     def __init__(self, params):
         self.params = params
-        self.queue = Queue.from_params(params)
+        self.store = Store.open(params)
+        self.queue = self.store.queue
         self.queue.ensure_layout()
-        self.directory = StoreDirectory(params)
-        self.authenticator = Authenticator.from_params(params, Log("smtp"), self.directory.users)
+        self.directory = self.store.resolver
+        self.authenticator = Authenticator.from_params(params, Log("smtp"), self.store.users)
         self._resolver = rbl.make_resolver(params.dns_resolver) if params.smtpd_rbl_servers else None
 
     def open_message(self) -> QueueWriter:

@@ -1,9 +1,9 @@
 """Who may send mail where: relay control and the checks of local recipients.
 
 Policy(params) holds what the decisions need from main.cf (mydestination, mynetworks,
-smtpd_relay_restrictions, smtpd_refused_hosts, luser_relay).
+smtpd_relay_restrictions, smtpd_refused_hosts).
   policy.host_refused(ip)                 -> bool (smtpd_refused_hosts)
-  policy.is_local(address)                -> bool (its domain is in mydestination)
+  policy.is_local(address)                -> bool (a local domain: store.directory.LocalDomains)
   policy.is_postmaster(address)           -> bool (postmaster of a local domain, RFC 5321 4.5.1)
   policy.relay_check(ip, authenticated, address) -> Reply | None (None = allowed)
   policy.recipient_check(address, directory, declared_size) -> Reply | None
@@ -13,54 +13,43 @@ permit_* that matches allows relaying, reject / reject_unauth_destination refuse
 `554 5.7.1 Relay access denied`, and falling off the end of the list refuses too, so that no
 configuration becomes an open relay by omission.
 
-directory is anything with user(name) -> UserState | None and is_alias(name) -> bool
-(backend.StoreDirectory in the worker, a fake in the unit tests).
+directory is the recipient table: the store's resolver (store.resolve.Resolver, whose
+verify() runs the resolution qmgr delivers with), or a fake in the unit tests. Its failure
+becomes the reply: unknown 550 5.1.1, disabled 550 5.2.1, over quota 452 4.2.2, larger
+than the whole quota 552 5.2.2, any other (an alias loop) 550 with the status and reason.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from master.params import in_networks
+from store.directory import Failed, LocalDomains
 from workers.smtpd import replies as R
 
-@dataclass(frozen=True)
-class UserState:
-    enabled: bool
-    quota: int              # bytes, 0 = unlimited
-    used: int               # bytes in the mailbox store now
+REFUSALS = {"5.1.1": R.USER_UNKNOWN, "5.2.1": R.MAILBOX_DISABLED, "5.2.2": R.OVER_QUOTA_PERM,
+            "4.2.2": R.OVER_QUOTA_TEMP}
 
 
 class Directory(Protocol):
-    def user(self, name: str) -> UserState | None: ...
-    def is_alias(self, name: str) -> bool: ...
-
-
-def split_address(address: str) -> tuple[str, str]:
-    """`Bob@Example.org` -> ("Bob", "example.org"); `postmaster` -> ("postmaster", "")."""
-    local, _, domain = address.rpartition("@")
-    return (local, domain.lower()) if local else (address, "")
+    def verify(self, address: str, size: int = 0) -> Failed | None: ...
 
 
 class Policy:
     def __init__(self, params):
-        self.local_domains = {d.lower().rstrip(".") for d in params.mydestination}
+        self.domains = LocalDomains(params)
         self.mynetworks = params.mynetworks
         self.refused_hosts = params.smtpd_refused_hosts
         self.restrictions = params.smtpd_relay_restrictions       # validated by master/params.py
-        self.luser_relay = params.luser_relay
 
     def host_refused(self, ip: str) -> bool:
         return in_networks(ip, self.refused_hosts)
 
     def is_local(self, address: str) -> bool:
-        _, domain = split_address(address)
-        return domain == "" or domain in self.local_domains
+        return self.domains.is_local(address)
 
     def is_postmaster(self, address: str) -> bool:
         """`postmaster` or `postmaster@` a local domain, in any case (RFC 5321 4.5.1)."""
-        local, _ = split_address(address)
-        return local.lower() == "postmaster" and self.is_local(address)
+        return self.domains.local_part(address) == "postmaster"
 
     def relay_check(self, ip: str, authenticated: bool, address: str) -> R.Reply | None:
         if self.is_local(address):
@@ -75,20 +64,9 @@ class Policy:
         return R.RELAY_DENIED
 
     def recipient_check(self, address: str, directory: Directory, declared_size: int | None) -> R.Reply | None:
-        """For a local address: is there someone to take it, and room for the message?"""
-        local, _ = split_address(address)
-        name = local.lower()
-        if directory.is_alias(name):
-            return None                          # the queue manager expands it (and bounces loops)
-        state = directory.user(name)
-        if state is None:
-            return None if self.luser_relay else R.USER_UNKNOWN
-        if not state.enabled:
-            return R.MAILBOX_DISABLED
-        if state.quota:
-            size = declared_size or 0
-            if size > state.quota:
-                return R.OVER_QUOTA_PERM
-            if state.used + size > state.quota or state.used >= state.quota:
-                return R.OVER_QUOTA_TEMP
-        return None
+        """For a local address: would a delivery find someone to take it, with room for it?"""
+        failure = directory.verify(address, declared_size or 0)
+        if failure is None:
+            return None
+        return REFUSALS.get(failure.status) or R.Reply(550 if failure.permanent else 450,
+                                                       f"{failure.status} Recipient address rejected: {failure.reason}")

@@ -1,17 +1,18 @@
-"""One SMTP server session (RFC 5321): an explicit state machine with a command table.
+"""One SMTP server session (RFC 5321): a workers._session.Session with SMTP's table and replies.
 
 Session(conn, backend).run() serves one client from greeting to close. conn is a
-workers._server.Connection (or a fake with the same members in the unit tests); backend is
-a workers.smtpd.backend.Backend (queue, user directory, disk flag, SASL, DNS).
+workers._session.Connection; backend is a workers.smtpd.backend.Backend (queue, user
+directory, disk flag, SASL, DNS).
 
 States: CONNECTED (greeted, no HELO/EHLO yet; also after STARTTLS, RFC 3207 4.2),
 READY (HELO/EHLO done, no transaction), MAIL (sender accepted), RCPT (a recipient
 accepted). DATA is not a state of the table: the message is read by data.read_message as a
-separate receiver and the session goes back to READY. COMMANDS says, per verb, in which
-states it is legal and what a client hears otherwise; the dispatcher alone enforces that,
-line lengths (512 octets, 12288 for AUTH, RFC 4954 4), `smtpd_tls_security_level=encrypt`
-(530 5.7.0 for AUTH, MAIL, RCPT and DATA before STARTTLS), the error budget
-(smtpd_hard_error_limit -> 421) and the idle time (smtpd_timeout -> 421). When the master
+separate receiver and the session goes back to READY. The table (Session.commands, also
+COMMANDS) says, per verb, in which states it is legal and what a client hears otherwise;
+the base's dispatcher enforces that, line lengths (512 octets, 12288 for AUTH, RFC 4954 4),
+`smtpd_tls_security_level=encrypt` (530 5.7.0 for AUTH, MAIL, RCPT and DATA before
+STARTTLS: TLS_FIRST), the error budget (every error reply counts against
+smtpd_hard_error_limit -> 421) and the idle time (smtpd_timeout -> 421). When the master
 stops (conn.draining), a session waiting for a command gets `421 4.3.2 Service shutting
 down` at once; a message being received is finished (and acknowledged) first.
 Before the greeting a client outside mynetworks gets smtpd_pregreet_delay of silence; one
@@ -28,14 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from master.params import in_networks
 from store.fsio import StorageError
 from store.queue import Envelope, Recipient
+from workers import _session
 from workers._auth import login_failed, offered_mechanisms
-from workers._limits import ErrorBudget, LineTooLong, refusal_text
+from workers._limits import refusal_text
+from workers._session import Close, Command, Connection, Flag, Request
 from workers.smtpd import replies as R
 from workers.smtpd.address import ArgError, MailArgs, parse_mail, parse_rcpt
 from workers.smtpd.data import read_message
@@ -57,42 +60,12 @@ class State(enum.Enum):
 
 
 ANY = frozenset(State)
+READY_ONLY = frozenset({State.READY})
 IN_TRANSACTION = frozenset({State.MAIL, State.RCPT})
-
-
-class Close(Exception):
-    """End the session after the reply already sent."""
-
-
-@dataclass(frozen=True)
-class Command:
-    handler: str                      # name of the Session method
-    legal: frozenset[State]
-    otherwise: dict[State, R.Reply]   # reply per illegal state (default BAD_SEQUENCE)
-    needs_tls: bool = False           # refused with 530 before STARTTLS under `encrypt`
-
-
-COMMANDS: dict[str, Command] = {
-    "EHLO": Command("ehlo", ANY, {}),
-    "HELO": Command("helo", ANY, {}),
-    "STARTTLS": Command("starttls", frozenset({State.READY}), {State.CONNECTED: R.NEED_HELO}),
-    "AUTH": Command("auth", frozenset({State.READY}), {State.CONNECTED: R.NEED_HELO}, needs_tls=True),
-    "MAIL": Command("mail", frozenset({State.READY}), {State.CONNECTED: R.NEED_HELO,
-                                                      State.MAIL: R.NESTED_MAIL, State.RCPT: R.NESTED_MAIL},
-                    needs_tls=True),
-    "RCPT": Command("rcpt", IN_TRANSACTION, {State.CONNECTED: R.NEED_HELO, State.READY: R.NEED_MAIL},
-                    needs_tls=True),
-    "DATA": Command("data", IN_TRANSACTION, {State.CONNECTED: R.NEED_HELO, State.READY: R.NEED_MAIL},
-                    needs_tls=True),
-    "RSET": Command("rset", ANY, {}),
-    "NOOP": Command("noop", ANY, {}),
-    "VRFY": Command("vrfy", ANY, {}),
-    "HELP": Command("help", ANY, {}),
-    "QUIT": Command("quit", ANY, {}),
-    "EXPN": Command("not_implemented", ANY, {}),
-    "ETRN": Command("not_implemented", ANY, {}),
-    "BDAT": Command("not_implemented", ANY, {}),
-}
+# What a client hears for a command out of sequence (elsewhere: R.BAD_SEQUENCE).
+HELO_FIRST = {State.CONNECTED: R.NEED_HELO}
+MAIL_FIRST = {State.CONNECTED: R.NEED_HELO, State.READY: R.NEED_MAIL}
+NO_NESTING = {State.CONNECTED: R.NEED_HELO, State.MAIL: R.NESTED_MAIL, State.RCPT: R.NESTED_MAIL}
 
 
 @dataclass
@@ -103,43 +76,24 @@ class Transaction:
     overshoot: int = 0                # RCPTs past smtpd_recipient_limit
 
 
-class Session:
-    def __init__(self, conn, backend):
-        self.conn = conn
-        self.backend = backend
-        self.params = conn.params
-        self.log = conn.log
+class Session(_session.Session):
+    line_limit = MAX_COMMAND
+    encoding = "latin-1"
+
+    def __init__(self, conn: Connection, backend):
+        super().__init__(conn, backend, State.CONNECTED, conn.params.smtpd_hard_error_limit,
+                         conn.params.smtpd_timeout)
         self.policy = Policy(self.params)
-        self.state = State.CONNECTED
         self.helo_name: str | None = None
         self.esmtp = False
         self.user: str | None = None                  # SASL-authenticated user
         self.txn: Transaction | None = None
-        self.errors = ErrorBudget(self.params.smtpd_hard_error_limit)
-        self.counts: Counter[str] = Counter()
         self.rbl_task: asyncio.Task | None = None
         self.client = f"[{conn.peer_ip}]"
 
-    # ------------------------------------------------------------------ session loop
-    async def run(self) -> None:
+    # ------------------------------------------------------------------ the session's life
+    async def start(self) -> bool:
         self.log.debug(f"connect from {self.client}")
-        try:
-            if await self.greet():
-                await self.serve()
-        except Close:
-            pass
-        except asyncio.TimeoutError:
-            self.log.info(f"timeout after {self.state.value} from {self.client}")
-            await self.conn.send_line(bytes(R.TIMEOUT))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            self.log.debug(f"lost connection after {self.state.value} from {self.client}")
-        finally:
-            if self.rbl_task:
-                self.rbl_task.cancel()
-            stats = " ".join(f"{verb.lower()}={n}" for verb, n in self.counts.items())
-            self.log.debug(f"disconnect from {self.client} {stats}".rstrip())
-
-    async def greet(self) -> bool:
         if self.policy.host_refused(self.conn.peer_ip):
             self.log.info(f"reject: connect from {self.client}: client host refused (smtpd_refused_hosts)")
             await self.reply(R.HOST_REFUSED)
@@ -171,48 +125,47 @@ class Session:
         await self.reply(R.PREGREET)
         return True
 
-    async def serve(self) -> None:
-        while True:
-            try:
-                line = await self.conn.read_command(MAX_AUTH_LINE, self.params.smtpd_timeout)
-            except LineTooLong:
-                await self.reply(R.LINE_TOO_LONG)
-                continue
-            if line is None:
-                self.log.debug(f"{self.client}: service shutting down after {self.state.value}")
-                await self.reply(R.SHUTTING_DOWN)
-            if not line:
-                return
-            await self.dispatch(line)
+    def end(self) -> None:
+        if self.rbl_task:
+            self.rbl_task.cancel()
+        stats = " ".join(f"{verb.lower()}={n}" for verb, n in self.verbs.items())
+        self.log.debug(f"disconnect from {self.client} {stats}".rstrip())
 
-    async def dispatch(self, line: bytes) -> None:
-        text = line.rstrip(b"\r\n").decode("latin-1")
-        verb, _, arg = text.partition(" ")
-        verb = verb.upper()
-        command = COMMANDS.get(verb)
-        if command is None:
-            self.counts["unknown"] += 1
-            await self.reply(R.UNRECOGNIZED)
-            return
-        self.counts[verb] += 1
-        if len(line) > MAX_COMMAND and verb != "AUTH":
-            await self.reply(R.LINE_TOO_LONG)
-        elif self.state not in command.legal:
-            await self.reply(command.otherwise.get(self.state, R.BAD_SEQUENCE))
-        elif command.needs_tls and self.tls_required():
-            await self.reply(R.MUST_STARTTLS)
-        else:
-            await getattr(self, command.handler)(arg.strip())
+    async def timed_out(self) -> None:
+        self.log.info(f"timeout after {self.state.value} from {self.client}")
+        await self.conn.send_line(bytes(R.TIMEOUT))
 
+    def lost(self) -> None:
+        self.log.debug(f"lost connection after {self.state.value} from {self.client}")
+
+    async def shutting_down(self) -> None:
+        self.log.debug(f"{self.client}: service shutting down after {self.state.value}")
+        await self.reply(R.SHUTTING_DOWN)
+
+    # ------------------------------------------------------------------ replies
     async def reply(self, reply: R.Reply, charge: bool = True) -> None:
         """Send a reply; a charged error counts against smtpd_hard_error_limit; 421 ends the session."""
         await self.conn.send_line(bytes(reply))
         if reply.closes:
             raise Close
-        if reply.is_error and charge and self.errors.charge():
-            self.log.info(f"too many errors from {self.client}")
-            await self.conn.send_line(bytes(R.TOO_MANY_ERRORS))
-            raise Close
+        if reply.is_error and charge:
+            await self.charge_error()
+
+    async def too_many_errors(self) -> None:
+        self.log.info(f"too many errors from {self.client}")
+        await self.conn.send_line(bytes(R.TOO_MANY_ERRORS))
+
+    async def unknown(self, request: Request) -> None:
+        await self.reply(R.UNRECOGNIZED)
+
+    async def too_long(self) -> None:
+        await self.reply(R.LINE_TOO_LONG)
+
+    async def wrong_state(self, request: Request, command: Command) -> None:
+        await self.reply(command.otherwise.get(self.state, R.BAD_SEQUENCE))
+
+    async def must_use_tls(self, request: Request) -> None:
+        await self.reply(R.MUST_STARTTLS)
 
     def tls_required(self) -> bool:
         return self.params.smtpd_tls_security_level == "encrypt" and not self.conn.tls
@@ -493,3 +446,26 @@ class Session:
         await self.conn.send_line(bytes(R.BYE))
         raise Close
 
+    # ------------------------------------------------------------------ the table
+    commands: ClassVar[dict[str, Command]] = {
+        #                   handler          legal in        out of sequence       flags, longer line
+        "EHLO":     Command(ehlo,            ANY),
+        "HELO":     Command(helo,            ANY),
+        "STARTTLS": Command(starttls,        READY_ONLY,     otherwise=HELO_FIRST),
+        "AUTH":     Command(auth,            READY_ONLY,     otherwise=HELO_FIRST, flags=Flag.TLS_FIRST,
+                            max_line=MAX_AUTH_LINE),
+        "MAIL":     Command(mail,            READY_ONLY,     otherwise=NO_NESTING, flags=Flag.TLS_FIRST),
+        "RCPT":     Command(rcpt,            IN_TRANSACTION, otherwise=MAIL_FIRST, flags=Flag.TLS_FIRST),
+        "DATA":     Command(data,            IN_TRANSACTION, otherwise=MAIL_FIRST, flags=Flag.TLS_FIRST),
+        "RSET":     Command(rset,            ANY),
+        "NOOP":     Command(noop,            ANY),
+        "VRFY":     Command(vrfy,            ANY),
+        "HELP":     Command(help,            ANY),
+        "QUIT":     Command(quit,            ANY),
+        "EXPN":     Command(not_implemented, ANY),
+        "ETRN":     Command(not_implemented, ANY),
+        "BDAT":     Command(not_implemented, ANY),
+    }
+
+
+COMMANDS = Session.commands

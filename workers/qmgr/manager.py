@@ -1,19 +1,22 @@
-"""The queue manager: local delivery of everything in the queue (a master.cf `unix` service).
+"""The queue manager's process: passes over the queue that start one attempt per ready file.
 
-    qmgr  unix  n  -  n  300  1  qmgr
+    python -m workers.qmgr      (master.cf: qmgr  unix  n  -  n  300  1  qmgr)
 
 One process (maxproc 1), kept running by the master. At start it recovers the queue
-(files a crashed run left in active/ go back to incoming, counted; see store.queue) and then
+(files a crashed run left in active/ go back to incoming, counted; see store.queue; each of
+them is then tried alone, so a file that crashes qmgr is the only one counted) and then
 works in passes: pick up maildrop/ (sendmail; checked as untrusted input, store.maildrop)
-into incoming/, then take every ready file
-(incoming/ and deferred files whose next try has come) into active/ and run one delivery
-attempt on it (workers.delivery.attempt). A pass starts at once when something writes to
-the FIFO queue/public/qmgr (smtpd and sendmail do after each message), when maildrop/
+into incoming/, then take every ready file (incoming/ and deferred files whose next try
+has come) into active/ and start a delivery attempt on it (workers.qmgr.attempt), without
+waiting for it: at most qmgr_message_active_limit attempts are under way at once, and their
+deliveries share the scheduler (workers.qmgr.scheduler), so a slow one holds up no other.
+A pass starts at once when something writes to the FIFO queue/public/qmgr (smtpd and
+sendmail do after each message), when an attempt queued a report (a bounce), when maildrop/
 changes (a user's sendmail may not write the FIFO: its mtime is looked at every
 MAILDROP_POLL seconds), when the master sends its periodic wakeup, and at least every
-minimal_backoff_time seconds. While the
-master's disk guard flag is up (run/lowspace) no pass runs: nothing is written.
-Drain (SIGTERM or the master's drain) stops after the current message.
+minimal_backoff_time seconds. While the master's disk guard flag is up (run/lowspace) no
+pass runs: nothing is written. Drain (SIGTERM or the master's drain) starts no new attempt
+and waits for those under way. Blocking work runs in the attempts' executors, never here.
 Diagnostics (smtp.log): one line per recipient outcome and per queue file (see attempt);
 a file that cannot be read goes to corrupt/ with an error line; a storage error (queue or
 index not writable) and an unexpected error in one attempt (logged with its traceback) defer
@@ -28,13 +31,12 @@ import traceback
 
 from master.proto import is_low
 from store.fsio import StorageError
+from store.handle import Store
 from store.maildrop import Pickup
-from store.queue import NotQueued, Queue, QueueCorrupt
+from store.queue import NotQueued, QueueCorrupt
 from workers._server import Daemon, run_daemon
-from workers.delivery.attempt import Attempt, Context
-from workers.delivery.local import RunAs
-from workers.delivery.mailboxes import Directory, MailboxDeliverer
-from workers.delivery.resolve import Resolver
+from workers.qmgr.attempt import Attempt, Context
+from workers.qmgr.transports.local import RunAs
 
 MAX_RECOVERIES = 5           # a file that crashed qmgr this often goes to corrupt/
 MAILDROP_POLL = 1.0          # seconds between looks at maildrop/'s mtime
@@ -46,32 +48,36 @@ class QueueManager:
         self.queue = ctx.queue
         self.log = ctx.log
         self.pickup = Pickup(ctx.queue, ctx.params, ctx.log)
+        self.poked = asyncio.Event()               # a pass is due
+        self.attempts: dict[str, asyncio.Task] = {}
+        self.suspects: set[str] = set()            # in active/ when the last run crashed
         self._low_logged = False
 
     @classmethod
     def from_daemon(cls, daemon: Daemon) -> "QueueManager":
         params = daemon.params
-        directory = Directory(params)
-        resolver = Resolver(params.mydestination, params.luser_relay, directory)
         try:
             run_as = RunAs.for_mail_owner(params.mail_owner)
         except LookupError as e:
             daemon.log.error(f"{e}: |command and /file deliveries wait until it is fixed")
             run_as = None
-        ctx = Context(params=params, log=daemon.log, queue=Queue.from_params(params), resolver=resolver,
-                      deliver_mailbox=MailboxDeliverer(params), run_as=run_as)
-        return cls(ctx)
+        return cls(Context.build(params, daemon.log, Store.open(params), run_as))
 
-    def start(self) -> None:
-        self.queue.ensure_layout()
-        report = self.queue.recover(MAX_RECOVERIES)
+    async def start(self) -> None:
+        report = await self.ctx.in_files(self._recover)
+        self.suspects = set(report["incoming"]) | set(report["hold"])
         for where, ids in report.items():
             for queue_id in ids:
                 line = f"{queue_id}: recovered from an interrupted delivery, moved to {where}"
                 (self.log.error if where == "corrupt" else self.log.info)(line)
 
+    def _recover(self) -> dict[str, list[str]]:
+        self.queue.ensure_layout()
+        return self.queue.recover(MAX_RECOVERIES)
+
     async def run_pass(self, daemon: Daemon) -> None:
-        """Deliver everything ready, until nothing is left or we are told to stop."""
+        """Start an attempt on every ready file not under way yet (waiting for a free slot
+        when qmgr_message_active_limit are)."""
         if is_low(self.ctx.params):
             if not self._low_logged:
                 self.log.error("queue processing suspended: disk space below disk_min_free")
@@ -80,37 +86,52 @@ class QueueManager:
         if self._low_logged:
             self.log.error("queue processing resumed: disk space is back")
             self._low_logged = False
-        tried: set[str] = set()
-        while not daemon.stopping:
-            try:
-                self.pickup.run()
-            except StorageError as e:
-                self.log.error(f"maildrop: pickup stopped, will retry: {e}")
-            ready = [q for q in self.queue.ready(time.time()) if q not in tried]
-            if not ready:
+        try:
+            await self.ctx.in_files(self.pickup.run)
+        except StorageError as e:
+            self.log.error(f"maildrop: pickup stopped, will retry: {e}")
+        limit = self.ctx.params.qmgr_message_active_limit
+        for queue_id in await self.ctx.in_files(self.queue.ready, time.time()):
+            while len(self.attempts) >= limit and not daemon.stopping:
+                await asyncio.wait(list(self.attempts.values()), return_when=asyncio.FIRST_COMPLETED)
+            if daemon.stopping:
                 return
-            for queue_id in ready:
-                if daemon.stopping:
-                    return
-                tried.add(queue_id)
-                await self.deliver(queue_id)
+            if queue_id in self.attempts:
+                continue
+            if queue_id in self.suspects:
+                await self._alone(queue_id)
+                continue
+            task = self.attempts[queue_id] = asyncio.ensure_future(self.deliver(queue_id))
+            task.add_done_callback(lambda _task, queue_id=queue_id: self.attempts.pop(queue_id, None))
+
+    async def _alone(self, queue_id: str) -> None:
+        """A file that was under way when qmgr crashed runs with nothing else under way, so
+        that a crash now counts against it alone (store.queue.recover moves a file that
+        crashed qmgr MAX_RECOVERIES times to corrupt/, not the files that ran beside it)."""
+        if self.attempts:
+            await asyncio.wait(list(self.attempts.values()))
+        await self.deliver(queue_id)
+        self.suspects.discard(queue_id)
 
     async def deliver(self, queue_id: str) -> None:
         try:
-            if not self.queue.activate(queue_id):
+            if not await self.ctx.in_files(self.queue.activate, queue_id):
                 return
-            await Attempt(self.ctx, queue_id).run()
+            attempt = Attempt(self.ctx, queue_id)
+            await attempt.run()
+            if attempt.queued:
+                self.poked.set()                  # deliver the reports it queued
         except QueueCorrupt as e:
             self.log.error(f"{queue_id}: {e}")
         except NotQueued:
             pass                           # deleted by mailctl meanwhile
         except StorageError as e:
             self.log.error(f"{queue_id}: storage error, will retry: {e}")
-            self._park(queue_id, f"storage error: {e}")
+            await self.ctx.in_files(self._park, queue_id, f"storage error: {e}")
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
             self.log.error(f"{queue_id}: delivery attempt failed: {type(e).__name__}: {e}")
             traceback.print_exc()
-            self._park(queue_id, f"internal error: {type(e).__name__}")
+            await self.ctx.in_files(self._park, queue_id, f"internal error: {type(e).__name__}")
 
     def _park(self, queue_id: str, reason: str) -> None:
         """After a failed attempt: back to deferred/ for a later try (done marks stay)."""
@@ -119,12 +140,18 @@ class QueueManager:
         except (StorageError, OSError) as e:
             self.log.error(f"{queue_id}: stays in active until the next start: {e}")
 
+    async def finish(self) -> None:
+        """Wait for the attempts under way (drain), then stop the executors."""
+        if self.attempts:
+            await asyncio.wait(list(self.attempts.values()))
+        self.ctx.close()
+
 
 async def serve(daemon: Daemon) -> None:
     qmgr = QueueManager.from_daemon(daemon)
-    qmgr.start()
+    await qmgr.start()
     loop = asyncio.get_running_loop()
-    poked = asyncio.Event()
+    poked = qmgr.poked
     fifo = qmgr.queue.open_wakeup_reader()
 
     def on_fifo() -> None:
@@ -148,6 +175,7 @@ async def serve(daemon: Daemon) -> None:
             _done, rest = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in rest:
                 task.cancel()
+        await qmgr.finish()
     finally:
         watcher.cancel()
         loop.remove_reader(fifo)
@@ -170,7 +198,3 @@ async def watch_maildrop(path: str, poked: asyncio.Event) -> None:
 
 def main() -> None:
     run_daemon(serve, log_name="smtp")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,14 @@
-"""Local delivery agents for `|command` and `/file` alias targets.
+"""Local delivery agents for `|command` and `/file` alias targets (the pipe and file transports).
 
-    outcome = await run_pipe(command, message, sender, recipient, original, run_as, time_limit)
-    outcome = await append_to_file(path, message, sender, recipient, run_as, time_limit)
+    outcome = await run_pipe(command, stdin, sender, recipient, original, run_as, time_limit)
+    outcome = await append_to_file(path, entry, run_as, time_limit)
+    unix_form(chunks, sender, recipient) -> chunks;  mbox_entry(chunks, sender, now) -> chunks
 
-Both return an Outcome(ok, permanent, status, detail). Both hand the message over in UNIX
-form (LF line ends) behind Return-Path: and Delivered-To: lines, as local(8) does.
+Both return an Outcome(ok, permanent, status, detail). Both get the message as a stream of
+chunks, never whole: run_pipe an async iterator that it writes to the command's stdin while
+it reads the command's output, append_to_file an iterator that its child process consumes.
+The message is handed over in UNIX form (LF line ends) behind Return-Path: and Delivered-To:
+lines, as local(8) does (unix_form).
 When qmgr runs as root, the command or the appending runs as `mail_owner` (run_as), never
 as root: a `/file` is appended by a forked child that has dropped its privileges (no
 exec: the interpreter may not be readable by mail_owner). The file is opened O_APPEND
@@ -28,21 +32,15 @@ import pwd
 import signal
 import time
 from dataclasses import dataclass
+from typing import AsyncIterable, Iterable, Iterator
 
 from store.fsio import fsync_dir
+from workers.qmgr.transports.base import Outcome
 
 MAX_OUTPUT = 2000
 EX_TEMPFAIL = 75
 SYSEXITS = range(64, 79)
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    permanent: bool = False
-    status: str = "2.0.0"
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,12 +67,24 @@ class RunAs:
         return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
 
 
-def unix_form(message: bytes, sender: str, recipient: str) -> bytes:
-    head = f"Return-Path: <{sender}>\nDelivered-To: {recipient}\n".encode()
-    return head + message.replace(b"\r\n", b"\n")
+def no_run_as(mail_owner: str) -> Outcome:
+    """Commands and files wait (a temporary failure) while mail_owner is no user here."""
+    return Outcome(False, False, "4.3.5", f"mail_owner {mail_owner!r} is not a user here")
 
 
-async def _run(argv: list[str], data: bytes, env: dict[str, str], run_as: RunAs,
+def unix_form(chunks: Iterable[bytes], sender: str, recipient: str) -> Iterator[bytes]:
+    """The message behind Return-Path: and Delivered-To:, CRLF made LF (a CR that ends a
+    chunk waits for the next one)."""
+    yield f"Return-Path: <{sender}>\nDelivered-To: {recipient}\n".encode()
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        carry = b"\r" if data.endswith(b"\r") else b""
+        yield data[:len(data) - len(carry)].replace(b"\r\n", b"\n")
+    yield carry
+
+
+async def _run(argv: list[str], data: AsyncIterable[bytes], env: dict[str, str], run_as: RunAs,
                time_limit: float) -> tuple[int | None, bytes]:
     """Run argv with data on stdin; (exit code or None on timeout, first output bytes)."""
     proc = await asyncio.create_subprocess_exec(
@@ -82,16 +92,24 @@ async def _run(argv: list[str], data: bytes, env: dict[str, str], run_as: RunAs,
         stderr=asyncio.subprocess.STDOUT, env=env, cwd="/", start_new_session=True,
         user=run_as.uid, group=run_as.gid, extra_groups=[] if run_as.uid is not None else None)
 
-    async def feed_and_read() -> bytes:
+    async def feed() -> None:
         try:
-            proc.stdin.write(data)
-            await proc.stdin.drain()
+            async for chunk in data:
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass                    # a command may stop reading early; its exit code decides
         proc.stdin.close()
+
+    async def read() -> bytes:
         output = await proc.stdout.read(MAX_OUTPUT)
         while await proc.stdout.read(65536):
             pass                    # drain the rest so the command never blocks on a full pipe
+        return output
+
+    async def feed_and_read() -> bytes:
+        # Read while writing: a command that talks before it has read all its input goes on.
+        _, output = await asyncio.gather(feed(), read())
         await proc.wait()
         return output
 
@@ -122,18 +140,16 @@ def _outcome(code: int | None, output: bytes, what: str, time_limit: float) -> O
     return Outcome(False, False, "4.3.0", reason)
 
 
-async def run_pipe(command: str, message: bytes, sender: str, recipient: str, original: str,
+async def run_pipe(command: str, stdin: AsyncIterable[bytes], sender: str, recipient: str, original: str,
                    run_as: RunAs, time_limit: float) -> Outcome:
     env = {"PATH": SAFE_PATH, "SHELL": "/bin/sh", "HOME": "/", "LOGNAME": run_as.name, "USER": run_as.name,
            "SENDER": sender, "RECIPIENT": recipient, "ORIGINAL_RECIPIENT": original, "LANG": "C"}
-    code, output = await _run(["/bin/sh", "-c", command], unix_form(message, sender, recipient),
-                              env, run_as, time_limit)
+    code, output = await _run(["/bin/sh", "-c", command], stdin, env, run_as, time_limit)
     return _outcome(code, output, "command", time_limit)
 
 
-async def append_to_file(path: str, message: bytes, sender: str, recipient: str,
-                         run_as: RunAs, time_limit: float) -> Outcome:
-    entry = mbox_entry(unix_form(message, sender, recipient), sender, time.time())
+async def append_to_file(path: str, entry: Iterable[bytes], run_as: RunAs, time_limit: float) -> Outcome:
+    """Append entry (mbox_entry's chunks, produced by the child as it writes) to path."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:                                  # the child: drop privileges, append, _exit
@@ -173,14 +189,22 @@ async def _wait_child(pid: int, time_limit: float) -> int | None:
         delay = min(delay * 2, 0.05)
 
 
-def mbox_entry(message: bytes, sender: str, now: float) -> bytes:
-    """One mbox message: the "From " line, >From-quoted body, a blank line after it."""
-    lines = message.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    quoted = [b">" + line if line.lstrip(b">").startswith(b"From ") else line for line in lines]
-    separator = f"From {sender or 'MAILER-DAEMON'} {time.asctime(time.gmtime(now))}".encode()
-    return b"\n".join([separator, *quoted]) + b"\n\n"
+def mbox_entry(unix: Iterable[bytes], sender: str, now: float) -> Iterator[bytes]:
+    """One mbox message from its UNIX form: the "From " line, the lines >From-quoted and
+    each ended by LF, a blank line after it."""
+    yield f"From {sender or 'MAILER-DAEMON'} {time.asctime(time.gmtime(now))}\n".encode()
+    rest = b""
+    for chunk in unix:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()                        # an unfinished line waits for the next chunk
+        yield b"".join(_from_quoted(line) + b"\n" for line in lines)
+    if rest:
+        yield _from_quoted(rest) + b"\n"
+    yield b"\n"
+
+
+def _from_quoted(line: bytes) -> bytes:
+    return b">" + line if line.lstrip(b">").startswith(b"From ") else line
 
 
 def _open_mbox(path: str) -> tuple[int, bool]:
@@ -197,8 +221,8 @@ def _open_mbox(path: str) -> tuple[int, bool]:
             continue                              # created meanwhile by another delivery
 
 
-def append_mbox(path: str, entry: bytes) -> tuple[int, str]:
-    """Append entry to the mbox at path under a lock, fsynced; (sysexits code, reason)."""
+def append_mbox(path: str, entry: Iterable[bytes]) -> tuple[int, str]:
+    """Append entry's chunks to the mbox at path under a lock, fsynced; (sysexits code, reason)."""
     try:
         fd, created = _open_mbox(path)
     except OSError as e:
@@ -208,9 +232,10 @@ def append_mbox(path: str, entry: bytes) -> tuple[int, str]:
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         before = os.fstat(fd).st_size
-        view = memoryview(entry)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in entry:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
         if created:                               # a new file: its directory entry must last too
             fsync_dir(os.path.dirname(path) or "/")

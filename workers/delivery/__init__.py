@@ -1,1 +1,0 @@
-"""Local delivery for qmgr: recipient resolution, mailbox/pipe/file delivery, bounces."""
