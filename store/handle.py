@@ -1,7 +1,7 @@
 """A process's one handle on the store: queue, mailboxes, users, aliases and who receives mail.
 
-    store = Store.open(params)   once per process: workers when they start (and hand it to
-                                 their backends), mailctl once per command
+    store = Store.open(params)   once per process: the smtpd and pop3d backends and qmgr when
+                                 they start, mailctl once per command
     store.queue       store.queue.Queue (queue_directory)
     store.mail        store.mailstore.MailStore (mail_store_directory and the LMDB index)
     store.users       store.users.UserDB (the user database, $data_directory/users)

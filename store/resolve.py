@@ -27,7 +27,6 @@ Diagnostics: the Directory's StorageError (a temporary failure for the caller).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from store.directory import Directory, Failed
 
@@ -59,7 +58,7 @@ class Remote:
     address: str
 
 
-Target = Union[Mailbox, Pipe, File, Remote, Failed]
+Target = Mailbox | Pipe | File | Remote | Failed
 Chain = tuple[tuple[str, str], ...]     # (name, "alias" | "user") hops from the envelope address down
 
 

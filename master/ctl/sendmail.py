@@ -150,9 +150,13 @@ def read_message(stream, dot_ends: bool, limit: int) -> bytes:
 
 
 def split_message(raw: bytes) -> tuple[list[bytes], bytes]:
-    """(header lines, each with continuations joined keeping their CRLF; the rest)."""
+    """(header lines, each with continuations joined keeping their CRLF; the rest). Leading
+    mbox `From ` lines (a message saved from a mailbox) are not part of it and are dropped."""
     headers: list[bytes] = []
     pos = 0
+    while raw.startswith(b"From ", pos):
+        end = raw.find(b"\r\n", pos)
+        pos = len(raw) if end < 0 else end + 2
     while pos < len(raw):
         end = raw.find(b"\r\n", pos)
         end = len(raw) if end < 0 else end + 2

@@ -72,3 +72,10 @@ def test_qualify():
     for bad in ("", "a b@x", "a@b@c", "bob@"):
         with pytest.raises(MessageError):
             qualify(bad, "h.test")
+
+
+def test_leading_mbox_from_lines_are_dropped():
+    raw = b"From alice@example.org Mon May  2 16:07:05 2005\r\nSubject: hello\r\nTo: bob@example.test\r\n\r\nbody\r\n"
+    headers, body = split_message(raw)
+    assert headers == [b"Subject: hello\r\n", b"To: bob@example.test\r\n"]
+    assert body == b"\r\nbody\r\n"

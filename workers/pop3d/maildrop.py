@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from store import fsio
-from store.mailstore import INBOX, MailStore, encode_component, ranges_from_values
+from store.layout import encode_component
+from store.mailstore import INBOX, MailStore, ranges_from_values
 from workers.pop3d.wire import message_size
 
 SIZES_FORMAT = "mailhouse-pop3-sizes 2\n"     # 2: dots not stuffed
