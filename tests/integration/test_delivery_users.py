@@ -7,7 +7,7 @@ import smtplib
 import pytest
 
 from tests.integration.delivery_support import (delivery_system, inboxes, parse, queue_files, sendmail,  # noqa: F401
-                                                smtpd_port, wait_queues_empty, write_aliases)
+                                                smtpd_port, wait_queues_empty)
 
 pytestmark = pytest.mark.integration
 
