@@ -1,7 +1,7 @@
 """Fakes shared by the tests: a client connection without a socket, a log that keeps its lines.
 
 FakeConnection(params, data, eof=True, tls=False, peer_ip="127.0.0.1") is a
-workers._session.Connection (tests/unit/test_session.py checks every member). The client's
+workers._session.Connection (tests/unit/workers/test_session.py checks every member). The client's
 bytes go into a real asyncio.StreamReader all at once, as a pipelining client sends them;
 feed() adds more, eof=False leaves the stream open (a read then waits: for feed(), a
 timeout or the drain). read_line and read_command are the real ones (workers/_limits.py,

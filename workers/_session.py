@@ -1,7 +1,7 @@
 """The base of the line-oriented protocol sessions: smtpd and pop3d now, imapd later.
 
 Connection is what a session may use of its client connection: workers._server.Connection
-is the real one, tests/fakes.py FakeConnection the tests' one (tests/unit/test_session.py
+is the real one, tests/fakes.py FakeConnection the tests' one (tests/unit/workers/test_session.py
 checks that both have every member).
 
 A protocol's Session subclass gives its state enum, its command table `commands` (verb ->

@@ -1,6 +1,6 @@
 """Properties of a whole smtpd session (workers/smtpd/session.py) under any client stream.
 
-The session is driven through the fake transport of tests/unit/test_smtpd_session.py, with
+The session is driven through the fake transport of tests/unit/workers/smtpd/test_smtpd_session.py, with
 the real SASL mechanisms (tests/fuzz/accounts.py) behind AUTH.
 In step: every reply line is a well-formed SMTP reply (code, `-` or space, printable text)
 and every final reply answers exactly one unit of the client's input, in order: a command
@@ -25,7 +25,7 @@ from tests.fuzz.accounts import authenticator, cheap_user_db
 from tests.fuzz.budget import fuzz_settings
 from tests.fuzz.seeds import FAKE_ENDS, SMTP_SESSIONS, TRANSACTION
 from tests.fuzz.test_smtp_data import END, end_of_data
-from tests.unit.test_smtpd_session import FakeBackend, run
+from tests.unit.workers.smtpd.test_smtpd_session import FakeBackend, run
 from workers.smtpd.session import COMMANDS
 
 REPLY = re.compile(r"([2-5]\d\d)([ -])[\x20-\x7e]*")

@@ -1,7 +1,7 @@
 """A real full disk in the middle of SMTP DATA: 452 4.3.1, nothing half-written, mail goes on.
 
 The queue lives on a small tmpfs (root only: mounting needs it; otherwise the test is
-skipped and tests/unit/test_queue.py covers the same path with an injected ENOSPC). A
+skipped and tests/unit/store/test_queue.py covers the same path with an injected ENOSPC). A
 ballast file leaves less free space than the big message needs. `disk_min_free = 0`, so the
 master's low-space flag never answers first at MAIL FROM: the write itself fails with
 ENOSPC, in the spool in queue/tmp/ once the message passes 1 MiB (store/queue.py).

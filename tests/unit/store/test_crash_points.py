@@ -12,11 +12,12 @@ import textwrap
 
 import pytest
 
+from tests.conftest import REPO
+
 from store import fsio
 from store.mailstore import MailStore
 from store.reconstruct import reconstruct
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
@@ -96,7 +97,7 @@ NEW_MESSAGE = b"Subject: new\r\n\r\n" + b"x" * 5000
 
 
 def run_child(root, point, action):
-    result = subprocess.run([sys.executable, "-c", CHILD, str(root), point, action], cwd=REPO,
+    result = subprocess.run([sys.executable, "-c", CHILD, str(root), point, action], cwd=str(REPO),
                             capture_output=True, timeout=60)
     assert result.returncode in (0, -signal.SIGKILL), result.stderr.decode()
     return result.returncode

@@ -20,7 +20,7 @@ from master.params import Params
 from store.fsio import StorageError
 from store.mailstore import INBOX, BadMailboxName
 from store.users import User, UserDB
-from tests.conftest import shared_corpus
+from tests.conftest import CORPUS, shared_corpus
 from tests.fakes import FakeConnection, FakeLog
 from workers._authpool import AuthUnavailable, LocalVerifier
 from workers.pop3d import session as S
@@ -28,7 +28,6 @@ from workers.pop3d.backend import Backend
 from workers.pop3d.maildrop import Maildrop, MaildropBusy
 from workers.pop3d.wire import message_size, top_chunks, wire_chunks
 
-CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 EML = sorted(CORPUS.glob("*.eml"))
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+
 from store import lmdbcheck
 from store.fsio import StorageError
 from store.lmdbcheck import DamagedEnvironment, read_meta
 from store.mailstore import INBOX, MailStore
 from store.reconstruct import replace_damaged_index
 
-REPO = Path(__file__).resolve().parents[2]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HEADER = struct.calcsize("@NHHHH")                                    # the page header
 VERSION_AT = HEADER + 4
