@@ -94,9 +94,11 @@ async def session(port: int, user: str) -> int:
         for number, size in enumerate(sizes, 1):
             writer.write(f"RETR {number}\r\n".encode())
             await _ok(reader)
-            await reader.readexactly(size)
-            if await reader.readline() != b".\r\n":
-                raise RuntimeError("RETR sent more octets than LIST announced")
+            got = 0                                    # LIST counts the octets without dot-stuffing
+            while (line := await reader.readline()) != b".\r\n":
+                got += len(line) - line.startswith(b"..")
+            if got != size:
+                raise RuntimeError(f"RETR sent {got} octets, LIST announced {size}")
             received += size
         writer.write(b"QUIT\r\n")
         await _ok(reader)

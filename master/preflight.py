@@ -54,7 +54,7 @@ def worker_paths(params: Params) -> list[Need]:
     needs = [Need(params.queue_directory, DIRECTORY, "queue_directory")]
     needs += [Need(queue.path(name), DIRECTORY, "queue_directory")
               for name in (*QUEUES, "state", "tmp", "public")]
-    needs.append(Need(queue.wakeup_path(), READ | WRITE, "queue_directory (qmgr wake-up FIFO)"))
+    needs.append(Need(queue.wakeup_path(), READ | WRITE, "the qmgr wake-up FIFO in queue_directory"))
     needs += [Need(params.mail_store_directory, DIRECTORY, "mail_store_directory"),
               Need(params.index_directory, DIRECTORY, "index_directory"),
               Need(users_path, DIRECTORY, "the user database"),

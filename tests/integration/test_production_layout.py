@@ -101,7 +101,7 @@ def test_refuses_to_start_when_a_worker_path_is_root_only(production_system):
     ms.start(wait=False)
     assert ms.proc.wait(30) == 78
     out = ms.proc.stdout.read().decode()
-    assert f"{fifo} (queue_directory (qmgr wake-up FIFO)) is not usable by mail" in out, out
+    assert f"{fifo} (the qmgr wake-up FIFO in queue_directory) is not usable by mail" in out, out
 
     ms.mailctl("init")                        # init gives it back to mail_owner
     ms.start()
