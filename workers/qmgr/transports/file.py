@@ -11,33 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import Executor
 
 from store.resolve import File
 from workers.qmgr.message import read_chunks
 from workers.qmgr.transports.base import Delivery, Outcome
-from workers.qmgr.transports.local import RunAs, append_to_file, mbox_entry, no_run_as, unix_form
+from workers.qmgr.transports.local import AsMailOwner, append_to_file, mbox_entry, no_run_as, unix_form
 
 
-class FileTransport:
+class FileTransport(AsMailOwner):
     name = "file"
-    relay = "local"
     kind = File
-
-    def __init__(self, run_as: RunAs | None, mail_owner: str, time_limit: float, files: Executor):
-        self.run_as = run_as
-        self.mail_owner = mail_owner
-        self.time_limit = time_limit
-        self.files = files
 
     def key(self, target: File) -> str:
         return f"t:file:{target.alias}:{target.path}"
 
     def destination(self, target: File) -> str:
         return target.path
-
-    def address(self, target: File, original: str) -> str:
-        return original
 
     def describe(self, target: File) -> str:
         return f"delivered to file: {target.path}"

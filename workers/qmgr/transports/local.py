@@ -31,6 +31,7 @@ import os
 import pwd
 import signal
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import AsyncIterable, Iterable, Iterator
 
@@ -65,6 +66,22 @@ class RunAs:
         if entry.pw_uid == 0:
             raise LookupError(f"mail_owner {mail_owner!r} must not be root")
         return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
+
+
+class AsMailOwner:
+    """What the pipe and file transports share: they run as mail_owner (run_as; None when
+    mail_owner is no user here), within time_limit, reading the queue file on `files`, and
+    log the envelope recipient as the final address."""
+    relay = "local"
+
+    def __init__(self, run_as: RunAs | None, mail_owner: str, time_limit: float, files: Executor):
+        self.run_as = run_as
+        self.mail_owner = mail_owner
+        self.time_limit = time_limit
+        self.files = files
+
+    def address(self, target, original: str) -> str:
+        return original
 
 
 def no_run_as(mail_owner: str) -> Outcome:

@@ -8,33 +8,22 @@ Destination: the command (however many aliases name it).
 """
 from __future__ import annotations
 
-from concurrent.futures import Executor
 
 from store.resolve import Pipe
 from workers.qmgr.message import in_thread
 from workers.qmgr.transports.base import Delivery, Outcome
-from workers.qmgr.transports.local import RunAs, no_run_as, run_pipe, unix_form
+from workers.qmgr.transports.local import AsMailOwner, no_run_as, run_pipe, unix_form
 
 
-class PipeTransport:
+class PipeTransport(AsMailOwner):
     name = "pipe"
-    relay = "local"
     kind = Pipe
-
-    def __init__(self, run_as: RunAs | None, mail_owner: str, time_limit: float, files: Executor):
-        self.run_as = run_as
-        self.mail_owner = mail_owner
-        self.time_limit = time_limit
-        self.files = files
 
     def key(self, target: Pipe) -> str:
         return f"t:pipe:{target.alias}:{target.command}"
 
     def destination(self, target: Pipe) -> str:
         return target.command
-
-    def address(self, target: Pipe, original: str) -> str:
-        return original
 
     def describe(self, target: Pipe) -> str:
         return f"delivered to command: {target.command}"
