@@ -36,9 +36,10 @@ test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The same suite with the pure-Python index (the reference the compiled one is checked against),
-# less the tests that install mailhouse anew: what they check does not depend on the index.
+# less what does not depend on the index: the tests that install mailhouse anew and the
+# parsers' fuzzers.
 test-pure: install
-	MAILHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not installs" tests
+	MAILHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not installs" --ignore=tests/fuzz tests
 
 # Benchmarks are not tests: each prints its numbers (pytest-benchmark tables, JSON lines).
 bench: install
