@@ -71,7 +71,11 @@ def saslprep(text: str) -> str:
 
 
 def normalize_password(password: str) -> bytes:
-    """SASLprep when it applies, else the text as given (the same rule when storing and checking)."""
+    """SASLprep when it applies, else the text as given (the same rule when storing and checking).
+    ValueError for a NUL: the KDFs key an HMAC, which pads its key with NULs, so `pw` and
+    `pw\0` would be the same password (and SASLprep prohibits U+0000 anyway)."""
+    if "\0" in password:
+        raise ValueError("a password cannot contain NUL")
     try:
         return saslprep(password).encode("utf-8")
     except ValueError:

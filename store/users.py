@@ -196,7 +196,7 @@ class UserDB:
     def add(self, user: User | str, password: str | None = None) -> None:
         user = User(user) if isinstance(user, str) else user
         user.name = check_name(user.name)
-        forms = passwords.make_forms(user.name, password, self._secret_key()) if password else {}
+        forms = self._forms_of(user.name, password) if password else {}
 
         def action(txn):
             if not txn.put(user.name.encode(), user.to_json(), db=self._users, overwrite=False):
@@ -213,9 +213,15 @@ class UserDB:
             txn.put(user.name.encode(), user.to_json(), db=self._users)
         self._write(action)
 
+    def _forms_of(self, name: str, password: str) -> dict:
+        try:
+            return passwords.make_forms(name, password, self._secret_key())
+        except ValueError as e:              # a password the KDFs cannot tell apart (NUL)
+            raise UserError(str(e)) from None
+
     def set_password(self, name: str, password: str) -> None:
         name = check_name(name)
-        forms = passwords.make_forms(name, password, self._secret_key())
+        forms = self._forms_of(name, password)
 
         def action(txn):
             if txn.get(name.encode(), db=self._users) is None:

@@ -65,7 +65,8 @@ def check_steps(steps) -> str | None:
 def proved(users, login: str, password: str) -> str | None:
     """The user a login name and password prove (the password as SASLprep compares it)."""
     user = users.canonical(login)
-    if user in USERS and password and normalize_password(password) == normalize_password(USERS[user]):
+    if user in USERS and password and "\0" not in password \
+            and normalize_password(password) == normalize_password(USERS[user]):
         return user
     return None
 
@@ -120,6 +121,7 @@ responses = st.tuples(st.none() | client_message, st.lists(client_message, max_s
 @example(mechanism="PLAIN", responses=[b"bob\0bob@example.test\0s3cret pw"])
 @example(mechanism="PLAIN", responses=[None, b"\0BOB\0s3cret\xc2\xa0pw"])
 @example(mechanism="LOGIN", responses=[None, b" bob ", b"s3cret pw", b"again"])
+@example(mechanism="LOGIN", responses=[None, b"bob", b"s3cret pw" + b"\0" * 23])     # found by atheris
 @example(mechanism="SCRAM-SHA-256", responses=[b"n,,n=bob,r=abc", b"c=biws,r=abc,p=AAAA"])
 def test_any_client_messages(auth, mechanism, responses):
     check_exchange(auth, mechanism, responses)

@@ -246,3 +246,16 @@ def test_key_made_by_root_belongs_to_the_env_owner(tmp_path):
         assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (65534, 65534, 0o600)
     finally:
         users.close()
+
+
+def test_a_password_with_nul_is_refused_and_never_matches(db):
+    # HMAC pads its key with NULs: without the rule, "pw" and "pw\0" would be one password
+    # (found by the SASL fuzzer: LOGIN with the password plus NULs logged in)
+    db.add("nul", password="s3cret pw")
+    assert db.verify_password("nul", "s3cret pw")
+    assert not db.verify_password("nul", "s3cret pw\0")
+    assert not db.verify_password("nul", "s3cret pw" + "\0" * 23)
+    with pytest.raises(UserError, match="NUL"):
+        db.add("other", password="pw\0")
+    with pytest.raises(UserError, match="NUL"):
+        db.set_password("nul", "new\0")
