@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 
 from master.params import Params
+from store.users import User
 from workers._limits import STREAM_LIMIT, read_line
 from workers._server import Connection
 
@@ -96,3 +97,19 @@ class FakeConnection:
 
     async def report_login(self, ok: bool, user: str | None = None) -> str | None:
         return None
+
+
+class FakeAccounts:
+    """The user database, the alias map and the quota usage behind the Directory."""
+
+    def __init__(self, users: dict[str, User], aliases: dict[str, list[str]], used: dict[str, int]):
+        self.users, self.aliases, self.used = users, aliases, used
+
+    def get(self, name):
+        return self.users.get(name)
+
+    def lookup(self, name):
+        return self.aliases.get(name)
+
+    def usage(self, name):
+        return self.used.get(name, 0)

@@ -8,22 +8,7 @@ from master.params import Params
 from store.directory import Directory, Failed
 from store.resolve import MAX_DEPTH, File, Mailbox, Pipe, Remote, Resolver
 from store.users import User
-
-
-class FakeAccounts:
-    """The user database, the alias map and the quota usage behind the Directory."""
-
-    def __init__(self, users: dict[str, User], aliases: dict[str, list[str]], used: dict[str, int]):
-        self.users, self.aliases, self.used = users, aliases, used
-
-    def get(self, name):
-        return self.users.get(name)
-
-    def lookup(self, name):
-        return self.aliases.get(name)
-
-    def usage(self, name):
-        return self.used.get(name, 0)
+from tests.fakes import FakeAccounts
 
 
 def resolver(users=(), aliases=None, luser_relay="", extra_users=(), used=None, **settings) -> Resolver:

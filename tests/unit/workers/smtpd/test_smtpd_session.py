@@ -20,7 +20,7 @@ from store.directory import Directory
 from store.fsio import StorageError
 from store.resolve import Resolver
 from store.users import User
-from tests.fakes import FakeConnection
+from tests.fakes import FakeAccounts, FakeConnection
 from workers._authpool import AuthUnavailable
 from workers.smtpd.address import ArgError, parse_mail, parse_rcpt
 from workers.smtpd.received import received_header
@@ -88,27 +88,14 @@ class FakeLogin:
         return Step(user=self.name, failed=not ok)
 
 
-class FakeAccounts:
-    """The user database, the alias map and the quota usage behind the store's Directory."""
-
-    def __init__(self):
-        self.users = {"bob": User("bob"), "carol": User("carol", enabled=False), "dave": User("dave", quota=1000)}
-        self.aliases = {"postmaster": ["bob"], "team": ["bob", "carol"]}
-        self.used = {"dave": 900}
-
-    def get(self, name):
-        return self.users.get(name)
-
-    def lookup(self, name):
-        return self.aliases.get(name)
-
-    def usage(self, name):
-        return self.used.get(name, 0)
+def fake_accounts() -> FakeAccounts:
+    return FakeAccounts({"bob": User("bob"), "carol": User("carol", enabled=False), "dave": User("dave", quota=1000)},
+                        {"postmaster": ["bob"], "team": ["bob", "carol"]}, {"dave": 900})
 
 
 @dataclass
 class FakeBackend:
-    accounts: FakeAccounts = field(default_factory=FakeAccounts)
+    accounts: FakeAccounts = field(default_factory=fake_accounts)
     luser_relay: str = ""
     committed: list = field(default_factory=list)
     woken: int = 0
