@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-pure install bench clean install-system fuzz fuzz-atheris
+.PHONY: run test test-pure install bench bench-peers clean install-system fuzz fuzz-atheris
 
 # The production install (README.md, "Production"; done by etc/install-system.sh): a venv on
 # the system Python in PREFIX, main.cf/master.cf in SYSCONFDIR (existing files are kept),
@@ -47,6 +47,14 @@ bench: install
 	$(BIN)/python bench/smtp_load.py
 	$(BIN)/python bench/pop3_load.py
 	$(BIN)/python bench/idle_connections.py
+
+# Mailhouse against Postfix, Dovecot and aiosmtpd started by ../shared/anchors (install them as its
+# README says; without them, against the disk floor only); writes its table into bench/README.md.
+# PEERS_ARGS=--quick for a smoke run that only prints.
+PEERS_ARGS ?=
+
+bench-peers: install
+	$(BIN)/python bench/peers.py $(PEERS_ARGS)
 
 # Fuzzing (README "Fuzzing"): the property fuzzers of tests/fuzz with FUZZ_SCALE times the
 # examples they get in `make test`, then every atheris target for FUZZ_SECONDS (CI: 20 s).

@@ -4,7 +4,10 @@ parse_master_cf(path) -> list[ServiceSpec], one per service line:
     service  type  private  unpriv  chroot  wakeup  maxproc  command [args]
 `#` comments, continuation lines that start with whitespace, `-` for a column's default,
 `-o key=value` options (validated later against main.cf's table). An `inet` service is
-`[host:]port`, `[ipv6]:port` or a name from /etc/services.
+`[host:]port`, `[ipv6]:port` or a name from /etc/services. A `unix` service whose command
+serves a socket (SOCKET_COMMANDS: auth) listens on $run_directory/<service>.sock
+(master/listeners.py); at most one auth service (auth_service(specs)), which every
+protocol worker then asks instead of reading the password database itself.
 Diagnostics: ConfigError("file:line: field \"maxproc\": bad value \"x\"") and the like.
 """
 from __future__ import annotations
@@ -25,7 +28,9 @@ COMMANDS = {
     "imapd": "workers.imapd",
     "pop3d": "workers.pop3d",
     "qmgr": "workers.qmgr",
+    "auth": "workers.auth",
 }
+SOCKET_COMMANDS = {"auth"}         # unix services that serve a socket (the master binds it)
 
 
 @dataclass
@@ -43,6 +48,10 @@ class ServiceSpec:
     host: str = ""
     port: int = 0
     where: str = ""                # file:line
+
+    @property
+    def listens_on_socket(self) -> bool:
+        return self.kind == "unix" and self.command in SOCKET_COMMANDS
 
     @property
     def key(self) -> str:
@@ -145,7 +154,11 @@ def parse_service_line(text: str, where: str) -> ServiceSpec:
                        unpriv=_flag(unpriv, True, where, "unpriv"), wakeup=wakeup_s, maxproc=maxproc_n,
                        command=command, module=module, args=args, overrides=overrides, where=where)
     if kind == "inet":
+        if command in SOCKET_COMMANDS:
+            raise ConfigError(f'{where}: field "type": {command} is a unix service')
         spec.host, spec.port = _parse_address(name, where)
+    elif spec.listens_on_socket and not re.fullmatch(r"[A-Za-z0-9][\w-]{0,63}", name):
+        raise ConfigError(f'{where}: field "service": bad socket name "{name}" (letters, digits, "-", "_")')
     return spec
 
 
@@ -157,7 +170,15 @@ def parse_master_cf(path: str) -> list[ServiceSpec]:
         if ident in seen:
             raise ConfigError(f"{spec.where}: service {spec.name} is already defined at {seen[ident]}")
         seen[ident] = spec.where
+    auths = [spec for spec in specs if spec.command == "auth"]
+    if len(auths) > 1:
+        raise ConfigError(f"{auths[1].where}: a second auth service (the first is at {auths[0].where})")
     return specs
+
+
+def auth_service(specs: list[ServiceSpec]) -> ServiceSpec | None:
+    """The auth service of a service table, if it has one."""
+    return next((spec for spec in specs if spec.command == "auth"), None)
 
 
 def resolve_config_path(path: str) -> tuple[str, str]:

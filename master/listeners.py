@@ -1,16 +1,26 @@
-"""Listening sockets of the inet services; the master binds them once and accepts itself.
+"""Listening sockets: the master binds them once; inet ones it accepts on itself.
 
 bind(spec) -> a non-blocking listening socket for an inet ServiceSpec: IPv4 or IPv6 from
 the address form, all addresses when the host is empty (IPv6 dual-stack where available),
 SO_REUSEADDR so that a restart does not wait for TIME_WAIT.
 accept_ready(sock, at_most) -> list of (socket, (ip, port)) accepted now, non-blocking.
+unix_path(spec, params) -> $run_directory/<service>.sock, the socket of a unix service that
+serves one (ServiceSpec.listens_on_socket: auth); bind_unix(spec, params) binds it: a stale
+socket file is replaced, anything else there is an error; 0600 when the master is not root,
+else root's with mail_owner's group, 0660, so the workers may connect and no other user may
+(and no worker may change that). The master passes such a socket to the service's worker,
+which accepts on it itself: its clients are the master's own workers, not remote clients
+subject to the per-client limits. remove_unix(sock) closes it and removes its file.
 Diagnostics: OSError from bind() and resource errors of accept() (EMFILE...) are left to
 the caller, which names the master.cf line / logs and retries.
 """
 from __future__ import annotations
 
 import errno
+import os
+import pwd
 import socket
+import stat
 
 BACKLOG = 1024          # the kernel caps it at net.core.somaxconn
 # accept() errors that concern one client that gave up, not the listener.
@@ -51,3 +61,37 @@ def accept_ready(sock: socket.socket, at_most: int) -> list[tuple[socket.socket,
             raise               # EMFILE, ENOBUFS...: the caller logs and retries later
         accepted.append((conn, (str(address[0]), int(address[1]))))
     return accepted
+
+
+def unix_path(spec, params) -> str:
+    return os.path.join(params.run_directory, f"{spec.name}.sock")
+
+
+def bind_unix(spec, params) -> socket.socket:
+    path = unix_path(spec, params)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)                   # left by a master that was killed
+    except FileNotFoundError:
+        pass
+    group = pwd.getpwnam(params.mail_owner).pw_gid if os.geteuid() == 0 else -1   # KeyError: preflight said
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)                       # EADDRINUSE for anything else at that path
+        os.chmod(path, 0o600 if group < 0 else 0o660)
+        if group >= 0:
+            os.chown(path, 0, group, follow_symlinks=False)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def remove_unix(sock: socket.socket) -> None:
+    path = sock.getsockname()
+    sock.close()
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -2,8 +2,10 @@
 
 read_config(master_cf, main_cf) -> Config validates both files and every service's -o
 overrides (ConfigError `file:line: reason`). bind_services(config) binds every inet
-service (BindError names the master.cf line); Arbiter(config, bound).run(on_started)
-serves until stopped and returns the exit code.
+service and the socket of every unix service that serves one (BindError names the
+master.cf line); Arbiter(config, bound).run(on_started) serves until stopped and returns
+the exit code. The master accepts on inet listeners; a unix service's socket is passed to
+its worker (master/listeners.py), and every worker is told the auth service's socket.
 
 Per turn: dispatch ready selector keys (accept, worker control messages, worker stderr,
 signals, status requests), reap dead children, abort workers silent past
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 
 from master import listeners, proto, sdnotify, spawn
 from master.anvil import Anvil, RefusalLog
-from master.cf import ServiceSpec, parse_master_cf
+from master.cf import ServiceSpec, auth_service, parse_master_cf
 from master.diskwatch import DiskGuard
 from master.logwriter import LogWriter
 from master.params import ConfigError, Params, load_main_cf
@@ -68,6 +70,11 @@ class Config:
     params: Params
     services: list[tuple[ServiceSpec, Params]]
 
+    def auth_socket(self) -> str:
+        """The auth service's socket path, "" when master.cf has no auth service."""
+        spec = auth_service([spec for spec, _ in self.services])
+        return listeners.unix_path(spec, self.params) if spec else ""
+
 
 def read_config(master_cf: str, main_cf: str) -> Config:
     params = load_main_cf(main_cf)
@@ -88,25 +95,31 @@ class Conn:
     protocol: str = ""
 
 
-def _bind(spec: ServiceSpec) -> socket.socket:
+def _bind(spec: ServiceSpec, params: Params) -> socket.socket:
     try:
-        return listeners.bind(spec)
+        return listeners.bind_unix(spec, params) if spec.listens_on_socket else listeners.bind(spec)
     except OSError as e:
         raise BindError(f"{spec.where}: cannot listen on {spec.name}: {e.strerror or e}") from None
 
 
 def bind_services(config: Config) -> dict[str, socket.socket]:
-    """Bind every inet service before anything else: a bad address fails the start."""
+    """Bind every inet service and service socket before anything else: a bad address fails the start."""
     bound: dict[str, socket.socket] = {}
     try:
         for spec, _params in config.services:
-            if spec.kind == "inet":
-                bound[spec.key] = _bind(spec)
+            if spec.kind == "inet" or spec.listens_on_socket:
+                bound[spec.key] = _bind(spec, config.params)
     except BindError:
         for sock in bound.values():
             sock.close()
         raise
     return bound
+
+
+def _service(spec: ServiceSpec, params: Params, sock: socket.socket | None) -> Service:
+    if spec.listens_on_socket:
+        return Service(spec, params, unix_listener=sock)
+    return Service(spec, params, listener=sock)
 
 
 class Arbiter:
@@ -118,8 +131,7 @@ class Arbiter:
         self.disk = DiskGuard(self.params, lambda level, text: self.log(level, text))
         self.selector = selectors.DefaultSelector()
         self.signals = SignalPipe()
-        self.services = {spec.key: Service(spec, params, listener=bound.get(spec.key))
-                         for spec, params in config.services}
+        self.services = {spec.key: _service(spec, params, bound.get(spec.key)) for spec, params in config.services}
         self.workers: dict[int, Worker] = {}          # every live child, of current and removed services
         self.conns: dict[int, Conn] = {}
         self.next_conn_id = 1
@@ -211,6 +223,9 @@ class Arbiter:
         if svc.listener is not None:
             svc.listener.close()
             svc.listener = None
+        if svc.unix_listener is not None:
+            listeners.remove_unix(svc.unix_listener)
+            svc.unix_listener = None
         while svc.waiting:
             svc.waiting.popleft()[1].close()
 
@@ -342,7 +357,7 @@ class Arbiter:
         if svc.throttled(now):
             return None
         try:
-            worker = spawn.spawn(svc)
+            worker = spawn.spawn(svc, self.config.auth_socket())
         except (OSError, KeyError, subprocess.SubprocessError) as e:
             delay = svc.throttle(now)
             self.log("E", f"service {svc.name}: cannot start {svc.spec.module}: {e}; retrying in {delay:.0f} s")
@@ -525,8 +540,8 @@ class Arbiter:
         fresh: dict[str, socket.socket] = {}
         try:
             for key, (spec, _params) in wanted.items():
-                if spec.kind == "inet" and key not in self.services:
-                    fresh[key] = _bind(spec)
+                if (spec.kind == "inet" or spec.listens_on_socket) and key not in self.services:
+                    fresh[key] = _bind(spec, config.params)
         except BindError as e:
             for sock in fresh.values():
                 sock.close()
@@ -548,7 +563,7 @@ class Arbiter:
         for key, (spec, params) in wanted.items():
             svc = self.services.get(key)
             if svc is None:
-                svc = Service(spec, params, listener=fresh.get(key))
+                svc = _service(spec, params, fresh.get(key))
                 self._watch_listener(svc)
             else:
                 svc.spec, svc.params = spec, params

@@ -202,6 +202,7 @@ PARAMS: tuple[Param, ...] = (
     Param("auth_cache_size", _int, "1000", 0, 1_000_000),
     Param("auth_verify_threads", _int, "2", 1, 64),
     Param("auth_verify_queue_limit", _int, "32", 0, 10_000),
+    Param("auth_service_timeout", parse_duration, "10s", 1, 300),
     # TLS
     Param("tls_cert_file", _text, "$data_directory/tls/cert.pem", is_path=True),
     Param("tls_key_file", _text, "$data_directory/tls/key.pem", is_path=True),
@@ -219,6 +220,8 @@ PARAMS: tuple[Param, ...] = (
     Param("smtpd_pregreet_delay", parse_duration, "1s", 0, 30),
     Param("smtpd_hard_error_limit", _int, "20", 1, 1000),
     Param("smtpd_timeout", parse_duration, "300s", 1, 3600),
+    Param("in_flow_delay", parse_duration, "1s", 0, 10),
+    Param("in_flow_queue_limit", _int, "1000", 1, 10_000_000),
     Param("smtp_connect_timeout", parse_duration, "30s", 1, 3600),
     Param("imapd_timeout", parse_duration, "30m", 1, 86400),
     Param("pop3d_timeout", parse_duration, "10m", 1, 86400),

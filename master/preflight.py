@@ -8,9 +8,15 @@ imports mailhouse, and refuses to start (EX_CONFIG, one line naming the path) wh
 not usable. TLS: when a service needs TLS (level `encrypt` or wrapper mode) the certificate
 and key must load; when it only offers it (`may`), files that exist must load, and missing
 ones only mean no STARTTLS. `mailctl init` gives the same worker_paths to mail_owner.
+The password database (and the APOP key) is among them only when mail_owner's processes
+verify passwords (workers_verify: master.cf has no auth service, or runs it unpriv); with
+the auth service running as root, the opposite is checked: mail_owner must not be able to
+read it (a protocol worker taken over would read every password hash).
 
     problems(config) -> list[str]       empty when everything is usable
-    worker_paths(params) -> list[Need]  what workers open, with the access they need
+    worker_paths(params, verify) -> list[Need]  what workers open, with the access they need
+    password_paths(params) -> list[str] the password database's files and the key
+    workers_verify(specs) -> bool       do processes of mail_owner read the password database?
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from master.cf import auth_service
 from master.params import Params
 from master.proto import POP3_LOCKS
 from store.aliases import map_path
@@ -48,9 +55,26 @@ def _describe(access: int) -> str:
     return "/".join(words)
 
 
-def worker_paths(params: Params) -> list[Need]:
+def workers_verify(specs) -> bool:
+    """True when processes of mail_owner verify passwords: no auth service, or one run unpriv."""
+    spec = auth_service(list(specs))
+    return spec is None or spec.unpriv
+
+
+def password_paths(params: Params) -> list[str]:
+    """The password database (folder and files, as far as they exist) and the key file."""
+    _users, passwords_path, key_path = UserDB.paths(params)
+    try:
+        files = sorted(os.listdir(passwords_path))
+    except OSError:                             # missing, or closed to the user looking
+        files = []
+    return [passwords_path, *(os.path.join(passwords_path, name) for name in files), key_path]
+
+
+def worker_paths(params: Params, verify: bool) -> list[Need]:
+    """verify: the workers read the password database themselves (workers_verify)."""
     queue = Queue.from_params(params)
-    users_path, key_path = UserDB.paths(params)
+    users_path, passwords_path, key_path = UserDB.paths(params)
     needs = [Need(params.queue_directory, DIRECTORY, "queue_directory")]
     needs += [Need(queue.path(name), DIRECTORY, "queue_directory")
               for name in (*QUEUES, "state", "tmp", "public")]
@@ -58,14 +82,25 @@ def worker_paths(params: Params) -> list[Need]:
     needs += [Need(params.mail_store_directory, DIRECTORY, "mail_store_directory"),
               Need(params.index_directory, DIRECTORY, "index_directory"),
               Need(users_path, DIRECTORY, "the user database"),
-              Need(key_path, READ, "the user database key", optional=True),
               Need(map_path(params.alias_maps), READ, "alias_maps (run newaliases)", optional=True),
               Need(params.run_directory, READ | ENTER, "run_directory"),
               Need(os.path.join(params.run_directory, POP3_LOCKS), DIRECTORY, "run_directory")]
     if os.path.isdir(users_path):               # as mail_owner in the start-up check: root may not look
         needs += [Need(os.path.join(users_path, name), READ | WRITE, "the user database")
                   for name in sorted(os.listdir(users_path))]
+    if verify:
+        what = "the password database (master.cf has no auth service running as root)"
+        needs.append(Need(passwords_path, DIRECTORY, what, optional=True))
+        needs += [Need(path, READ | WRITE, what) for path in password_paths(params)[1:-1]]
+        needs.append(Need(key_path, READ, "the password database key", optional=True))
     return needs
+
+
+def _exposed_passwords(params: Params, owner: str) -> list[str]:
+    """With the auth service as root: password files mail_owner could read."""
+    return [f"{path} (the password database) is readable by {owner}, though only the auth service "
+            f"should read it: run `mailctl init` as root (it gives it back to root)"
+            for path in password_paths(params) if os.path.isfile(path) and os.access(path, READ)]
 
 
 def _tls_needs(config) -> tuple[bool, bool]:
@@ -144,6 +179,8 @@ def _interpreter_problem(owner: str) -> str | None:
 def _as_owner_report(config, needs: list[Need], owner: str) -> list[str]:
     """Run in a child that has become mail_owner: the problems it sees."""
     found = _path_problems(needs, owner)
+    if not workers_verify(spec for spec, _ in config.services):
+        found += _exposed_passwords(config.params, owner)
     problem = _interpreter_problem(owner)
     if problem is not None:
         return [*found, problem]
@@ -211,7 +248,8 @@ def problems(config, worker_env: dict[str, str]) -> list[str]:
         return [f"mail_owner {params.mail_owner!r} is not a user on this system"]
     if user.pw_uid == 0:
         return [f"mail_owner {params.mail_owner!r} must not be root"]
-    found = _fork_as(user, lambda: _as_owner_report(config, worker_paths(params), user.pw_name))
+    verify = workers_verify(spec for spec, _ in config.services)
+    found = _fork_as(user, lambda: _as_owner_report(config, worker_paths(params, verify), user.pw_name))
     if not found:
         probe = _probe_interpreter(user, worker_env)
         if probe is not None:

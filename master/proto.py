@@ -7,7 +7,9 @@ and master.params only), so a worker may import it without pulling in the master
 Environment of a worker: ENV_PARAMS (JSON of the service's raw settings, -o overrides
 included), ENV_BASE_DIR (relative paths are taken from it), ENV_CONTROL_FD (the worker's end
 of the control socketpair), ENV_SERVICE and ENV_COMMAND (master.cf service name and command,
-for the process title).
+for the process title), ENV_LISTEN_FD (a unix service that serves a socket: the listening
+socket the master bound, which the worker accepts on itself) and ENV_AUTH_SOCKET (every
+worker, when master.cf has an auth service: the path of its socket; auth_socket() reads it).
 
 Control channel: a SOCK_SEQPACKET socketpair, one JSON object per datagram of at most
 CONTROL_MSG_MAX bytes. encode(message) -> bytes; decode(data) -> dict, where anything but a
@@ -47,6 +49,14 @@ ENV_BASE_DIR = "MAILHOUSE_BASE_DIR"
 ENV_CONTROL_FD = "MAILHOUSE_CONTROL_FD"
 ENV_SERVICE = "MAILHOUSE_SERVICE"          # the master.cf service name, e.g. 127.0.0.1:2525
 ENV_COMMAND = "MAILHOUSE_COMMAND"          # the master.cf command, e.g. smtpd
+ENV_LISTEN_FD = "MAILHOUSE_LISTEN_FD"      # a unix service's listening socket
+ENV_AUTH_SOCKET = "MAILHOUSE_AUTH_SOCKET"  # the auth service's socket; absent: no auth service
+
+
+def auth_socket() -> str:
+    """The auth service's socket path as the master handed it over, "" when there is none."""
+    return os.environ.get(ENV_AUTH_SOCKET, "")
+
 
 # ---------------------------------------------------------------- the control channel
 CONTROL_MSG_MAX = 4096

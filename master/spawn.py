@@ -6,8 +6,10 @@ its end of the control socketpair, its stderr pipe, the sessions it holds, its s
 
 spawn(svc) forks and execs `python -m <module> <args>` (subprocess with pass_fds, so the
 child is a fresh interpreter: no LMDB handle, no master state) with the environment of
-master/proto.py (control socket, the service's settings). When the master runs as root and
-the service's unpriv is y or -, the child runs as mail_owner. Each worker draws its own
+master/proto.py (control socket, the service's settings, the auth service's socket path
+when master.cf has one; a unix service that serves a socket also gets its listening socket,
+Service.unix_listener). When the master runs as root and the service's unpriv is y or -,
+the child runs as mail_owner. Each worker draws its own
 max_use (draw_max_use: between max_use less a fifth and max_use), so workers started
 together do not all retire together. hand_over(worker, sock, conn_id, refusal, stress)
 passes an accepted socket (SCM_RIGHTS) with proto.handover's header; send_op(worker,
@@ -85,7 +87,8 @@ class Worker:
 class Service:
     spec: ServiceSpec
     params: Params
-    listener: socket.socket | None = None
+    listener: socket.socket | None = None       # an inet service's: the master accepts on it
+    unix_listener: socket.socket | None = None  # a unix service's socket: its worker accepts
     workers: dict[int, Worker] = field(default_factory=dict)
     open: int = 0                 # client sessions open now (refused ones not counted)
     served: int = 0               # sessions handed to workers since start
@@ -144,7 +147,7 @@ def base_environment() -> dict[str, str]:
     return env
 
 
-def _environment(svc: Service, control_fd: int) -> dict[str, str]:
+def _environment(svc: Service, control_fd: int, auth_socket: str) -> dict[str, str]:
     env = base_environment()
     env.update({
         proto.ENV_PARAMS: json.dumps(svc.params.to_env()),
@@ -153,6 +156,10 @@ def _environment(svc: Service, control_fd: int) -> dict[str, str]:
         proto.ENV_SERVICE: svc.spec.name,
         proto.ENV_COMMAND: svc.spec.command,
     })
+    if auth_socket:
+        env[proto.ENV_AUTH_SOCKET] = auth_socket
+    if svc.unix_listener is not None:
+        env[proto.ENV_LISTEN_FD] = str(svc.unix_listener.fileno())
     return env
 
 
@@ -162,14 +169,18 @@ def draw_max_use(max_use: int, rng: random.Random = _RANDOM) -> int:
     return rng.randint(max_use - max_use // MAX_USE_SPREAD, max_use)
 
 
-def spawn(svc: Service) -> Worker:
+def spawn(svc: Service, auth_socket: str = "") -> Worker:
+    """auth_socket: the auth service's socket path, "" when master.cf has none."""
     master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     log_read, log_write = os.pipe2(os.O_CLOEXEC)
+    passed = [worker_end.fileno()]
+    if svc.unix_listener is not None:
+        passed.append(svc.unix_listener.fileno())
     try:
         popen = subprocess.Popen(
             [sys.executable, "-m", svc.spec.module, *svc.spec.args],
             stdin=subprocess.DEVNULL, stdout=log_write, stderr=log_write,
-            pass_fds=(worker_end.fileno(),), env=_environment(svc, worker_end.fileno()),
+            pass_fds=passed, env=_environment(svc, worker_end.fileno(), auth_socket),
             **_privileges(svc))
     except BaseException:
         master_end.close()

@@ -17,7 +17,9 @@ chunk; opening a mailbox concatenates its chunks into one buffer for the View.
 
 Interface: Index(path, durable=True) — open_view(user, mailbox) -> View (a consistent
 snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idempotent per
-delivery id: the id is recorded in the same transaction as the entry); append_many;
+delivery id: the id is recorded in the same transaction as the entry); reserve_uids +
+append_batch, the same for many deliveries (any users and mailboxes) in one transaction
+each (group commit); append_many;
 delivered(user, delivery_id); store_flags over UID ranges; expunge; expunged_since /
 changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge).
 The environment opens lazily in the process that uses it (after exec; a fork reopens it),
@@ -334,23 +336,40 @@ class Index:
         append not done; "done": nothing to do); fresh=True hands a pending delivery a new UID."""
         if count < 1 or (count > 1 and delivery_id is not None):
             raise ValueError("a delivery id reserves exactly one UID")
+        return self._write(lambda txn: self._reserve(txn, user, name, delivery_id, fresh, count))
+
+    def reserve_uids(self, items: Iterable[tuple[str, str, str | None]],
+                     fresh: bool = False) -> list[Reservation | NoSuchMailbox | StorageError]:
+        """reserve_uid for each (user, mailbox, delivery_id), all in one transaction, in the
+        order given. Per item its Reservation, or the NoSuchMailbox / StorageError (out of
+        UIDs) that stops that item alone."""
+        items = list(items)
 
         def reserve(txn):
-            info = self._header(txn, user, name)
-            if delivery_id is not None and not fresh:
-                known = txn.get(_delivery_key(user, delivery_id), db=self._db["deliveries"])
-                if known is not None:
-                    mailbox_id, uid, _, done = DELIVERY.unpack(known)
-                    if mailbox_id == info.mailbox_id:
-                        return Reservation(uid, info.uidvalidity, "done" if done else "pending")
-            uid = info.uidnext
-            if uid + count - 1 > MAX_UID:
-                raise StorageError(f"{user}: mailbox {name!r} has run out of UIDs (reconstruct renumbers)")
-            self._put_header(txn, replace(info, uidnext=uid + count))
-            if delivery_id is not None:
-                self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, False)
-            return Reservation(uid, info.uidvalidity, "new")
+            reservations = []
+            for user, name, delivery_id in items:
+                try:
+                    reservations.append(self._reserve(txn, user, name, delivery_id, fresh, 1))
+                except (NoSuchMailbox, StorageError) as e:  # raised before anything was written
+                    reservations.append(e)
+            return reservations
         return self._write(reserve)
+
+    def _reserve(self, txn, user: str, name: str, delivery_id: str | None, fresh: bool, count: int) -> Reservation:
+        info = self._header(txn, user, name)
+        if delivery_id is not None and not fresh:
+            known = txn.get(_delivery_key(user, delivery_id), db=self._db["deliveries"])
+            if known is not None:
+                mailbox_id, uid, _, done = DELIVERY.unpack(known)
+                if mailbox_id == info.mailbox_id:
+                    return Reservation(uid, info.uidvalidity, "done" if done else "pending")
+        uid = info.uidnext
+        if uid + count > MAX_UID:  # UIDNEXT, one above the last UID, must stay a 32-bit number
+            raise StorageError(f"{user}: mailbox {name!r} has run out of UIDs (reconstruct renumbers)")
+        self._put_header(txn, replace(info, uidnext=uid + count))
+        if delivery_id is not None:
+            self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, False)
+        return Reservation(uid, info.uidvalidity, "new")
 
     def delivered(self, user: str, delivery_id: str) -> bool:
         """True when delivery_id's message made it into the index: its append is done, or
@@ -377,18 +396,50 @@ class Index:
             info = self._header(txn, user, name)
             if delivery_id is not None:
                 self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, True)
-            return self._add_messages(txn, info, [(uid, size, internal_date, flags)]) == 1
+            return uid in self._add_messages(txn, info, [(uid, size, internal_date, flags)])
+        return self._write(add)
+
+    def append_batch(self, items: Iterable[tuple[str, str, int, int, int, Iterable[str], str | None]]
+                     ) -> list[bool | NoSuchMailbox]:
+        """append for each (user, mailbox, uid, size, internal_date, flags, delivery_id), all in
+        one transaction; each mailbox's messages go in together, in UID order (one modseq).
+        Per item: True if new, False if its UID was indexed already (its done-mark is
+        recorded all the same), or the NoSuchMailbox of a mailbox that is gone."""
+        items = list(items)
+        by_mailbox: dict[tuple[str, str], list[int]] = {}
+        for position, item in enumerate(items):
+            by_mailbox.setdefault((item[0], item[1]), []).append(position)
+
+        def add(txn):
+            results: list = [None] * len(items)
+            for (user, name), positions in by_mailbox.items():
+                try:
+                    info = self._header(txn, user, name)
+                except NoSuchMailbox as e:
+                    for position in positions:
+                        results[position] = e
+                    continue
+                for position in positions:
+                    uid, delivery_id = items[position][2], items[position][6]
+                    if delivery_id is not None:
+                        self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, True)
+                added = self._add_messages(txn, info, sorted((items[p][2:6] for p in positions), key=lambda m: m[0]))
+                for position in positions:
+                    results[position] = items[position][2] in added
+            return results
         return self._write(add)
 
     def append_many(self, user: str, name: str, messages: Iterable[tuple[int, int, int, Iterable[str]]]) -> int:
         """Add (uid, size, internal_date, flags) messages in one transaction (reconstruct,
         bulk loads); returns how many were new."""
         messages = sorted(messages, key=lambda m: m[0])
-        return self._write(lambda txn: self._add_messages(txn, self._header(txn, user, name), messages))
+        return self._write(lambda txn: len(self._add_messages(txn, self._header(txn, user, name), messages)))
 
-    def _add_messages(self, txn, info: MailboxInfo, messages) -> int:
+    def _add_messages(self, txn, info: MailboxInfo, messages) -> set[int]:
+        """Add (uid, size, internal_date, flags) messages (sorted by uid) to the mailbox of
+        info, with one new modseq; returns the UIDs that were not indexed before."""
         if not messages:
-            return 0
+            return set()
         modseq = info.highestmodseq + 1
         keywords = info.keywords
         records = []
@@ -399,15 +450,16 @@ class Index:
         if added is None:
             added = [r for r in records if self._insert_record(txn, info.mailbox_id, RECORD.unpack(r)[0], r)]
         if not added:
-            return 0
+            return set()
+        uids = {RECORD.unpack_from(r)[0] for r in added}
         size = sum(RECORD.unpack(r)[1] for r in added)
         unseen = sum(1 for r in added if not RECORD.unpack(r)[2] & SEEN)
-        last_uid = max(RECORD.unpack(r)[0] for r in added)
+        last_uid = max(uids)
         self._put_header(txn, replace(
             info, uidnext=max(info.uidnext, last_uid + 1), highestmodseq=modseq, count=info.count + len(added),
             unseen=info.unseen + unseen, total_size=info.total_size + size, keywords=keywords))
         self._add_usage(txn, info.user, size, len(added))
-        return len(added)
+        return uids
 
     def _append_at_end(self, txn, mailbox_id: int, records: list[bytes]) -> list[bytes] | None:
         """Fast path: records (sorted, distinct) all above the mailbox's last UID fill up its

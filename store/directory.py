@@ -17,10 +17,12 @@ mailbox is full.
     .unextended(name) -> str | None     "bob" for "bob+lists" with recipient_delimiter "+"
                                         (each character of the setting is a delimiter)
     .quota(name) -> int
-    .quota_check(name, size) -> Failed | None   the quota rule, for RCPT (the declared SIZE)
-                                        and delivery (the message) alike: 5.2.2 when the
-                                        message alone is larger than the quota, 4.2.2 when
-                                        the mailbox has no room left for it
+    .quota_check(name, size, ahead=0) -> Failed | None   the quota rule, for RCPT (the
+                                        declared SIZE) and delivery (the message) alike:
+                                        5.2.2 when the message alone is larger than the
+                                        quota, 4.2.2 when the mailbox has no room left for
+                                        it besides `ahead` bytes on their way in (the
+                                        earlier messages of a delivery batch)
 Failed(status, reason): a refusal or a bounce with its RFC 3463 status (.permanent: 5.x.x).
 Every answer reads the databases anew (LMDB readers see the newest data), so `mailctl user
 set` and `newaliases` apply from the next message.
@@ -105,12 +107,12 @@ class Directory:
         account = self.user(name)
         return self.default_quota if account is None else account.quota
 
-    def quota_check(self, name: str, size: int) -> Failed | None:
+    def quota_check(self, name: str, size: int, ahead: int = 0) -> Failed | None:
         limit = self.quota(name)
         if not limit:
             return None
         if size > limit:
             return Failed("5.2.2", f"message larger than the mailbox quota ({limit} bytes)")
-        if self.mail.usage(name) + max(size, 1) > limit:   # a message has at least one byte
+        if self.mail.usage(name) + ahead + max(size, 1) > limit:   # a message has at least one byte
             return Failed("4.2.2", f"mailbox full (quota {limit} bytes exceeded)")
         return None

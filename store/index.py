@@ -5,7 +5,8 @@ it was built, else the reference (MAILHOUSE_REQUIRE_EXT=1 makes a missing build 
 IMPL names the one in use (workers log it once at start).
 Interface, the same in both (details in store/_index_py.py and store/_index_view.py):
   Index(path): open_view, mailbox, mailboxes, users, create_mailbox, delete_mailbox,
-    rename_mailbox, set_mailbox_attributes, reserve_uid, append, append_many, store_flags,
+    rename_mailbox, set_mailbox_attributes, reserve_uid, append, reserve_uids, append_batch
+    (group commit: many deliveries in one transaction each), append_many, store_flags,
     delivered, expunge, expunged_since, changes_since, usage, recount_usage, prune_deliveries,
     remove_user, close
   View (a snapshot): len, uid, seq, uids, record, flag_bits, total_size, resolve,

@@ -6,14 +6,17 @@ index_directory) is the truth while it exists; store/reconstruct.py rebuilds it 
 
 Interface: MailStore(store_dir, index_dir) (a process has one: store.handle.Store.mail).
 deliver(user, mailbox, source, delivery_id=None, flags=(), internal_date=None) -> UID,
-idempotent per delivery id; create/delete/rename/list/subscribe mailboxes;
+idempotent per delivery id; deliver_many([DeliveryRequest]) -> [UID or exception], the same
+for a batch (group commit: one fsync per message, one per mailbox directory, two index
+commits for the whole batch); create/delete/rename/list/subscribe mailboxes;
 open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags, path); set_flags;
 expunge; copy (COPY/MOVE); usage(user) (the quota rule is store/directory.py's);
 delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail).
 Ordering that keeps crashes safe: message file durable -> index entry (with the delivery id
 in the same transaction); expunge: index first, then unlink (reconstruct removes the files of
-expunged UIDs it still finds). A mailbox directory is flock()ed while its UIDs are handed out,
-so UIDs enter the index in ascending order.
+expunged UIDs it still finds). A mailbox directory is flock()ed from the hand-out of its UIDs
+until they are indexed, so UIDs enter the index in ascending order; whoever holds several
+such locks takes them in sorted path order.
 Diagnostics: StorageError (temporary: disk full, I/O, index full), NoSuchMailbox,
 MailboxExists, BadMailboxName, Refused-like ValueError subclasses for bad requests.
 """
@@ -31,7 +34,7 @@ from typing import Iterable, Iterator, Sequence
 
 from store import fsio
 from store.index import (
-    Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, View, flag_names, normalise_ranges,
+    Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, Reservation, View, flag_names, normalise_ranges,
     ranges_from_values,
 )
 from store.layout import (
@@ -43,7 +46,7 @@ from store.layout import (
 JOURNAL_COMPACT_BYTES = 1 << 20
 
 __all__ = [
-    "MailStore", "MailboxView", "Message", "BadMailboxName", "MailboxExists", "NoSuchMailbox",
+    "MailStore", "DeliveryRequest", "MailboxView", "Message", "BadMailboxName", "MailboxExists", "NoSuchMailbox",
     "MailboxNotEmpty", "INBOX", "SEPARATOR", "normalise_mailbox", "ranges_from_values",
 ]
 
@@ -60,6 +63,41 @@ class Message:
     flags: tuple[str, ...]
     internal_date: int
     path: str
+
+
+@dataclass(frozen=True)
+class DeliveryRequest:
+    """One message for deliver_many: the arguments of deliver()."""
+    user: str
+    mailbox: str
+    source: fsio.Source
+    delivery_id: str | None = None
+    flags: tuple[str, ...] = ()
+    internal_date: int | None = None
+
+
+@dataclass
+class _Delivery:
+    """A message of a deliver_many batch on its way in; results[position] stays None
+    until it is stored or has failed."""
+    position: int
+    request: DeliveryRequest
+    mailbox: str
+    directory: str
+    date: int
+    temp: str | None = None  # written and fsynced, not renamed yet
+    size: int = 0
+    uid: int = 0
+    path: str = ""
+
+    def place(self, reservation: Reservation) -> None:
+        self.uid = reservation.uid
+        self.path = os.path.join(self.directory, message_file_name(reservation.uid, reservation.uidvalidity))
+
+    def discard_temp(self) -> None:
+        if self.temp is not None:
+            _unlink_quietly(self.temp)
+            self.temp = None
 
 
 # ---------------------------------------------------------------- mailbox view
@@ -219,8 +257,7 @@ class MailStore:
         directory = self.user_dir(user)
         doomed = os.path.join(self.store_dir, f"{DELETED_PREFIX}{secrets.token_hex(6)}")
         with ExitStack() as locks:
-            for info in self.index.mailboxes(user):
-                mailbox_dir = self.mailbox_dir(user, info.name)
+            for mailbox_dir in sorted(self.mailbox_dir(user, info.name) for info in self.index.mailboxes(user)):
                 if os.path.isdir(mailbox_dir):
                     locks.enter_context(self.locked(mailbox_dir))
             try:
@@ -265,38 +302,165 @@ class MailStore:
         """Store one message durably and index it; returns its UID. The same delivery_id
         again returns the first UID and stores nothing. INBOX is created on first use; any
         other mailbox must exist (NoSuchMailbox: IMAP's [TRYCREATE])."""
+        [result] = self.deliver_many([DeliveryRequest(user, mailbox, source, delivery_id, tuple(flags), internal_date)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def deliver_many(self, requests: Sequence[DeliveryRequest]) -> list[int | Exception]:
+        """Store a batch of messages (any users and mailboxes) as deliver() stores one; returns
+        per request its UID, or the StorageError, NoSuchMailbox or BadMailboxName that stopped
+        that request alone. The syncs are shared: each file is written and fsynced under a temp
+        name (no lock held); then, under the locks of all the batch's mailboxes, one index
+        transaction reserves every UID, the files are renamed, each directory is fsynced once
+        and one index transaction adds every entry with its delivery id's done-mark. A delivery
+        id stored before is not written again; given twice in a batch, it is stored once."""
+        results: list = [None] * len(requests)
+        batch, twins = self._admit(requests, results)
+        try:
+            for item in batch:
+                self._write_temp(item, results)
+            with ExitStack() as locks:
+                for directory in sorted({item.directory for item in batch if results[item.position] is None}):
+                    try:
+                        locks.enter_context(self.locked(directory))
+                    except fsio.StorageError as e:
+                        for item in batch:
+                            if item.directory == directory:
+                                results[item.position] = e
+                self._commit([item for item in batch if results[item.position] is None], results)
+        finally:
+            for item in batch:
+                item.discard_temp()  # of a request that failed or needed no new file
+        for position, first in twins:
+            results[position] = results[first]
+        return results
+
+    def _admit(self, requests: Sequence[DeliveryRequest], results: list) -> tuple[list[_Delivery], list]:
+        """The requests to store, as _Delivery items (INBOX created on first use; bad names and
+        missing mailboxes answered in results), and (position, first position) of the
+        requests that repeat a delivery id."""
+        targets: dict[tuple[str, str], tuple[str, str] | Exception] = {}
+        first_of: dict[tuple[str, str, str], int] = {}
+        batch, twins = [], []
+        for position, request in enumerate(requests):
+            key = (request.user, request.mailbox)
+            if key not in targets:
+                try:
+                    targets[key] = self._delivery_target(request.user, request.mailbox)
+                except (fsio.StorageError, NoSuchMailbox, BadMailboxName) as e:
+                    targets[key] = e
+            if isinstance(targets[key], Exception):
+                results[position] = targets[key]
+                continue
+            mailbox, directory = targets[key]
+            if request.delivery_id is not None:
+                seen = first_of.setdefault((request.user, mailbox, request.delivery_id), position)
+                if seen != position:
+                    twins.append((position, seen))
+                    continue
+            date = int(time.time() if request.internal_date is None else request.internal_date)
+            batch.append(_Delivery(position, request, mailbox, directory, date))
+        return batch, twins
+
+    def _delivery_target(self, user: str, mailbox: str) -> tuple[str, str]:
         mailbox = normalise_mailbox(mailbox)
         if mailbox == INBOX:
             self.ensure_inbox(user)
         elif self.index.mailbox(user, mailbox) is None:
             raise NoSuchMailbox(f"no mailbox {mailbox}")
-        flags = tuple(flags)
-        date = int(time.time() if internal_date is None else internal_date)
-        directory = self.mailbox_dir(user, mailbox)
-        with self.locked(directory):
-            reservation = self.index.reserve_uid(user, mailbox, delivery_id)
-            if reservation.state == "done":
-                return reservation.uid
-            name = message_file_name(reservation.uid, reservation.uidvalidity)
-            path = os.path.join(directory, name)
-            if reservation.state == "pending" and os.path.exists(path):
-                size = os.stat(path).st_size  # a crash came after the rename: adopt the file
-            else:
-                if reservation.state == "pending":  # the file never made it: take a fresh UID
-                    reservation = self.index.reserve_uid(user, mailbox, delivery_id, fresh=True)
-                    name = message_file_name(reservation.uid, reservation.uidvalidity)
-                    path = os.path.join(directory, name)
-                size = fsio.write_durably(directory, name, source)
-                _set_mtime(path, date)
+        return mailbox, self.mailbox_dir(user, mailbox)
+
+    def _write_temp(self, item: _Delivery, results: list) -> None:
+        """The message under a temp name in its mailbox directory, fsynced; nothing for a
+        delivery id stored before (its reservation answers with the UID)."""
+        request = item.request
+        try:
+            if request.delivery_id is None or not self.index.delivered(request.user, request.delivery_id):
+                item.temp, item.size = fsio.write_temp(item.directory, "delivery", request.source)
+        except fsio.StorageError as e:
+            results[item.position] = e
+
+    def _commit(self, batch: list[_Delivery], results: list) -> None:
+        """Under the locks of the batch's mailbox directories: UIDs, renames, directory fsyncs,
+        index entries, flag journal."""
+        placed = []
+        for item in self._reserve(batch, results):
+            if item.temp is not None:
+                try:
+                    fsio.rename_into_place(item.temp, item.path)
+                except fsio.StorageError as e:
+                    results[item.position] = e
+                    continue
+                item.temp = None
+                _set_mtime(item.path, item.date)
+            placed.append(item)
+        for directory in sorted({item.directory for item in placed}):
             try:
-                self.index.append(user, mailbox, reservation.uid, size, date, flags, delivery_id)
-            except fsio.StorageError:
-                if delivery_id is None:  # nobody can come back for this file: do not leave it
-                    _unlink_quietly(path)
-                raise
-            if flags:
-                self._journal(directory, journal_flags(reservation.uid, flags))
-            return reservation.uid
+                fsio.fsync_dir(directory)
+            except OSError as e:
+                error = fsio.StorageError(f"cannot store in {directory}: {e.strerror}", e.errno)
+                _fail_placed([i for i in placed if i.directory == directory], results, error)
+        durable = [item for item in placed if results[item.position] is None]
+        if not durable:
+            return
+        try:
+            indexed = self.index.append_batch([
+                (i.request.user, i.mailbox, i.uid, i.size, i.date, i.request.flags, i.request.delivery_id)
+                for i in durable])
+        except fsio.StorageError as e:
+            indexed = [e] * len(durable)
+        journal: dict[str, str] = {}
+        for item, outcome in zip(durable, indexed):
+            if isinstance(outcome, Exception):
+                _fail_placed([item], results, outcome)
+                continue
+            results[item.position] = item.uid
+            if item.request.flags:
+                journal[item.directory] = journal.get(item.directory, "") + journal_flags(item.uid, item.request.flags)
+        for directory, text in journal.items():
+            self._journal(directory, text)
+
+    def _reserve(self, batch: list[_Delivery], results: list) -> list[_Delivery]:
+        """One index transaction sets aside every UID; returns the items whose file is to be
+        renamed (a new UID) or adopted (a delivery cut short after its rename). A delivery
+        stored before gets its UID in results. One cut short before its rename takes a fresh
+        UID (a second transaction, after crashes only), so UIDs keep ascending."""
+        ready, fresh, new = [], [], []
+        for item, reservation in zip(batch, self._reserve_uids(batch, fresh=False)):
+            if isinstance(reservation, Exception):
+                results[item.position] = reservation
+            elif reservation.state == "done":
+                results[item.position] = reservation.uid
+            else:
+                item.place(reservation)
+                size = _size_of(item.path) if reservation.state == "pending" else None
+                if size is not None:
+                    item.size = size
+                    item.discard_temp()
+                    ready.append(item)
+                else:
+                    (fresh if reservation.state == "pending" else new).append(item)
+        for item, reservation in zip(fresh, self._reserve_uids(fresh, fresh=True)):
+            if isinstance(reservation, Exception):
+                results[item.position] = reservation
+            else:
+                item.place(reservation)
+                new.append(item)
+        for item in new:
+            if item.temp is None:  # delivered() said stored, the index no longer does (pruned meanwhile)
+                results[item.position] = fsio.StorageError(f"delivery {item.request.delivery_id} changed under way")
+            else:
+                ready.append(item)
+        return ready
+
+    def _reserve_uids(self, items: list[_Delivery], fresh: bool) -> list:
+        if not items:
+            return []
+        try:
+            return self.index.reserve_uids([(i.request.user, i.mailbox, i.request.delivery_id) for i in items], fresh)
+        except fsio.StorageError as e:
+            return [e] * len(items)
 
     def copy(self, user: str, source: str, uid_ranges: Sequence[tuple[int, int]], target: str,
              move: bool = False) -> list[tuple[int, int]]:
@@ -448,6 +612,22 @@ def _link_or_copy(original: str, directory: str, name: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def _size_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _fail_placed(items: list[_Delivery], results: list, error: Exception) -> None:
+    """Files in place but not acknowledged: one nobody can come back for (no delivery id)
+    is removed again, lest reconstruct adopt it."""
+    for item in items:
+        results[item.position] = error
+        if item.request.delivery_id is None:
+            _unlink_quietly(item.path)
 
 
 def _unlink_quietly(path: str) -> None:

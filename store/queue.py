@@ -15,16 +15,22 @@ Layout under queue_directory:
 
 A queue file (immutable once committed) is
     b"MAILHOUSE-QUEUE 1 <n>\\n" + n bytes of envelope JSON + b"\\n" + the message.
-Everything that changes later goes into state/ID, one JSON object per line, each fsynced,
-so a done-mark costs one small append: a restart never delivers twice to a recipient
+Everything that changes later goes into state/ID, one JSON object per line, each append
+fsynced, so done-marks cost one small append: a restart never delivers twice to a recipient
 already marked done. A torn last line (crash during the append) is ignored.
+Directory fsyncs are shared between qmgr's threads (store.fsio.DirSync): activate_many moves
+a whole pass of ready files with one fsync of each directory, and files finished at the
+same time share one fsync of active/. A state log is removed only after the removal of its
+queue file is durable, so a queue file never comes back without its done marks.
 
 Interface:
     q = Queue(queue_directory) / Queue.from_params(params); q.ensure_layout()
     w = q.writer(); w.write(chunk)...; qid = w.commit(envelope) | w.abort()   (into incoming)
     q.ready(now) -> ids (incoming + due deferred);  read_head(file, limit) -> (Envelope, offset)
-    q.activate(qid) -> bool;  q.load(qid) -> QueueItem;  q.message_file(qid) -> binary file
-    q.mark_done(qid, key, status, detail);  q.defer(qid, next_try, reasons)
+    q.activate_many(ids) -> the ids moved to active/;  q.activate(qid) -> bool
+    q.load(qid) -> QueueItem;  q.message_file(qid) -> binary file;  q.incoming_depth() -> int
+    q.mark_done(qid, key, status, detail);  q.mark_done_many(qid, [(key, status, detail), ...])
+    q.defer(qid, next_try, reasons)
     q.finish(qid) (all done: remove);  q.note_warned(qid);  q.recover(max_recoveries)
     q.hold(qid), q.release(qid), q.delete(qid), q.delete_all(), q.flush(), q.list_all()
     wake_qmgr(params);  q.open_wakeup_reader() -> fd for qmgr
@@ -43,9 +49,9 @@ import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
-from store.fsio import StorageError, fsync_dir, is_temp_name, write_durably
+from store.fsio import DirSync, StorageError, is_temp_name, write_durably
 
 MAGIC = b"MAILHOUSE-QUEUE 1 "
 MAX_ENVELOPE = 16 * 1024 * 1024          # bytes of envelope JSON we agree to parse
@@ -225,6 +231,7 @@ def _chain(first: list[bytes], rest: BinaryIO) -> Iterator[bytes]:
 class Queue:
     def __init__(self, directory: str):
         self.directory = os.fspath(directory)
+        self._dirsync = DirSync()
 
     @classmethod
     def from_params(cls, params) -> "Queue":
@@ -260,6 +267,13 @@ class Queue:
         except FileNotFoundError:
             return []
         return sorted(n for n in names if is_queue_id(n))
+
+    def incoming_depth(self) -> int:
+        """How many accepted files wait for qmgr to take them (a measure of its backlog)."""
+        try:
+            return sum(1 for name in os.listdir(self.path("incoming")) if is_queue_id(name))
+        except FileNotFoundError:
+            return 0
 
     def locate(self, queue_id: str) -> str:
         """The directory holding queue_id; NotQueued if none does."""
@@ -312,9 +326,15 @@ class Queue:
 
     # ---------------------------------------------------------------- state log
     def _record(self, queue_id: str, event: dict) -> None:
-        """Append one event to state/ID durably; on failure the log is as before."""
+        self._record_many(queue_id, [event])
+
+    def _record_many(self, queue_id: str, events: list[dict]) -> None:
+        """Append events to state/ID with one write and one fsync; on failure the log is as
+        before (or, after a crash, ends in the lines that made it and a torn one)."""
         path = self.path("state", queue_id)
-        data = json.dumps({**event, "t": round(time.time(), 3)}, separators=(",", ":")).encode() + b"\n"
+        stamp = round(time.time(), 3)
+        data = b"".join(json.dumps({**event, "t": stamp}, separators=(",", ":")).encode() + b"\n"
+                        for event in events)
         created = False
         try:
             try:
@@ -341,13 +361,19 @@ class Queue:
         if created:
             try:
                 _owner_like_directory(path)
-                fsync_dir(self.path("state"))
+                self._dirsync.sync(self.path("state"))
             except OSError as e:
                 raise StorageError(f"cannot sync {self.path('state')}: {e.strerror or e}", e.errno) from e
 
     def mark_done(self, queue_id: str, key: str, status: str = "delivered", detail: str = "") -> None:
         """Durably record that recipient `key` needs no more delivery (delivered or bounced)."""
-        self._record(queue_id, {"ev": "done", "key": str(key), "status": status, "detail": detail})
+        self.mark_done_many(queue_id, [(key, status, detail)])
+
+    def mark_done_many(self, queue_id: str, marks: list[tuple[str, str, str]]) -> None:
+        """mark_done for each (key, status, detail), in one durable append."""
+        if marks:
+            self._record_many(queue_id, [{"ev": "done", "key": str(key), "status": status, "detail": detail}
+                                         for key, status, detail in marks])
 
     def note_warned(self, queue_id: str) -> None:
         """The delay warning was sent; it is sent once."""
@@ -361,8 +387,8 @@ class Queue:
             if next_try is not None:
                 os.utime(source, (next_try, next_try))
             os.rename(source, target)
-            fsync_dir(self.path(dst))
-            fsync_dir(self.path(src))
+            self._dirsync.sync(self.path(dst))
+            self._dirsync.sync(self.path(src))
         except FileNotFoundError:
             return False
         except OSError as e:
@@ -383,10 +409,30 @@ class Queue:
 
     def activate(self, queue_id: str) -> bool:
         """Take a ready id into active/ (from incoming or deferred); False if it is gone."""
-        for src in ("incoming", "deferred"):
-            if self._move(queue_id, src, "active"):
-                return True
-        return False
+        return bool(self.activate_many([queue_id]))
+
+    def activate_many(self, queue_ids: Iterable[str]) -> list[str]:
+        """Take ready ids into active/ (from incoming or deferred): every rename first, then
+        one fsync of active/ and one of each directory they left. Returns the ids moved (one
+        gone meanwhile is left out). StorageError: some may be in active/ all the same."""
+        moved, left = [], set()
+        try:
+            for queue_id in queue_ids:
+                for src in ("incoming", "deferred"):
+                    try:
+                        os.rename(self.path(src, queue_id), self.path("active", queue_id))
+                    except FileNotFoundError:
+                        continue
+                    moved.append(queue_id)
+                    left.add(src)
+                    break
+            if moved:
+                self._dirsync.sync(self.path("active"))
+            for src in sorted(left):
+                self._dirsync.sync(self.path(src))
+        except OSError as e:
+            raise StorageError(f"cannot move files into active: {e.strerror or e}", e.errno) from e
+        return moved
 
     def defer(self, queue_id: str, next_try: float, reasons: dict[str, str] | None = None) -> str:
         """Record a failed attempt and park active/ID until next_try; returns where it went."""
@@ -404,9 +450,11 @@ class Queue:
         self._remove(queue_id, "active")
 
     def _remove(self, queue_id: str, queue: str) -> bool:
+        """Unlink queue/ID; once that is durable (an fsync of the directory shared with the
+        threads removing other files meanwhile), its state log."""
         try:
             os.unlink(self.path(queue, queue_id))
-            fsync_dir(self.path(queue))
+            self._dirsync.sync(self.path(queue))
         except FileNotFoundError:
             return False
         except OSError as e:

@@ -242,15 +242,27 @@ def _reconstruct_user(store: MailStore, user: str) -> Report:
     return report
 
 
+def _stale_temp(path: str) -> bool:
+    """Remove a temp file left by a crash (older than STALE_TEMP_AGE); a delivery under way
+    may remove its own temp file meanwhile, which is not an error."""
+    try:
+        if os.stat(path).st_mtime >= time.time() - STALE_TEMP_AGE:
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _reconstruct_mailbox(store: MailStore, user: str, name: str, directory: str, report: Report) -> None:
     journal = read_journal(os.path.join(directory, JOURNAL_FILE))
     canonical: dict[int, tuple[int, str]] = {}
     foreign: list[str] = []
     for entry in sorted(os.listdir(directory)):
         path = os.path.join(directory, entry)
-        if fsio.is_temp_name(entry) and os.stat(path).st_mtime < time.time() - STALE_TEMP_AGE:
-            os.unlink(path)
-            report.removed_files.append((name, entry))
+        if fsio.is_temp_name(entry):
+            if _stale_temp(path):
+                report.removed_files.append((name, entry))
             continue
         if entry.startswith(".") or not os.path.isfile(path):
             continue  # our own files (.mailbox, .journal, temp files) and subfolders

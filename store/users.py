@@ -1,9 +1,15 @@
-"""The user database: accounts and their password forms, in an LMDB env of its own.
+"""The user database: accounts in one LMDB env, their password forms in another.
 
-The env lives at $data_directory/users (not under index_directory: deleting the index to
-reconstruct it must not delete the accounts). Two named databases: "users" (name -> JSON
-profile: enabled, quota, protocols, forward, keep_copy, full_name) and "credentials"
-(name -> JSON password forms of store/passwords.py), so a listing never touches secrets.
+The accounts live at $data_directory/users (not under index_directory: deleting the index
+to reconstruct it must not delete the accounts): the named database "users" (name -> JSON
+profile: enabled, quota, protocols, forward, keep_copy, full_name), read by every part that
+delivers or logs in. The password forms (store/passwords.py, JSON per name) live in an env
+of their own, $data_directory/passwords, beside the APOP key file secret.key: file
+permissions are per file, so only what verifies passwords (the auth service, or each
+protocol process when master.cf has none; mailctl) needs to read it, and in the production
+layout it is root's alone. That env is opened on the first use of a password form, never
+by a process that only reads profiles. Forms kept in the users env by an older release are
+moved over the first time the passwords env is opened and found empty.
 Names are lower-cased; they are the local part of the user's address. A client may log in
 with the bare name or with name@domain for a domain of mydestination (the domains a user
 receives mail at): db.canonical() maps both to the user, for every protocol and mechanism.
@@ -12,20 +18,22 @@ leading '.' are refused).
 
 Interface:
     db = UserDB(env_path, key_path, login_domains) / UserDB.from_params(params)
-        (a process has one: store.handle.Store.users)
+        (a process has one: store.handle.Store.users); the passwords env is the folder
+        `passwords` beside env_path
+    UserDB.paths(params) -> (users env, passwords env, key file)
     db.canonical(login) -> str | None        # "bob", "Bob@example.test" -> "bob"; None if invalid
     db.get(name) -> User | None;  db.list() -> [User];  db.add(user or name, password=None)
     db.update(user);  db.set_password(name, password);  db.delete(name) -> bool
     db.verify_password(name, pw) -> bool     # scrypt; as slow for unknown users as for known
     db.scram_keys(name) -> ScramKeys | None; db.decoy_scram_keys(name) (stable fake salt)
     db.cram_md5(name, challenge, digest) -> bool;  db.apop_secret(name) -> str | None
-    db.may_login(name, protocol) -> bool     # enabled, and imap/pop allowed for the user
+    db.login_refusal(name, protocol) -> str  # "" may log in; "disabled"; "pop-not-allowed"...
     db.fingerprint(name) -> bytes | None     # changes with any change to the account
     db.close() (also at the end of a `with` block)
 Diagnostics: UserError (bad name, exists, unknown) with a one-line reason for mailctl;
 StorageError when LMDB cannot write (map full is retried once after growing the map).
-A UserDB owns its LMDB env, and LMDB allows one env per path and process: a process keeps
-one UserDB (its Store's) rather than opening the same database twice. The env opens
+A UserDB owns its LMDB envs, and LMDB allows one env per path and process: a process keeps
+one UserDB (its Store's) rather than opening the same database twice. The envs open
 through store.lmdbcheck: a damaged data file is refused at each use (DamagedEnvironment,
 a StorageError), never mapped.
 """
@@ -83,76 +91,41 @@ def check_name(name: str) -> str:
 
 
 REMEDY = "restore it from a backup (the accounts cannot be rebuilt from the mail)"
+LEGACY_FORMS = b"credentials"      # the forms' named database in the users env, before the split
 
 
-class UserDB:
-    def __init__(self, env_path: str, key_path: str, login_domains=()):
-        self.env_path = os.path.abspath(env_path)
-        self.key_path = key_path
-        self.login_domains = frozenset(d.lower().rstrip(".") for d in login_domains)
-        os.makedirs(self.env_path, mode=0o700, exist_ok=True)
-        self._checked = lmdbcheck.Environment(self.env_path, REMEDY, map_size=MAP_SIZE, max_dbs=4, subdir=True,
-                                              mode=0o600)
+class _Table:
+    """One named database in an LMDB env of its own, opened through lmdbcheck."""
+
+    def __init__(self, path: str, db_name: bytes):
+        self.path = path
+        self.db_name = db_name
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        self._checked = lmdbcheck.Environment(path, REMEDY, map_size=MAP_SIZE, max_dbs=4, subdir=True, mode=0o600)
         self._opened: lmdb.Environment | None = None
-        self._key: bytes | None = None
-        try:
-            self.env  # creates the database files now (mailctl init gives them to mail_owner)
-        except lmdbcheck.DamagedEnvironment:
-            pass      # refused at each use instead, where sessions answer a temporary error
+        self.db = None
 
     @property
     def env(self) -> lmdb.Environment:
-        """The env for one transaction (checked; the database handles follow a reopened env)."""
+        """The env for one transaction (checked; the database handle follows a reopened env)."""
         env = self._checked.current()
         if env is not self._opened:
-            self._users = env.open_db(b"users")
-            self._creds = env.open_db(b"credentials")
+            self.db = env.open_db(self.db_name)
             self._opened = env
         return env
 
-    @staticmethod
-    def paths(params) -> tuple[str, str]:
-        """(database folder, secret key file) of a configuration, without opening anything."""
-        return os.path.join(params.data_directory, "users"), os.path.join(params.data_directory, "secret.key")
+    def get(self, key: str) -> bytes | None:
+        env = self.env  # first: it may open the database anew
+        with env.begin(db=self.db) as txn:
+            return txn.get(key.encode())
 
-    @classmethod
-    def from_params(cls, params) -> "UserDB":
-        return cls(*cls.paths(params), params.mydestination)
-
-    def close(self) -> None:
-        """Close the env (a later use opens it again)."""
-        self._checked.close()
-
-    def __enter__(self) -> "UserDB":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # ---------------------------------------------------------------- storage
-    def _secret_key(self) -> bytes | None:
-        if self._key is None:
-            try:
-                self._key = passwords.load_secret_key(self.key_path)
-            except passwords.SecretKeyError:
-                return None
-            self._key_owner_like_env()
-        return self._key
-
-    def _key_owner_like_env(self) -> None:
-        """mailctl run as root must not leave a key the workers (mail_owner) cannot read."""
-        if os.geteuid() != 0:
-            return
-        env, key = os.stat(self.env_path), os.stat(self.key_path)
-        if (key.st_uid, key.st_gid) != (env.st_uid, env.st_gid):
-            os.chown(self.key_path, env.st_uid, env.st_gid)
-
-    def _write(self, action) -> None:
-        """Run action(txn) in a write transaction; grow the map once when it is full."""
+    def write(self, action) -> None:
+        """Run action(txn, db) in a write transaction; grow the map once when it is full."""
         for attempt in (1, 2):
             try:
-                with self.env.begin(write=True) as txn:
-                    action(txn)
+                env = self.env
+                with env.begin(write=True) as txn:
+                    action(txn, self.db)
                 return
             except lmdb.MapFullError:
                 if attempt == 2:
@@ -161,10 +134,89 @@ class UserDB:
             except lmdb.Error as e:
                 raise StorageError(f"user database: {e}") from None
 
-    def _read(self, credentials: bool, name: str) -> bytes | None:
-        env = self.env  # first: it may open the databases anew
-        with env.begin(db=self._creds if credentials else self._users) as txn:
-            return txn.get(name.encode())
+    def close(self) -> None:
+        self._checked.close()
+
+
+class UserDB:
+    def __init__(self, env_path: str, key_path: str, login_domains=()):
+        self.env_path = os.path.abspath(env_path)
+        self.passwords_path = os.path.join(os.path.dirname(self.env_path), "passwords")
+        self.key_path = key_path
+        self.login_domains = frozenset(d.lower().rstrip(".") for d in login_domains)
+        self._profiles = _Table(self.env_path, b"users")
+        self._passwords: _Table | None = None       # opened on the first use of a password form
+        self._key: bytes | None = None
+        try:
+            self._profiles.env  # creates the database files now (mailctl init gives them to mail_owner)
+        except lmdbcheck.DamagedEnvironment:
+            pass      # refused at each use instead, where sessions answer a temporary error
+
+    @staticmethod
+    def paths(params) -> tuple[str, str, str]:
+        """(users env, passwords env, secret key file) of a configuration, without opening anything."""
+        data = params.data_directory
+        return os.path.join(data, "users"), os.path.join(data, "passwords"), os.path.join(data, "secret.key")
+
+    @classmethod
+    def from_params(cls, params) -> "UserDB":
+        users, _passwords, key = cls.paths(params)
+        return cls(users, key, params.mydestination)
+
+    def close(self) -> None:
+        """Close the envs (a later use opens them again)."""
+        self._profiles.close()
+        if self._passwords is not None:
+            self._passwords.close()
+
+    def __enter__(self) -> "UserDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- storage
+    @property
+    def _forms_table(self) -> _Table:
+        if self._passwords is None:
+            self._passwords = _Table(self.passwords_path, b"credentials")
+            self._move_legacy_forms(self._passwords)
+        return self._passwords
+
+    def create_password_files(self) -> None:
+        """Make the passwords env and the key file now (mailctl init gives them an owner)."""
+        self._forms_table.env
+        self._secret_key()
+
+    def _move_legacy_forms(self, table: _Table) -> None:
+        """Forms an older release kept in the users env move to the passwords env, once."""
+        profiles = self._profiles.env
+        try:
+            with profiles.begin(write=True) as txn:
+                legacy = profiles.open_db(LEGACY_FORMS, txn=txn, create=False)
+                rows = list(txn.cursor(db=legacy))
+                if rows:
+                    table.write(lambda forms, db: [forms.put(k, v, db=db, overwrite=False) for k, v in rows])
+                txn.drop(legacy, delete=True)
+        except lmdb.NotFoundError:
+            pass                                  # nothing left from before the split
+
+    def _secret_key(self) -> bytes | None:
+        if self._key is None:
+            try:
+                self._key = passwords.load_secret_key(self.key_path)
+            except passwords.SecretKeyError:
+                return None
+            self._key_owner_like_passwords()
+        return self._key
+
+    def _key_owner_like_passwords(self) -> None:
+        """mailctl run as root gives the key the owner of the passwords env: whoever verifies."""
+        if os.geteuid() != 0:
+            return
+        forms, key = os.stat(self._forms_table.path), os.stat(self.key_path)
+        if (key.st_uid, key.st_gid) != (forms.st_uid, forms.st_gid):
+            os.chown(self.key_path, forms.st_uid, forms.st_gid)
 
     def canonical(self, login: str) -> str | None:
         """The user name a login means: `bob`, or `bob@DOMAIN` for a domain of mydestination
@@ -179,18 +231,19 @@ class UserDB:
 
     def _forms(self, name: str) -> dict:
         user = self.canonical(name)
-        raw = self._read(True, user) if user else None
+        raw = self._forms_table.get(user) if user else None
         return json.loads(raw) if raw else {}
 
     # ---------------------------------------------------------------- profiles
     def get(self, name: str) -> User | None:
         """The user of a bare name or a login name (see canonical)."""
         user = self.canonical(name)
-        raw = self._read(False, user) if user else None
+        raw = self._profiles.get(user) if user else None
         return User.from_json(raw) if raw else None
 
     def list(self) -> list[User]:
-        with self.env.begin(db=self._users) as txn:
+        env = self._profiles.env
+        with env.begin(db=self._profiles.db) as txn:
             return [User.from_json(value) for _, value in txn.cursor()]
 
     def add(self, user: User | str, password: str | None = None) -> None:
@@ -198,20 +251,21 @@ class UserDB:
         user.name = check_name(user.name)
         forms = self._forms_of(user.name, password) if password else {}
 
-        def action(txn):
-            if not txn.put(user.name.encode(), user.to_json(), db=self._users, overwrite=False):
+        def add_profile(txn, db):
+            if not txn.put(user.name.encode(), user.to_json(), db=db, overwrite=False):
                 raise UserError(f"user {user.name} already exists")
-            txn.put(user.name.encode(), json.dumps(forms).encode(), db=self._creds)
-        self._write(action)
+        self._profiles.write(add_profile)
+        # Also without a password: forms a deleted namesake left behind are replaced.
+        self._forms_table.write(lambda txn, db: txn.put(user.name.encode(), json.dumps(forms).encode(), db=db))
 
     def update(self, user: User) -> None:
         user.name = check_name(user.name)
 
-        def action(txn):
-            if txn.get(user.name.encode(), db=self._users) is None:
+        def action(txn, db):
+            if txn.get(user.name.encode(), db=db) is None:
                 raise UserError(f"no such user: {user.name}")
-            txn.put(user.name.encode(), user.to_json(), db=self._users)
-        self._write(action)
+            txn.put(user.name.encode(), user.to_json(), db=db)
+        self._profiles.write(action)
 
     def _forms_of(self, name: str, password: str) -> dict:
         try:
@@ -222,41 +276,37 @@ class UserDB:
     def set_password(self, name: str, password: str) -> None:
         name = check_name(name)
         forms = self._forms_of(name, password)
-
-        def action(txn):
-            if txn.get(name.encode(), db=self._users) is None:
-                raise UserError(f"no such user: {name}")
-            txn.put(name.encode(), json.dumps(forms).encode(), db=self._creds)
-        self._write(action)
+        if self._profiles.get(name) is None:
+            raise UserError(f"no such user: {name}")
+        self._forms_table.write(lambda txn, db: txn.put(name.encode(), json.dumps(forms).encode(), db=db))
 
     def delete(self, name: str) -> bool:
         name = check_name(name)
         found = []
-
-        def action(txn):
-            found.append(txn.delete(name.encode(), db=self._users))
-            txn.delete(name.encode(), db=self._creds)
-        self._write(action)
+        self._profiles.write(lambda txn, db: found.append(txn.delete(name.encode(), db=db)))
+        self._forms_table.write(lambda txn, db: txn.delete(name.encode(), db=db))
         return found[0]
 
     def fingerprint(self, name: str) -> bytes | None:
-        """A digest of the user's profile and password forms, read in one transaction: it
-        changes with every change to the account (password, enabled, protocols, ...).
-        None for no such user. The login cache (workers/_authcache.py) compares it."""
+        """A digest of the user's profile and password forms: it changes with every change
+        to the account (password, enabled, protocols, ...). None for no such user. The
+        login cache (workers/_authcache.py) compares it."""
         user = self.canonical(name)
-        if user is None:
-            return None
-        with self.env.begin() as txn:
-            profile = txn.get(user.encode(), db=self._users)
-            forms = txn.get(user.encode(), db=self._creds)
+        profile = self._profiles.get(user) if user else None
         if profile is None:
             return None
+        forms = self._forms_table.get(user)
         return hashlib.blake2b(profile + b"\0" + (forms or b""), digest_size=16).digest()
 
-    def may_login(self, name: str, protocol: str) -> bool:
-        """Enabled, and (for imap / pop) the protocol is among the user's protocols."""
+    def login_refusal(self, name: str, protocol: str) -> str:
+        """Why the user may not log in with protocol (smtp, pop, imap): "" when it may,
+        "disabled", or "pop-not-allowed" / "imap-not-allowed" (not among its protocols)."""
         user = self.get(name)
-        return bool(user and user.enabled and (protocol not in PROTOCOLS or protocol in user.protocols))
+        if user is None or not user.enabled:
+            return "disabled"
+        if protocol in PROTOCOLS and protocol not in user.protocols:
+            return f"{protocol}-not-allowed"
+        return ""
 
     # ---------------------------------------------------------------- password forms
     def verify_password(self, name: str, password: str) -> bool:

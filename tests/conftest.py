@@ -98,6 +98,10 @@ class MailSystem:
     def add_unix_service(self, command: str, *args: str, wakeup: int = 300, maxproc: int = 1) -> None:
         self.services.append(f"{command} unix n {self.unpriv} n {wakeup} {maxproc} {command} {' '.join(args)}".rstrip())
 
+    def add_auth_service(self) -> None:
+        """The auth service (run as root when the master is): smtpd and pop3d ask it."""
+        self.services.append("auth unix - n n - 1 auth")
+
     def write_config(self) -> None:
         (self.etc / "master.cf").write_text("\n".join(self.services) + "\n")
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in self.main.items()))

@@ -8,8 +8,9 @@ question (workers/_authchecks.py) for the verifier; call resume() with its answe
 authenticated as that user. Step.failed: the exchange is over; Step.user then names who was
 tried, and Step.reason says why, for the log only. The client must get the same answer for
 an unknown user and a wrong password: reasons never distinguish them, and the checks cost
-the same for both. Mechanisms prove credentials only; the protocol then checks enabled /
-protocols (Authenticator.account), so only a client that proved the password learns those.
+the same for both. Whether the user may log in with this protocol (enabled, its protocols)
+comes with the verifier's answer (Verdict.refused): a failed Step with `refused` set proved
+the credentials of a user who may not log in here, which only such a client may be told.
 
     PLAIN          RFC 4616   authzid \\0 authcid \\0 password
     LOGIN          (draft)    "Username:" / "Password:"
@@ -20,11 +21,13 @@ An authorization identity other than the authentication identity is refused. Nam
 login names: `bob` or `bob@` a mydestination domain (UserDB.canonical); Step.user is the
 bare user name either way.
 
-Protocols use an Authenticator(users, hostname, verifier) (from_params(params, log, users)):
-sasl_mechanisms(), sasl_is_plaintext(name), sasl_server(name) -> SaslServer, whose
-`await step(response)` has the mechanism's checks answered by the verifier
-(workers/_authpool.py: off the event loop, bounded, cached); `await verify_password(name,
-pw)` and `await verify_apop(name, timestamp, hexdigest)` -> the user or None; account(name).
+Protocols use an Authenticator(canonical, hostname, verifier, protocol) (from_params(params,
+log, users, protocol): the auth service's RemoteVerifier when master.cf has one, else a
+LocalVerifier over users; workers/_authremote.py): sasl_mechanisms(), sasl_is_plaintext(name),
+sasl_server(name) -> SaslServer, whose `await step(response)` has the mechanism's checks
+answered by the verifier (off the event loop, bounded, cached); `await
+verify_password(name, pw)` and `await verify_apop(name, timestamp, hexdigest)` -> Verdict
+(user None: wrong credentials; refused: may not log in with this protocol).
 Those awaits raise workers._authpool.AuthUnavailable when the verifier cannot answer now:
 the protocol answers its temporary failure and does not count a failed login. After a failed
 login every protocol calls `await login_failed(conn)` (waits auth_failure_delay; the
@@ -44,10 +47,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from store.passwords import saslprep
-from store.users import User, UserDB
+from store.users import UserDB
 from workers._authchecks import (ApopCheck, CramCheck, PasswordCheck, ScramLookup, ScramParams,
                                  ScramProof, Verdict)
-from workers._authpool import LocalVerifier, Verifier
+from workers._authpool import Verifier
+from workers._authremote import verifier_from_params
 
 MAX_RESPONSE = 4096            # bytes of one decoded client message; SASL needs far less
 SCRAM_NONCE_MAX = 256
@@ -60,6 +64,7 @@ class Step:
     failed: bool = False
     reason: str = ""
     check: Any = None          # a workers._authchecks check: resume() with the verifier's answer
+    refused: str = ""          # failed, yet the credentials were right: Verdict.refused
 
 
 def _fail(reason: str, user: str | None = None) -> Step:
@@ -112,7 +117,13 @@ class Mechanism:
             return self._end(_fail("bad credentials", tried))
         if not self._authorized(authzid, verdict.user):
             return self._end(_fail(f"may not act as {authzid!r}", verdict.user))
+        if verdict.refused:
+            return self._refused(verdict)
         return self._end(Step(user=verdict.user))
+
+    def _refused(self, verdict: Verdict) -> Step:
+        return self._end(Step(user=verdict.user, failed=True, reason=f"account {verdict.refused}",
+                              refused=verdict.refused))
 
     def _check_password(self, authzid: str, authcid: str, password: str) -> Step:
         if not authcid or not password:
@@ -263,6 +274,8 @@ class ScramSHA256(Mechanism):
     def _server_final(self, verdict: Verdict) -> Step:
         if verdict.user is None:
             return self._end(_fail("bad credentials", self._user))
+        if verdict.refused:
+            return self._refused(verdict)
         self._verified = verdict.user
         self._stage = "done"
         return Step(challenge=b"v=" + base64.b64encode(verdict.server_signature))
@@ -311,29 +324,30 @@ class SaslServer:
     with a challenge, a user or a failure, never one with a check. AuthUnavailable from the
     verifier passes through."""
 
-    def __init__(self, mechanism: Mechanism, verifier: Verifier):
+    def __init__(self, mechanism: Mechanism, verifier: Verifier, protocol: str):
         self.mechanism = mechanism
         self.verifier = verifier
+        self.protocol = protocol
 
     async def step(self, response: bytes | None) -> Step:
         step = self.mechanism.step(response)
         if step.check is not None:             # a mechanism asks at most one check per step
-            step = self.mechanism.resume(await self.verifier.verify(step.check))
+            step = self.mechanism.resume(await self.verifier.verify(step.check, self.protocol))
         return step
 
 
 class Authenticator:
-    """What a protocol worker needs for logins: the user database and the verifier."""
+    """What a protocol worker needs for logins: login names and the verifier."""
 
-    def __init__(self, users: UserDB, hostname: str, verifier: Verifier):
-        self.users = users
+    def __init__(self, canonical: Callable[[str], str | None], hostname: str, verifier: Verifier, protocol: str):
+        self.canonical = canonical
         self.hostname = hostname
         self.verifier = verifier
+        self.protocol = protocol            # smtp, pop or imap: what the verifier checks allowances for
 
     @classmethod
-    def from_params(cls, params, log, users: UserDB | None = None) -> "Authenticator":
-        users = users if users is not None else UserDB.from_params(params)
-        return cls(users, params.myhostname, LocalVerifier.from_params(params, users, log))
+    def from_params(cls, params, log, users: UserDB, protocol: str) -> "Authenticator":
+        return cls(users.canonical, params.myhostname, verifier_from_params(params, users, log), protocol)
 
     def sasl_mechanisms(self) -> list[str]:
         return list(MECHANISMS)
@@ -343,14 +357,11 @@ class Authenticator:
 
     def sasl_server(self, name: str) -> SaslServer:
         """KeyError for a mechanism not implemented here."""
-        return SaslServer(MECHANISMS[name.upper()](self.users.canonical, self.hostname), self.verifier)
+        return SaslServer(MECHANISMS[name.upper()](self.canonical, self.hostname), self.verifier, self.protocol)
 
-    async def verify_password(self, name: str, password: str) -> str | None:
-        """The user when the password is right (USER/PASS, IMAP LOGIN), else None."""
-        return (await self.verifier.verify(PasswordCheck(name, password))).user
+    async def verify_password(self, name: str, password: str) -> Verdict:
+        """USER/PASS, IMAP LOGIN."""
+        return await self.verifier.verify(PasswordCheck(name, password), self.protocol)
 
-    async def verify_apop(self, name: str, timestamp: str, hexdigest: str) -> str | None:
-        return (await self.verifier.verify(ApopCheck(name, timestamp, hexdigest))).user
-
-    def account(self, name: str) -> User | None:
-        return self.users.get(name)
+    async def verify_apop(self, name: str, timestamp: str, hexdigest: str) -> Verdict:
+        return await self.verifier.verify(ApopCheck(name, timestamp, hexdigest), self.protocol)

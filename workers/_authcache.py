@@ -1,18 +1,19 @@
 """Successful password verifications, remembered so that a client that logs in again and
 again (a mail client polling every minute) does not pay an scrypt every time.
 
-VerifiedCache(ttl, size): key(user, password) -> bytes; hit(key, version) -> bool;
+VerifiedCache(ttl, size): key(user, protocol, password) -> bytes; hit(key, version) -> bool;
 remember(key, version); enabled (ttl > 0 and size > 0: main.cf auth_cache_ttl and
 auth_cache_size).
-The key is HMAC-SHA256 under a random key made per process, over the canonical user name
-and the password: no password is kept, a hit needs the same user and the same password, and
+The key is HMAC-SHA256 under a random key made per process, over the canonical user name,
+the protocol that asked and the password: no password is kept, a hit needs the same user,
+protocol and password (a login allowed for SMTP says nothing about POP3), and
 a dump of the memory does not give an offline guesser a fast hash to attack without the key
 (which is in the same memory, hence the ttl). `version` is the user's record fingerprint
 (store/users.py UserDB.fingerprint): any change to the account (password, enabled,
 protocols, deletion) changes it, and a hit needs the version the entry was made with, so a
 `mailctl user` change takes effect at the next login. Entries expire ttl seconds after they
 were made (a hit does not extend them); past size entries, the least recently used goes.
-Only successes are ever remembered. Not thread-safe: the event loop thread owns it.
+Only successes the account may use are ever remembered. Not thread-safe: the event loop thread owns it.
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ class VerifiedCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def key(self, user: str, password: str) -> bytes:
-        material = user.encode("utf-8") + b"\0" + password.encode("utf-8", "surrogatepass")
+    def key(self, user: str, protocol: str, password: str) -> bytes:
+        material = b"\0".join((user.encode("utf-8"), protocol.encode("utf-8"),
+                               password.encode("utf-8", "surrogatepass")))
         return hmac.new(self._hmac_key, material, hashlib.sha256).digest()
 
     def hit(self, key: bytes, version: bytes | None) -> bool:

@@ -13,12 +13,22 @@ work as a wrong password (a decoy scrypt verifier, a decoy SCRAM salt that does 
     ScramLookup(login)                             -> ScramParams (salt, iterations)
     ScramProof(login, salt, iterations, auth_message, proof) -> Verdict with the ServerSignature
 Verdict.user is the canonical user name (store/users.py UserDB.canonical) when the
-credentials are right, None otherwise.
+credentials are right, None otherwise; Verdict.refused (set by the verifier, with user) is
+why that user may not log in with the protocol that asked (UserDB.login_refusal).
+
+As plain data, for the auth service's socket (workers/auth): check_to_wire(check) -> dict
+{"check": name in CHECKS, field: value, ...}, check_from_wire(dict) -> check;
+answer_to_wire(answer) -> dict, answer_from_wire(check, dict) -> the answer that check
+has (ScramParams for ScramLookup, else Verdict). bytes travel as base64 text; a missing,
+unknown or mistyped field, or a value over WIRE_VALUE_MAX characters, is a ValueError.
 Diagnostics: lmdb.Error when the user database cannot be read (the verifier turns it into a
 temporary failure); a malformed stored form counts as a wrong password.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -33,6 +43,7 @@ from store.users import UserDB
 class Verdict:
     user: str | None                               # canonical name; None = wrong credentials
     server_signature: bytes = field(default=b"", repr=False)   # SCRAM's server-final proof
+    refused: str = ""                              # with user: why it may not log in here
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,8 @@ class ApopCheck:
         secret = users.apop_secret(self.login)
         candidate = secret if secret is not None else secrets.token_hex(16)
         expected = hashlib.md5((self.timestamp + candidate).encode("utf-8")).hexdigest()
-        matched = hmac.compare_digest(expected, self.hexdigest.lower()) and secret is not None
+        offered = self.hexdigest.lower().encode("utf-8", "surrogatepass")
+        matched = hmac.compare_digest(expected.encode(), offered) and secret is not None
         return Verdict(users.canonical(self.login) if matched else None)
 
 
@@ -108,3 +120,70 @@ class ScramProof:
             return Verdict(None)
         server_signature = hmac.new(keys.server_key, self.auth_message, hashlib.sha256).digest()
         return Verdict(users.canonical(self.login), server_signature)
+
+
+# ---------------------------------------------------------------- as plain data
+CHECKS = {"password": PasswordCheck, "cram": CramCheck, "apop": ApopCheck,
+          "scram-lookup": ScramLookup, "scram-proof": ScramProof}
+_CHECK_NAMES = {cls: name for name, cls in CHECKS.items()}
+WIRE_VALUE_MAX = 16 * 1024          # characters of one field; SASL messages are at most 4096 bytes
+
+
+def _encode(value):
+    return base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+
+
+def _decode(kind: str, value, name: str):
+    """A field's value as its annotation (str, bytes, int, str | None) says; ValueError if not."""
+    if value is None and kind == "str | None":
+        return None
+    if isinstance(value, str) and len(value) > WIRE_VALUE_MAX:
+        raise ValueError(f"field {name!r} is too long")
+    if kind in ("str", "str | None") and isinstance(value, str):
+        return value
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "bytes" and isinstance(value, str):
+        try:
+            return base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise ValueError(f"field {name!r} is not base64") from None
+    raise ValueError(f"field {name!r} must be {kind}")
+
+
+def _to_wire(obj) -> dict:
+    return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def _from_wire(cls, data: dict, ignore: tuple[str, ...] = ()):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields) - set(ignore)
+    if unknown:
+        raise ValueError(f"unknown field {sorted(unknown)[0]!r}")
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _decode(f.type, data[name], name)
+        elif f.default is dataclasses.MISSING:
+            raise ValueError(f"field {name!r} is missing")
+    return cls(**values)
+
+
+def check_to_wire(check) -> dict:
+    return {"check": _CHECK_NAMES[type(check)], **_to_wire(check)}
+
+
+def check_from_wire(data: dict, envelope: tuple[str, ...] = ()):
+    """The check a request names; the envelope's keys (the request id...) are not fields."""
+    cls = CHECKS.get(data.get("check"))
+    if cls is None:
+        raise ValueError(f"unknown check {str(data.get('check'))[:40]!r}")
+    return _from_wire(cls, data, ("check", *envelope))
+
+
+def answer_to_wire(answer) -> dict:
+    return _to_wire(answer)
+
+
+def answer_from_wire(check, data: dict, envelope: tuple[str, ...] = ()):
+    return _from_wire(ScramParams if isinstance(check, ScramLookup) else Verdict, data, envelope)

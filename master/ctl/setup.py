@@ -10,7 +10,10 @@ of postmaster) and with --demo the user `demo` (password `demo`). Then it
 prints how to start the master and connect to each inet service of master.cf.
 When run as root, what the workers use (master/preflight.py worker_paths), the user
 database and the TLS key are given to mail_owner, since workers drop to that user after the
-master has bound the ports; run_directory stays root's (master/rundir.py).
+master has bound the ports; run_directory stays root's (master/rundir.py). The password
+database and its key go to mail_owner too when its processes verify passwords (no auth
+service in master.cf, or one run unpriv); else they are made root's, 0700/0600: only the
+auth service, running as root, reads them.
 Diagnostics: a directory or file that cannot be created is refused with its path (exit 1);
 a bad master.cf is refused with file:line.
 """
@@ -86,16 +89,20 @@ def create_directories(params: Params, store: Store) -> None:
         raise Refused(f"cannot prepare {e.filename or params.queue_directory}: {e.strerror or e}") from None
 
 
-def give_to_mail_owner(params: Params, store: Store) -> None:
+def give_to_mail_owner(params: Params, store: Store, specs: list[ServiceSpec]) -> None:
     """As root: what the workers use (preflight.worker_paths) and the key belong to mail_owner.
-    run_directory stays root's: it holds the master's pid file and status socket."""
+    run_directory stays root's: it holds the master's pid file and status socket; so does
+    the password database when the auth service runs as root."""
     try:
         owner = pwd.getpwnam(params.mail_owner)
     except KeyError:
         raise Refused(f"mail_owner {params.mail_owner!r} is not a user on this system") from None
-    store.users                                     # opening it creates the database files
+    store.users.create_password_files()
+    verify = preflight.workers_verify(specs)
+    if not verify:
+        _keep_for_root(preflight.password_paths(params))
     ours = [params.data_directory, *data_directories(params)]
-    paths = [need.path for need in preflight.worker_paths(params)
+    paths = [need.path for need in preflight.worker_paths(params, verify)
              if any(_inside(need.path, folder) for folder in ours)
              and params.run_directory not in (need.path, os.path.dirname(need.path))]
     paths += _tls_folders(params)
@@ -110,6 +117,18 @@ def give_to_mail_owner(params: Params, store: Store) -> None:
             os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
         except OSError as e:
             raise Refused(f"cannot give {path} to {params.mail_owner}: {e.strerror}") from None
+
+
+def _keep_for_root(paths: list[str]) -> None:
+    """The password database and its key: root's alone (0700 folder, 0600 files)."""
+    for path in paths:
+        if os.path.islink(path):
+            raise Refused(f"{path} is a symbolic link; refusing it")
+        try:
+            os.chown(path, 0, 0, follow_symlinks=False)
+            os.chmod(path, 0o700 if os.path.isdir(path) else 0o600)
+        except OSError as e:
+            raise Refused(f"cannot give {path} to root: {e.strerror}") from None
 
 
 def ensure_role_addresses(params: Params, users: UserDB, postmaster: str | None) -> list[str]:
@@ -190,7 +209,7 @@ def cmd_init(args, config) -> int:
         created_user = ensure_demo_user(store.users) if args.demo else False
         roles = ensure_role_addresses(params, store.users, args.postmaster)
         if os.geteuid() == 0:
-            give_to_mail_owner(params, store)
+            give_to_mail_owner(params, store, specs)
 
     print(f"mailhouse data in {params.data_directory}")
     if cert is not None:

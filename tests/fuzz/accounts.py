@@ -44,9 +44,9 @@ class InlineVerifier:
     def __init__(self, users: UserDB):
         self.users = users
 
-    async def verify(self, check):
+    async def verify(self, check, protocol):
         return check.answer(self.users)
 
 
 def authenticator(users: UserDB) -> Authenticator:
-    return Authenticator(users, HOSTNAME, InlineVerifier(users))
+    return Authenticator(users.canonical, HOSTNAME, InlineVerifier(users), "smtp")

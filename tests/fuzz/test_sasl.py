@@ -97,7 +97,7 @@ def expected_user(users, mechanism: str, responses: list[bytes | None]) -> str |
 
 def check_exchange(auth, mechanism: str, responses: list[bytes | None]) -> None:
     steps = drive(auth, mechanism, responses)
-    assert check_steps(steps) == expected_user(auth.users, mechanism, responses)
+    assert check_steps(steps) == expected_user(auth.verifier.users, mechanism, responses)
 
 
 def check_decode(text: str) -> None:
@@ -143,7 +143,7 @@ edits = st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(
 @fuzz_settings(100)
 @given(login=st.sampled_from(NAMES[:6]), edit=st.none() | edits)
 def test_cram_md5_holds_exactly_for_the_right_digest(auth, login, edit):
-    user = auth.users.canonical(login)
+    user = auth.verifier.users.canonical(login)
 
     async def exchange():
         server = auth.sasl_server("CRAM-MD5")
@@ -155,7 +155,7 @@ def test_cram_md5_holds_exactly_for_the_right_digest(auth, login, edit):
     steps, right, sent = asyncio.run(exchange())
     name, _, hexdigest = (decoded(sent) or "").rpartition(" ")
     try:
-        same = len(hexdigest) == 32 and bytes.fromhex(hexdigest) == right and auth.users.canonical(name) == user
+        same = len(hexdigest) == 32 and bytes.fromhex(hexdigest) == right and auth.verifier.users.canonical(name) == user
     except ValueError:
         same = False
     assert check_steps(steps) == (user if same else None)
@@ -178,7 +178,7 @@ def same_proof(original: bytes, sent: bytes) -> bool:
 @fuzz_settings(40)
 @given(login=st.sampled_from(["bob", "BOB", f"bob@{LOGIN_DOMAIN}", "carol"]), edit=st.none() | edits)
 def test_scram_holds_exactly_for_the_right_proof(auth, login, edit):
-    user = auth.users.canonical(login)
+    user = auth.verifier.users.canonical(login)
     client = scramp.ScramClient(["SCRAM-SHA-256"], login, USERS[user])
 
     async def exchange():

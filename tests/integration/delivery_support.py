@@ -9,6 +9,8 @@ process): .messages(user) -> list of bytes, .wait(user, count) waits (bounded) u
 count messages and returns them; parse(raw) -> email.message.EmailMessage. The `inboxes`
 fixture (import it into the test module) makes Inbox objects and closes them after the test.
 sendmail(system, *args, message=bytes) runs the real sendmail command.
+The `shared_dir` fixture (import it too) is a folder that `|command` and `/file` deliveries
+can write to when the tests run as root (they run as mail_owner then; tmp_path is 0700).
 queue_files(system, queue) lists a queue folder; wait_queues_empty(system) waits for qmgr to finish.
 """
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +85,14 @@ class Inbox:
 
     def close(self) -> None:
         self.store.index.close()
+
+
+@pytest.fixture
+def shared_dir():
+    path = Path(tempfile.mkdtemp(prefix="mailhouse-qmgr-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

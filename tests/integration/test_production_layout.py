@@ -1,7 +1,11 @@
 """The production layout end to end: installed into a venv on the system Python, `mailctl
 init` as root, the master as root, every worker as mail_owner.
 
-Mail goes in by SMTP, is delivered by qmgr and comes out by POP3; reload and stop work. The
+Mail goes in by SMTP, is delivered by qmgr and comes out by POP3; reload and stop work.
+Passwords are verified by the auth service, the one worker that stays root: the password
+database is root's (0700/0600), a process of mail_owner cannot open it, and SMTP AUTH and
+POP3 logins work through the service; the master refuses to start while mail_owner could
+read it. The
 master refuses to start (exit 78, naming the path) when a worker could not use what it
 needs, instead of letting the workers crash-loop while smtpd goes on accepting mail. The
 master's run directory is root's: mail_owner cannot plant links there, a link left there is
@@ -30,6 +34,7 @@ def _system(production_system, **main):
     smtp = ms.add_service("smtpd", name="smtpd")
     pop = ms.add_service("pop3d", name="pop3d")
     ms.add_unix_service("qmgr", wakeup=60)
+    ms.add_auth_service()
     ms.write_config()
     ms.mailctl("init")
     ms.mailctl("user", "add", "bob", "--password", "bob-pw")
@@ -68,11 +73,28 @@ def test_root_master_delivers_with_workers_as_mail_owner(production_system):
     ms, smtp, pop = _system(production_system)
     ms.start()
     mail = pwd.getpwnam("mail")
-    workers = [pid for svc in ms.status()["services"] for pid in svc["workers"]]
+    services = ms.status()["services"]
+    workers = [pid for svc in services if svc["command"] != "auth" for pid in svc["workers"]]
     assert workers
     for pid in workers:
         assert _ids(pid) == {"Uid": [mail.pw_uid] * 4, "Gid": [mail.pw_gid] * 4, "Groups": []}
     assert _ids(ms.proc.pid)["Uid"] == [0] * 4          # the master keeps root for the ports
+    (auth,) = [pid for svc in services if svc["command"] == "auth" for pid in svc["workers"]]
+    assert _ids(auth)["Uid"] == [0] * 4                  # the one reader of the password database
+
+    passwords = ms.var / "passwords"
+    for path, mode in ((passwords, 0o700), (passwords / "data.mdb", 0o600), (ms.var / "secret.key", 0o600)):
+        info = os.stat(path)
+        assert (info.st_uid, info.st_mode & 0o777) == (0, mode), path
+    opened = subprocess.run([ms.python, "-c", f"open({str(passwords / 'data.mdb')!r}, 'rb')"], user=mail.pw_uid,
+                            group=mail.pw_gid, extra_groups=[], cwd="/", capture_output=True, text=True)
+    assert opened.returncode == 1 and "PermissionError" in opened.stderr
+    with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:
+        assert client.login("bob", "bob-pw")[0] == 235
+    with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("bob", "wrong")
+    assert _pop_count(ms.port(pop)) == 0                 # POP3 USER/PASS through the auth service
 
     message = CORPUS_MESSAGE.read_bytes().replace(b"\n", b"\r\n")
     with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:
@@ -106,6 +128,22 @@ def test_refuses_to_start_when_a_worker_path_is_root_only(production_system):
     ms.mailctl("init")                        # init gives it back to mail_owner
     ms.start()
     assert ms.status()["services"]
+
+
+def test_refuses_to_start_while_mail_owner_could_read_the_passwords(production_system):
+    ms, _smtp, _pop = _system(production_system)
+    data = ms.var / "passwords" / "data.mdb"
+    os.chmod(ms.var / "passwords", 0o755)
+    os.chmod(data, 0o644)
+    ms.start(wait=False)
+    assert ms.proc.wait(30) == 78
+    out = ms.proc.stdout.read().decode()
+    assert f"{data} (the password database) is readable by mail" in out, out
+
+    ms.mailctl("init")                        # init gives it back to root alone
+    assert os.stat(data).st_mode & 0o777 == 0o600
+    ms.start()
+    assert _pop_count(ms.port(_pop)) == 0
 
 
 def test_refuses_a_key_mail_owner_cannot_read(production_system):

@@ -5,28 +5,17 @@ delivered; mail for a local user queued after it lands in the mailbox meanwhile,
 slow delivery still completes in the end."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.delivery_support import Inbox, delivery_system, sendmail, write_aliases
+from tests.integration.delivery_support import Inbox, delivery_system, sendmail, shared_dir, write_aliases  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 LATER = 5                     # messages for bob queued while the command sleeps
 GENEROUS = 60.0               # seconds: a liveness bound, not a timing
-
-
-@pytest.fixture
-def shared_dir():
-    """A folder mail_owner can write to when the tests run as root (tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="mailhouse-qmgr-", dir="/tmp"))
-    path.chmod(0o1777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for_file(path: Path, timeout: float = GENEROUS) -> bool:

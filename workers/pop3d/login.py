@@ -9,10 +9,11 @@ PLAIN/LOGIN), except for clients in disable_plaintext_auth_exceptions (loopback)
 CRAM-MD5 and SCRAM never show the password and stay offered.
 Every way in ends in finish(): a wrong name or password gets the same `-ERR [AUTH]` after
 auth_failure_delay (no fast guessing, no telling which part was wrong); only a client that
-proved the password learns that the account is disabled or not allowed to use POP3; then
-the maildrop is opened (`-ERR [IN-USE]` when pop3_lock_session makes the sessions exclude
-each other). The checks are awaited through the backend's verifier (workers/_authpool.py);
-when it cannot take one now the command answers `-ERR [SYS/TEMP]`, not counted as a failure.
+proved the password learns that the account is disabled or not allowed to use POP3 (the
+verifier decides: Verdict.refused / Step.refused); then the maildrop is opened (`-ERR [IN-USE]` when pop3_lock_session makes the sessions exclude
+each other). The checks are awaited through the backend's verifier (the auth service, or
+the process's own threads: workers/_authremote.py); when it cannot answer now the command
+answers `-ERR [SYS/TEMP]`, not counted as a failure.
 Diagnostics: pop.log lines `login: ...`, `login failed: ...`, `login refused: ...`,
 `login unavailable: ...`.
 """
@@ -136,8 +137,8 @@ async def password(session, args: list[str]) -> None:
         await session.bad_command("Send USER first")
         return
     session.pending_user = None
-    user = await session.backend.verify_password(name, args[0])
-    await finish(session, user, name, "USER")
+    verdict = await session.backend.verify_password(name, args[0])
+    await finish(session, verdict.user, name, "USER", verdict.refused)
 
 
 @_temporary_failure_when_unavailable
@@ -145,10 +146,11 @@ async def apop(session, args: list[str]) -> None:
     if not await _may_authenticate(session, "APOP", "APOP"):
         return
     name, digest = args
-    user = None
-    if APOP_DIGEST.fullmatch(digest):
-        user = await session.backend.verify_apop(name, session.apop_timestamp, digest.lower())
-    await finish(session, user, name, "APOP")
+    if not APOP_DIGEST.fullmatch(digest):
+        await finish(session, None, name, "APOP")
+        return
+    verdict = await session.backend.verify_apop(name, session.apop_timestamp, digest.lower())
+    await finish(session, verdict.user, name, "APOP", verdict.refused)
 
 
 async def _may_authenticate(session, method: str, verb: str) -> bool:
@@ -188,8 +190,8 @@ async def auth(session, args: list[str]) -> None:
     for _ in range(AUTH_MAX_ROUNDS):
         step = await server.step(response)
         if step.failed or step.user is not None:
-            ok_user = None if step.failed else step.user
-            await finish(session, ok_user, step.user or "-", mechanism)
+            proved = step.user if step.refused or not step.failed else None
+            await finish(session, proved, step.user or "-", mechanism, step.refused)
             return
         await session.send(b"+ " + base64.b64encode(step.challenge or b"") + b"\r\n")
         try:
@@ -213,8 +215,9 @@ async def auth(session, args: list[str]) -> None:
 
 # ---------------------------------------------------------------- the common end
 
-async def finish(session, user: str | None, tried: str, method: str) -> None:
-    """user is the authenticated name, None when the credentials were wrong."""
+async def finish(session, user: str | None, tried: str, method: str, refused: str = "") -> None:
+    """user is the authenticated (canonical) name, None when the credentials were wrong;
+    refused: why that user may not log in over POP3 (Verdict.refused), "" when it may."""
     ip = session.conn.peer_ip
     refusal = await session.conn.report_login(user is not None, user)   # waits the auth penalty
     if refusal:
@@ -231,17 +234,11 @@ async def finish(session, user: str | None, tried: str, method: str) -> None:
             await session.err("Too many failed logins, closing the connection")
             session.closing = True
         return
-    account = session.backend.account(user)
-    if account is None or not account.enabled:
-        session.log.info(f"login refused: user={user} method={method} ip={ip} reason=disabled")
-        await session.err("[AUTH] This account is disabled")
+    if refused:
+        session.log.info(f"login refused: user={user} method={method} ip={ip} reason={refused}")
+        await session.err("[AUTH] This account is disabled" if refused == "disabled"
+                          else f"[AUTH] POP3 access is not enabled for {user}")
         return
-    if "pop" not in account.protocols:
-        session.log.info(f"login refused: user={user} method={method} ip={ip} reason=pop-not-allowed")
-        await session.err(f"[AUTH] POP3 access is not enabled for {user}; "
-                          f"allowed: {', '.join(sorted(account.protocols)) or 'none'}")
-        return
-    user = account.name  # the canonical form of the name the client typed
     try:
         maildrop = session.backend.open_maildrop(user, session.params.pop3_lock_session)
     except MaildropBusy:

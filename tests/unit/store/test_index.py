@@ -91,6 +91,75 @@ def test_delivery_id_makes_append_idempotent(index):
         index.reserve_uid("bob", "INBOX", "q3:bob", count=2)
 
 
+def count_write_transactions(ix, monkeypatch) -> list:
+    """Wrap the index's one way into a write transaction; the list grows by one per commit."""
+    commits, real = [], type(ix)._write
+
+    def counted(self, action, *args, **kwargs):
+        result = real(self, action, *args, **kwargs)
+        commits.append(action)
+        return result
+    monkeypatch.setattr(type(ix), "_write", counted)
+    return commits
+
+
+def test_batch_reserve_and_append_take_one_transaction_each(index, monkeypatch):
+    index.create_mailbox("carol", "INBOX", uidvalidity=7)
+    index.create_mailbox("bob", "Full", uidnext=_index_py.MAX_UID)
+    commits = count_write_transactions(index, monkeypatch)
+    wanted = [("bob", "INBOX", "q1:bob"), ("carol", "INBOX", "q1:carol"), ("bob", "INBOX", "q2:bob"),
+              ("bob", "Nope", "q3:bob"), ("bob", "Full", "q4:bob"), ("bob", "INBOX", None)]
+    reserved = index.reserve_uids(wanted)
+    assert len(commits) == 1
+    assert reserved[:3] == [_index_py.Reservation(1, 42, "new"), _index_py.Reservation(1, 7, "new"),
+                            _index_py.Reservation(2, 42, "new")]
+    assert isinstance(reserved[3], _index_py.NoSuchMailbox)
+    assert isinstance(reserved[4], _index_py.StorageError)  # out of UIDs: that one alone
+    assert reserved[5] == _index_py.Reservation(3, 42, "new")
+    assert index.mailbox("bob", "INBOX").uidnext == 4 and index.mailbox("bob", "Full").uidnext == _index_py.MAX_UID
+    # the same ids again: pending (file may exist), until the entries are in
+    assert index.reserve_uids(wanted[:3]) == [_index_py.Reservation(r.uid, r.uidvalidity, "pending") for r in reserved[:3]]
+    assert index.reserve_uids(wanted[:1], fresh=True) == [_index_py.Reservation(4, 42, "new")]
+    del commits[:]
+    added = index.append_batch([
+        ("bob", "INBOX", 3, 30, 1_700_000_003, ("\\Seen",), None),   # out of UID order in the batch
+        ("bob", "INBOX", 4, 10, 1_700_000_001, (), "q1:bob"),
+        ("carol", "INBOX", 1, 20, 1_700_000_002, ("$Work",), "q1:carol"),
+        ("bob", "Nope", 9, 5, 0, (), "q3:bob"),
+        ("bob", "INBOX", 2, 40, 1_700_000_004, (), "q2:bob")])
+    assert len(commits) == 1
+    assert added[:3] + added[4:] == [True, True, True, True] and isinstance(added[3], _index_py.NoSuchMailbox)
+    view = index.open_view("bob", "INBOX")
+    assert view.uids() == [2, 3, 4] and len({view.record(s).modseq for s in (1, 2, 3)}) == 1  # one modseq
+    info = index.mailbox("bob", "INBOX")
+    assert (info.count, info.unseen, info.total_size, info.uidnext) == (3, 2, 80, 5)
+    assert index.open_view("carol", "INBOX").record(1).flags == ("$Work",)
+    assert index.usage("bob") == (80, 3) and index.usage("carol") == (20, 1)
+    assert [r.state for r in index.reserve_uids(wanted[:3])] == ["done", "done", "done"]
+    assert index.delivered("carol", "q1:carol") and not index.delivered("bob", "q3:bob")
+    # a retry of the batch changes nothing but what it must: the entries are there already
+    assert index.append_batch([("bob", "INBOX", 4, 10, 0, (), "q1:bob")]) == [False]
+    assert index.usage("bob") == (80, 3)
+
+
+def test_batch_and_single_appends_build_the_same_mailbox(impl, tmp_path):
+    messages = [(uid, 10 * uid, 1_700_000_000 + uid, ["\\Seen"] if uid % 3 else ["$A"]) for uid in (5, 1, 3, 2, 8)]
+    views = []
+    for batch in (False, True):
+        ix = impl.Index(tmp_path / f"batch-{batch}", durable=False)
+        ix.create_mailbox("bob", "INBOX", uidvalidity=3)
+        if batch:
+            ix.append_batch([("bob", "INBOX", *m, f"q{m[0]}") for m in messages])
+        else:
+            for m in messages:
+                ix.append("bob", "INBOX", *m, f"q{m[0]}")
+        view = ix.open_view("bob", "INBOX")
+        views.append(([(r.uid, r.size, r.flags, r.internal_date) for r in map(view.record, range(1, len(view) + 1))],
+                      ix.usage("bob"), view.info.count, view.info.unseen, view.info.keywords))
+        ix.close()
+    assert views[0] == views[1]
+
+
 def test_uids_out_of_order_and_chunk_splits(index, monkeypatch):
     monkeypatch.setattr(_index_py, "CHUNK", 4)
     for uid in [10, 30, 20, 5, 40, 35, 1, 25, 15, 50, 45, 2]:

@@ -10,8 +10,11 @@ import pytest
 
 from store import fsio
 from store.layout import encode_component
-from store.mailstore import BadMailboxName, MailboxExists, MailboxNotEmpty, MailStore, NoSuchMailbox
+from store.mailstore import (
+    BadMailboxName, DeliveryRequest, MailboxExists, MailboxNotEmpty, MailStore, NoSuchMailbox,
+)
 from store.reconstruct import reconstruct
+from tests.unit.store.test_index import count_write_transactions
 
 
 @pytest.fixture
@@ -90,6 +93,68 @@ def test_disk_full_removes_the_partial_file_and_keeps_the_rest(store, messages, 
     assert message_files(store, "bob", "INBOX") == ["1.%d.eml" % store.mailbox("bob", "INBOX").uidvalidity]
     assert not [n for n in os.listdir(store.mailbox_dir("bob", "INBOX")) if fsio.is_temp_name(n)]
     assert len(store.open_mailbox("bob", "INBOX")) == 1 and store.usage("bob") == len(messages[0])
+
+
+def no_temp_files(store):
+    return not [n for _, _, names in os.walk(store.store_dir) for n in names if fsio.is_temp_name(n)]
+
+
+def test_deliver_many_answers_each_request_alone(store, messages):
+    store.create_mailbox("bob", "Work")
+    first = store.deliver("bob", "INBOX", messages[0], delivery_id="Q0:bob")
+
+    def disk_fills_up():
+        yield b"half a message"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    results = store.deliver_many([
+        DeliveryRequest("bob", "INBOX", messages[1], "Q1:bob"),
+        DeliveryRequest("carol", "inbox", messages[2], "Q1:carol"),     # INBOX made on first use
+        DeliveryRequest("bob", "Nope", messages[3]),
+        DeliveryRequest("bob", "a//b", messages[3]),
+        DeliveryRequest("bob", "INBOX", disk_fills_up(), "Q2:bob"),
+        DeliveryRequest("bob", "Work", messages[4], flags=("\\Seen",), internal_date=1_600_000_000),
+        DeliveryRequest("bob", "INBOX", messages[5], "Q1:bob"),         # the same id twice: stored once
+        DeliveryRequest("bob", "INBOX", iter(()), "Q0:bob"),            # stored before: not written again
+    ])
+    assert results[:2] == [2, 1] and results[5:] == [1, 2, first]
+    assert isinstance(results[2], NoSuchMailbox) and isinstance(results[3], BadMailboxName)
+    assert isinstance(results[4], fsio.StorageError) and results[4].disk_full
+    assert len(message_files(store, "bob", "INBOX")) == 2
+    assert store.usage("bob") == sum(map(len, messages[:2])) + len(messages[4])
+    view = store.open_mailbox("bob", "INBOX")
+    with view.open(2) as f:
+        assert f.read() == messages[1]
+    work = store.open_mailbox("bob", "Work").message(1)
+    assert work.flags == ("\\Seen",) and work.internal_date == 1_600_000_000 == int(os.stat(work.path).st_mtime)
+    assert store.open_mailbox("carol", "INBOX").view.uids() == [1]
+    assert no_temp_files(store)
+    assert not store.delivered("bob", "Q2:bob")  # the failed one comes again
+    assert store.deliver("bob", "INBOX", messages[6], delivery_id="Q2:bob") == 3  # the failed write took no UID
+
+
+def test_deliver_many_shares_the_syncs(store, messages, monkeypatch):
+    """20 messages into 3 mailboxes: an fsync per message, one per directory, two index commits."""
+    store.create_mailbox("bob", "Work")
+    for user in ("bob", "carol"):
+        store.ensure_inbox(user)
+    targets = [("bob", "INBOX"), ("bob", "Work"), ("carol", "INBOX")]
+    syncs, real_fsync, real_fdatasync = [], os.fsync, os.fdatasync
+    monkeypatch.setattr(os, "fsync", lambda fd: syncs.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: syncs.append(fd) or real_fdatasync(fd))
+    commits = count_write_transactions(store.index, monkeypatch)
+    requests = [DeliveryRequest(*targets[i % 3], messages[i % len(messages)], f"Q{i}") for i in range(20)]
+    uids = store.deliver_many(requests)
+    assert uids == [i // 3 + 1 for i in range(20)]
+    assert (len(syncs), len(commits)) == (20 + 3, 2)
+    del syncs[:], commits[:]
+    store.deliver("carol", "INBOX", messages[0], delivery_id="one")  # alone: file, directory, 2 commits
+    assert (len(syncs), len(commits)) == (2, 2)
+    del syncs[:], commits[:]
+    assert store.deliver_many(requests) == uids  # all stored before: nothing written, nothing synced
+    assert (len(syncs), len(commits)) == (0, 1) and no_temp_files(store)
+    for user, mailbox in targets:
+        assert len(store.open_mailbox(user, mailbox)) == len(message_files(store, user, mailbox))
 
 
 def _can_mount_tmpfs(path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import threading
 import time
 import types
 
@@ -186,6 +187,99 @@ def test_bad_ids_are_not_queued(q):
     for bad in ("../../etc/passwd", "", "18eb3f"):
         with pytest.raises(NotQueued):
             q.locate(bad)
+
+
+# ---------------------------------------------------------------- batches and shared directory fsyncs
+
+def watch_fsyncs(monkeypatch, q: Queue, seen, delay: float = 0.0) -> list[str]:
+    """Record the directory fsyncs (the folder's name, and seen(name) at that moment)."""
+    synced = []
+    real = fsio.fsync_dir
+
+    def fsync_dir(path):
+        synced.append((os.path.basename(path), seen(os.path.basename(path))))
+        time.sleep(delay)
+        real(path)
+    monkeypatch.setattr(fsio, "fsync_dir", fsync_dir)
+    return synced
+
+
+def test_activate_many_moves_a_pass_with_one_fsync_per_directory(q, monkeypatch):
+    fresh = [store(q) for _ in range(3)]
+    retry = store(q)
+    q.activate(retry)
+    q.defer(retry, time.time() - 1)
+    synced = watch_fsyncs(monkeypatch, q, lambda name: files(q, name))
+    gone = "18EB3F00000000000ABCDE"
+    assert q.activate_many([*fresh, gone, retry]) == [*fresh, retry]
+    assert files(q, "active") == sorted([*fresh, retry]) and files(q, "incoming") == files(q, "deferred") == []
+    # active/ first (with every file in it), then each folder they left, once
+    assert synced == [("active", sorted([*fresh, retry])), ("deferred", []), ("incoming", [])]
+    assert q.activate_many([gone]) == [] and synced[3:] == []
+
+
+def test_finish_removes_the_state_log_only_once_the_removal_is_durable(q, monkeypatch):
+    qid = store(q)
+    q.activate(qid)
+    q.mark_done(qid, "0")
+    synced = watch_fsyncs(monkeypatch, q, lambda name: (files(q, "active"), files(q, "state")))
+    q.finish(qid)
+    assert synced == [("active", ([], [qid]))]            # the queue file gone, its log still there
+    assert files(q, "state") == []
+
+
+def test_a_failed_fsync_of_active_keeps_the_state_log(q, monkeypatch):
+    qid = store(q)
+    q.activate(qid)
+    q.mark_done(qid, "0")
+
+    def broken(path):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(fsio, "fsync_dir", broken)
+    with pytest.raises(StorageError):
+        q.finish(qid)
+    assert files(q, "state") == [qid]
+
+
+def test_files_finished_at_once_share_the_fsyncs_of_active(q, monkeypatch):
+    ids = [store(q) for _ in range(8)]
+    q.activate_many(ids)
+    for qid in ids:
+        q.mark_done(qid, "0")
+    synced = watch_fsyncs(monkeypatch, q, lambda name: files(q, "state"), delay=0.1)
+    start = threading.Barrier(len(ids))
+
+    def finish(qid):
+        start.wait()
+        q.finish(qid)
+    threads = [threading.Thread(target=finish, args=(qid,)) for qid in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert files(q, "active") == files(q, "state") == []
+    assert 1 <= len(synced) <= 3                           # not one per file
+    assert all(name == "active" and len(logs) >= 1 for name, logs in synced)   # before any log went
+
+
+def test_mark_done_many_is_one_append(q, monkeypatch):
+    qid = store(q, b"x\r\n", "a@example.test", "b@example.test")
+    fsyncs = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd)))
+    q.mark_done_many(qid, [("t:pipe:a:cat", "delivered", "ran"), ("0", "delivered", ""), ("1", "bounced", "5.1.1")])
+    assert len(fsyncs) == 2                               # the log, and state/ (the log is new)
+    assert q.read_state(qid).done == {"t:pipe:a:cat": ("delivered", "ran"), "0": ("delivered", ""),
+                                      "1": ("bounced", "5.1.1")}
+    q.mark_done_many(qid, [])
+    assert len(fsyncs) == 2
+
+
+def test_incoming_depth(q):
+    assert q.incoming_depth() == 0
+    ids = [store(q) for _ in range(3)]
+    q.activate(ids[0])
+    assert q.incoming_depth() == 2
 
 
 # ---------------------------------------------------------------- recovery and crashes

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 
+import lmdb
 import pytest
 
 from store import passwords, users as users_mod
@@ -94,12 +95,53 @@ def test_database_and_key_are_private(db, tmp_path):
     assert stat.S_IMODE(os.stat(db.key_path).st_mode) == 0o600
 
 
-def test_may_login(db):
+def test_login_refusal(db):
     db.add(User("imaponly", protocols=["imap"]))
     db.add(User("off", enabled=False))
-    assert db.may_login("imaponly", "imap") and not db.may_login("imaponly", "pop")
-    assert db.may_login("imaponly", "smtp") and not db.may_login("off", "smtp")
-    assert not db.may_login("nobody", "imap")
+    assert db.login_refusal("imaponly", "imap") == "" and db.login_refusal("imaponly", "pop") == "pop-not-allowed"
+    assert db.login_refusal("imaponly", "smtp") == "" and db.login_refusal("off", "smtp") == "disabled"
+    assert db.login_refusal("nobody", "imap") == "disabled"
+
+
+def test_password_forms_live_in_their_own_env(db, tmp_path):
+    db.add("bob", password="pw")
+    db.close()
+    with lmdb.open(str(tmp_path / "users"), max_dbs=4, readonly=True, lock=False) as env:
+        with env.begin() as txn:
+            names = [key for key, _ in txn.cursor()]
+    assert names == [b"users"]                              # no forms beside the profiles
+    with lmdb.open(str(tmp_path / "passwords"), max_dbs=4, readonly=True, lock=False) as env:
+        forms = json.loads(env.begin(db=env.open_db(b"credentials", create=False)).get(b"bob"))
+    assert set(forms) >= {"scrypt", "scram-sha-256", "cram-md5"}
+    assert stat.S_IMODE(os.stat(tmp_path / "passwords").st_mode) == 0o700
+
+
+def test_profiles_alone_never_open_the_password_env(tmp_path):
+    with UserDB(str(tmp_path / "users"), str(tmp_path / "secret.key")) as db:
+        db.add(User("bob"))
+    os.chmod(tmp_path / "passwords", 0)                      # as closed as for a protocol worker
+    try:
+        with UserDB(str(tmp_path / "users"), str(tmp_path / "secret.key"), ["example.test"]) as reader:
+            assert reader.get("bob@example.test").name == "bob" and [u.name for u in reader.list()] == ["bob"]
+            assert reader.canonical("Bob") == "bob" and reader._passwords is None
+    finally:
+        os.chmod(tmp_path / "passwords", 0o700)
+
+
+def test_forms_of_an_older_release_move_to_the_password_env(tmp_path):
+    users_path = str(tmp_path / "users")
+    forms = passwords.make_forms("bob", "old pw", None)
+    with lmdb.open(users_path, max_dbs=4, subdir=True) as env:     # the layout before the split
+        with env.begin(write=True) as txn:
+            txn.put(b"bob", User("bob").to_json(), db=env.open_db(b"users", txn=txn))
+            txn.put(b"bob", json.dumps(forms).encode(), db=env.open_db(b"credentials", txn=txn))
+    with UserDB(users_path, str(tmp_path / "secret.key")) as db:
+        assert db.verify_password("bob", "old pw") and not db.verify_password("bob", "other")
+    with lmdb.open(users_path, max_dbs=4, readonly=True, lock=False) as env:
+        with env.begin() as txn:
+            assert [key for key, _ in txn.cursor()] == [b"users"]
+    with UserDB(users_path, str(tmp_path / "secret.key")) as db:     # and it stays there
+        assert db.verify_password("bob", "old pw")
 
 
 def test_data_survives_another_process(db, tmp_path):
@@ -183,8 +225,7 @@ def test_apop_secret_is_bound_to_the_user(db):
     db.add("eve", password="two")
     forms = {name: users_mod.UserDB._forms(db, name) for name in ("bob", "eve")}
     forms["eve"]["apop"] = forms["bob"]["apop"]          # copy bob's sealed secret to eve
-    with db.env.begin(write=True) as txn:
-        txn.put(b"eve", json.dumps(forms["eve"]).encode(), db=db._creds)
+    db._forms_table.write(lambda txn, forms_db: txn.put(b"eve", json.dumps(forms["eve"]).encode(), db=forms_db))
     assert db.apop_secret("eve") is None and db.apop_secret("bob") == "one"
 
 
@@ -229,17 +270,17 @@ def test_map_full_grows_the_map(tmp_path, monkeypatch):
     try:
         for number in range(40):                # ~40 x 4 KiB profiles: more than 64 KiB
             small.add(User(f"user{number}", full_name="x" * 4000))
-        assert len(small.list()) == 40 and small.env.info()["map_size"] > 64 * 1024
+        assert len(small.list()) == 40 and small._profiles.env.info()["map_size"] > 64 * 1024
     finally:
         small.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can make files for another owner")
-def test_key_made_by_root_belongs_to_the_env_owner(tmp_path):
-    env_path = tmp_path / "users"
+def test_key_made_by_root_belongs_to_the_password_env_owner(tmp_path):
+    env_path = tmp_path / "passwords"
     env_path.mkdir()
     os.chown(env_path, 65534, 65534)
-    users = UserDB(str(env_path), str(tmp_path / "secret.key"))
+    users = UserDB(str(tmp_path / "users"), str(tmp_path / "secret.key"))
     try:
         users.add("bob", password="pw")
         key = os.stat(tmp_path / "secret.key")

@@ -22,6 +22,7 @@ from workers import _auth
 from workers._auth import Authenticator, SaslServer, offered_mechanisms
 from workers._authcache import VerifiedCache
 from workers._authpool import LocalVerifier
+from workers._authchecks import Verdict
 
 HOST = "mail.example.test"
 
@@ -37,6 +38,8 @@ def users(tmp_path_factory):
     users.add(User("bob"), "s3cret pw")
     users.add(User("user"), "pencil")
     users.add(User("nopw"))
+    users.add(User("off", enabled=False), "s3cret pw")
+    users.add(User("imaponly", protocols=["imap"]), "s3cret pw")
     yield users
     users.close()
 
@@ -61,7 +64,7 @@ def auth(users):
 
 @pytest.fixture(scope="module")
 def authenticator(users):
-    return Authenticator(users, HOST, LocalVerifier(users, 1, 4, VerifiedCache(0, 0), Silent()))
+    return Authenticator(users.canonical, HOST, LocalVerifier(users, 1, 4, VerifiedCache(0, 0), Silent()), "pop")
 
 
 def run(mechanism, responses):
@@ -270,7 +273,7 @@ def test_apop(authenticator):
     digest = hashlib.md5((stamp + "s3cret pw").encode()).hexdigest()
 
     def apop(name, hexdigest):
-        return asyncio.run(authenticator.verify_apop(name, stamp, hexdigest))
+        return asyncio.run(authenticator.verify_apop(name, stamp, hexdigest)).user
     assert apop("bob", digest) == "bob"
     assert apop("BOB", digest.upper()) == "bob"
     assert apop("bob", hashlib.md5(b"x").hexdigest()) is None
@@ -296,16 +299,15 @@ def test_mechanism_table(authenticator):
     assert not authenticator.sasl_is_plaintext("CRAM-MD5") and not authenticator.sasl_is_plaintext("SCRAM-SHA-256")
     with pytest.raises(KeyError):
         authenticator.sasl_server("GSSAPI")
-    assert authenticator.account("BOB").name == "bob" and authenticator.account("nobody") is None
 
 
 # ---------------------------------------------------------------- through the verifier
 
 def test_password_and_every_mechanism_through_the_verifier(authenticator):
     """The protocols' way: SaslServer.step awaits the checks; a Step never carries one."""
-    assert asyncio.run(authenticator.verify_password("Bob@Example.Test", "s3cret pw")) == "bob"
-    assert asyncio.run(authenticator.verify_password("bob", "wrong")) is None
-    assert asyncio.run(authenticator.verify_password("nobody", "s3cret pw")) is None
+    assert asyncio.run(authenticator.verify_password("Bob@Example.Test", "s3cret pw")) == Verdict("bob")
+    assert asyncio.run(authenticator.verify_password("bob", "wrong")).user is None
+    assert asyncio.run(authenticator.verify_password("nobody", "s3cret pw")).user is None
 
     async def scram(name, password):
         server = authenticator.sasl_server("SCRAM-SHA-256")
@@ -346,3 +348,15 @@ def test_scram_proof_fails_when_the_password_changed_during_the_exchange(tmp_pat
         assert mechanism.step(client.get_client_final().encode()).reason == "bad credentials"
     finally:
         db.close()
+
+
+def test_the_verifier_refuses_an_account_that_may_not_log_in_with_the_protocol(authenticator):
+    """Right credentials of a disabled user, or one without pop: a failed Step that says why."""
+    assert asyncio.run(authenticator.verify_password("off", "s3cret pw")) == Verdict("off", refused="disabled")
+    assert asyncio.run(authenticator.verify_password("imaponly", "s3cret pw")).refused == "pop-not-allowed"
+    assert asyncio.run(authenticator.verify_password("imaponly", "wrong")) == Verdict(None)
+    step = asyncio.run(authenticator.sasl_server("PLAIN").step(b"\0imaponly\0s3cret pw"))
+    assert (step.failed, step.user, step.refused) == (True, "imaponly", "pop-not-allowed")
+    smtp = Authenticator(authenticator.canonical, HOST, authenticator.verifier, "smtp")
+    assert asyncio.run(smtp.sasl_server("PLAIN").step(b"\0imaponly\0s3cret pw")).user == "imaponly"
+    assert asyncio.run(smtp.sasl_server("PLAIN").step(b"\0off\0s3cret pw")).refused == "disabled"

@@ -43,8 +43,8 @@ def verifier(users, threads=1, queue_limit=4, ttl=3600.0, size=100):
     return LocalVerifier(users, threads, queue_limit, VerifiedCache(ttl, size), FakeLog())
 
 
-def login(v: LocalVerifier, name: str, password: str) -> str | None:
-    return asyncio.run(v.verify(PasswordCheck(name, password))).user
+def login(v: LocalVerifier, name: str, password: str, protocol: str = "pop") -> str | None:
+    return asyncio.run(v.verify(PasswordCheck(name, password), protocol)).user
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def test_checks_run_in_the_pool_threads_not_on_the_event_loop(users):
     check = Blocking(threading.Event())
 
     async def scenario():
-        job = asyncio.ensure_future(v.verify(check))
+        job = asyncio.ensure_future(v.verify(check, "smtp"))
         ticks = 0
         while not check.started.is_set():           # the loop keeps running meanwhile
             await asyncio.sleep(0.001)
@@ -88,14 +88,14 @@ def test_a_full_queue_refuses_at_once_and_frees_up_afterwards(users):
     release = threading.Event()
 
     async def scenario():
-        running = asyncio.ensure_future(v.verify(Blocking(release)))
-        waiting = asyncio.ensure_future(v.verify(Blocking(release)))
+        running = asyncio.ensure_future(v.verify(Blocking(release), "smtp"))
+        waiting = asyncio.ensure_future(v.verify(Blocking(release), "smtp"))
         await asyncio.sleep(0.01)
         with pytest.raises(AuthUnavailable, match="2 credential checks already running or waiting"):
-            await v.verify(Blocking(release))
+            await v.verify(Blocking(release), "smtp")
         release.set()
         assert [(await running).user, (await waiting).user] == ["bob", "bob"]
-        return (await v.verify(PasswordCheck("bob", "s3cret"))).user
+        return (await v.verify(PasswordCheck("bob", "s3cret"), "smtp")).user
 
     assert asyncio.run(scenario()) == "bob"
 
@@ -107,12 +107,12 @@ def test_a_cancelled_waiting_check_gives_its_place_back(users):
 
     async def scenario():
         first = Blocking(release)
-        running = asyncio.ensure_future(v.verify(first))
-        waiting = asyncio.ensure_future(v.verify(Blocking(release)))
+        running = asyncio.ensure_future(v.verify(first, "smtp"))
+        waiting = asyncio.ensure_future(v.verify(Blocking(release), "smtp"))
         await asyncio.sleep(0.01)
         waiting.cancel()
         await asyncio.sleep(0.01)
-        again = asyncio.ensure_future(v.verify(Blocking(release)))   # would be refused if the slot leaked
+        again = asyncio.ensure_future(v.verify(Blocking(release), "smtp"))   # would be refused if the slot leaked
         await asyncio.sleep(0.01)
         release.set()
         return (await running).user, (await again).user
@@ -126,7 +126,7 @@ def test_an_unreadable_user_database_is_a_temporary_failure(users):
             raise lmdb.ReadersFullError("readers full")
 
     with pytest.raises(AuthUnavailable, match="user database"):
-        asyncio.run(verifier(users).verify(Broken()))
+        asyncio.run(verifier(users).verify(Broken(), "smtp"))
 
 
 def test_unknown_users_cost_one_scrypt_like_wrong_passwords(users, monkeypatch):
@@ -147,7 +147,7 @@ def test_a_second_login_is_served_from_the_cache(users, monkeypatch):
     assert login(v, "bob", "s3cret") == "bob" and v.log.hits() == 0
     monkeypatch.setattr(passwords, "verify_scrypt", lambda form, pw: pytest.fail("scrypt on a cache hit"))
     assert login(v, "Bob@example.test", "s3cret") == "bob"      # the same user, another login name
-    assert v.log.lines == ["auth cache hit: user=bob"]
+    assert v.log.lines == ["auth cache hit: user=bob protocol=pop"]
 
 
 def test_wrong_passwords_and_failures_are_never_served_from_the_cache(users):
@@ -181,6 +181,18 @@ def test_any_change_to_the_account_invalidates_its_entries(users, change):
         assert login(v, "bob", "n3w") == "bob"
 
 
+def test_the_cache_holds_per_protocol_and_never_a_refused_login(users):
+    v = verifier(users)
+    account = users.get("bob")
+    account.protocols = ["imap"]
+    users.update(account)
+    assert asyncio.run(v.verify(PasswordCheck("bob", "s3cret"), "smtp")) == Verdict("bob")
+    assert asyncio.run(v.verify(PasswordCheck("bob", "s3cret"), "pop")) == Verdict("bob", refused="pop-not-allowed")
+    assert asyncio.run(v.verify(PasswordCheck("bob", "s3cret"), "pop")).refused == "pop-not-allowed"
+    assert v.log.hits() == 0 and len(v.cache) == 1               # smtp's entry only
+    assert login(v, "bob", "s3cret", "smtp") == "bob" and v.log.hits() == 1
+
+
 def test_disabled_cache_remembers_nothing(users):
     for ttl, size in ((0, 100), (3600, 0)):
         v = verifier(users, ttl=ttl, size=size)
@@ -191,7 +203,7 @@ def test_disabled_cache_remembers_nothing(users):
 def test_cache_entries_expire_after_ttl():
     now = [1000.0]
     cache = VerifiedCache(60, 10, clock=lambda: now[0])
-    key = cache.key("bob", "pw")
+    key = cache.key("bob", "smtp", "pw")
     cache.remember(key, b"v1")
     now[0] += 59
     assert cache.hit(key, b"v1")
@@ -201,10 +213,10 @@ def test_cache_entries_expire_after_ttl():
 
 def test_cache_keys_need_the_same_user_and_password_and_hold_no_password():
     cache = VerifiedCache(60, 10)
-    key = cache.key("bob", "pw")
-    assert key == cache.key("bob", "pw")
-    assert len({key, cache.key("bob", "pw2"), cache.key("alice", "pw"), cache.key("bobp", "w")}) == 4
-    assert b"pw" not in key and key != VerifiedCache(60, 10).key("bob", "pw")    # a key per process
+    key = cache.key("bob", "smtp", "pw")
+    assert key == cache.key("bob", "smtp", "pw")
+    assert len({key, cache.key("bob", "smtp", "pw2"), cache.key("alice", "smtp", "pw"), cache.key("bobp", "smtp", "w")}) == 4
+    assert b"pw" not in key and key != VerifiedCache(60, 10).key("bob", "smtp", "pw")    # a key per process
     cache.remember(key, b"v1")
     assert not cache.hit(key, b"v2") and not cache.hit(key, b"v1")     # a mismatch drops the entry
     assert not cache.hit(key, None)
@@ -212,7 +224,7 @@ def test_cache_keys_need_the_same_user_and_password_and_hold_no_password():
 
 def test_cache_is_bounded_least_recently_used_first():
     cache = VerifiedCache(60, 2)
-    a, b, c = (cache.key(name, "pw") for name in "abc")
+    a, b, c = (cache.key(name, "smtp", "pw") for name in "abc")
     cache.remember(a, b"v")
     cache.remember(b, b"v")
     assert cache.hit(a, b"v")             # a is now the most recently used

@@ -4,8 +4,8 @@
     transport = table.of(target)        # by the target's class (store.resolve: Mailbox, ...)
 
 The transports (mailbox.py, pipe.py, file.py, remote.py) speak transports/base.py's shape:
-key, destination, address, describe, deliver. A new kind (smtp, list) is one more module and
-one more entry here; the attempt and the scheduler do not change.
+idempotent, key, destination, address, describe, deliver. A new kind (smtp, list) is one
+more module and one more entry here; the attempt and the scheduler do not change.
 Diagnostics: KeyError for a target no transport delivers (a bug: the resolver and the table
 disagree).
 """

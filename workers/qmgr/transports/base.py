@@ -12,6 +12,9 @@ Transport: one way of delivering, as a Postfix master.cf transport:
                                 is checked against the message's Delivered-To: lines, as
                                 local(8) does)
     kind                        the resolver's target class it delivers
+    idempotent                  True when delivering the same target of the same queue file
+                                again changes nothing (the mailbox store keeps delivery ids):
+                                its targets need no done mark before the file is removed.
     key(target)                 its done mark in the queue file's state log ("t:...")
     destination(target)         what the per-destination concurrency limit counts
     address(target, original)   the final recipient address
@@ -50,6 +53,7 @@ class Transport(Protocol):
     name: str
     relay: str
     kind: type
+    idempotent: bool
 
     def key(self, target) -> str: ...
     def destination(self, target) -> str: ...

@@ -71,8 +71,10 @@ class RunAs:
 class AsMailOwner:
     """What the pipe and file transports share: they run as mail_owner (run_as; None when
     mail_owner is no user here), within time_limit, reading the queue file on `files`, and
-    log the envelope recipient as the final address."""
+    log the envelope recipient as the final address. A command or a file may act on every
+    copy it gets: not idempotent, each delivery is marked done at once."""
     relay = "local"
+    idempotent = False
 
     def __init__(self, run_as: RunAs | None, mail_owner: str, time_limit: float, files: Executor):
         self.run_as = run_as

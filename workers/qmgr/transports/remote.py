@@ -19,6 +19,7 @@ class RemoteTransport:
     name = "remote"
     relay = "none"
     kind = Remote
+    idempotent = False               # another system's acceptance cannot be taken back
 
     def key(self, target: Remote) -> str:
         return f"t:remote:{target.address}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -40,13 +41,16 @@ class Mail:
     def delivered(self, user, delivery_id):
         return delivery_id in self.ids
 
-    def deliver(self, user, mailbox, source, delivery_id):
-        self.sources.append(source)
-        data = b"".join(source)
-        if delivery_id not in self.ids:
-            self.ids.add(delivery_id)
-            self.stored.setdefault(user, []).append(data)
-        return len(self.ids)
+    def deliver_many(self, requests):
+        uids = []
+        for r in requests:
+            self.sources.append(r.source)
+            data = b"".join(r.source)
+            if r.delivery_id not in self.ids:
+                self.ids.add(r.delivery_id)
+                self.stored.setdefault(r.user, []).append(data)
+            uids.append(len(self.ids))
+        return uids
 
 
 class Directory:
@@ -69,7 +73,7 @@ class Directory:
     def unextended(self, name):
         return None
 
-    def quota_check(self, name, size):
+    def quota_check(self, name, size, ahead=0):
         return Failed("4.2.2", "mailbox full") if name in self.full else None
 
 
@@ -235,8 +239,67 @@ def test_a_storage_error_parks_the_file_in_deferred_not_in_active(setup, monkeyp
     queue_id = enqueue(ctx.queue, ["bob@example.test"])
 
     def broken(*args):
-        raise StorageError("state log: No space left on device")
-    monkeypatch.setattr(ctx.queue, "mark_done", broken)
+        raise StorageError("cannot sync active: Input/output error")
+    monkeypatch.setattr(ctx.queue, "finish", broken)
+    assert ctx.queue.activate(queue_id)
     asyncio.run(QueueManager(ctx).deliver(queue_id))
     assert ctx.queue.ids("active") == [] and ctx.queue.ids("deferred") == [queue_id]
     assert any("storage error, will retry" in line for line in ctx.log.lines)
+
+
+# ---------------------------------------------------------------- what is marked done, and when
+
+def recording(ctx, monkeypatch) -> list[list[dict]]:
+    """Every append to a state log from now on (the events of each append)."""
+    appends: list[list[dict]] = []
+    real = ctx.queue._record_many
+
+    def record_many(queue_id, events):
+        appends.append(events)
+        real(queue_id, events)
+    monkeypatch.setattr(ctx.queue, "_record_many", record_many)
+    return appends
+
+
+def test_a_file_delivered_into_mailboxes_only_is_removed_without_any_mark(setup, monkeypatch):
+    ctx = setup()
+    appends = recording(ctx, monkeypatch)
+    qid = enqueue(ctx.queue, ["bob@example.test", "team@example.test"])
+    assert attempt(ctx, qid) == "finished"
+    assert appends == [] and {u: len(m) for u, m in ctx.mail.stored.items()} == {"bob": 1, "carol": 1}
+    assert ctx.queue.ids("active") == [] and os.listdir(ctx.queue.path("state")) == []
+
+
+def test_pipe_targets_are_marked_at_once_and_mailboxes_when_the_file_is_deferred(setup,
+                                                                                tmp_path, monkeypatch):
+    ctx = setup(full={"carol"})
+    out = tmp_path / "piped"
+    command = f"cat >> {out}"
+    ctx.directory.aliases = {**Directory.aliases, "tee": ["bob", "carol", f"|{command}"]}
+    appends = recording(ctx, monkeypatch)
+    qid = enqueue(ctx.queue, ["tee@example.test"])
+    assert attempt(ctx, qid) == "deferred"
+    # the pipe at once; bob's mailbox with the deferral (then the deferral itself)
+    assert [[e.get("key") for e in events] for events in appends] == [[f"t:pipe:tee:{command}"], ["t:mailbox:bob"],
+                                                                      [None]]
+    assert set(ctx.queue.read_state(qid).done) == {f"t:pipe:tee:{command}", "t:mailbox:bob"}
+    ctx.directory.full.clear()
+    assert attempt(ctx, qid, ctx.queue.load(qid).state.next_try) == "finished"
+    assert out.read_bytes().count(b"Subject: hi") == 1
+    assert len(ctx.mail.sources) == 2                     # bob once, carol once: bob was not tried again
+    assert os.listdir(ctx.queue.path("state")) == []
+
+
+def test_a_queued_report_marks_the_recipients_before_the_file_is_removed(setup, monkeypatch):
+    ctx = setup()
+    qid = enqueue(ctx.queue, ["bob@example.test", "ghost@example.test"])
+    done_at_finish = {}
+    real_finish = ctx.queue.finish
+
+    def finish(queue_id):
+        done_at_finish.update(ctx.queue.read_state(queue_id).done)
+        real_finish(queue_id)
+    monkeypatch.setattr(ctx.queue, "finish", finish)
+    assert attempt(ctx, qid) == "finished"
+    assert len(bounces(ctx.queue)) == 1
+    assert {key: status for key, (status, _) in done_at_finish.items()} == {"0": "delivered", "1": "bounced"}

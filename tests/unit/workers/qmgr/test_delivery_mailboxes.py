@@ -10,7 +10,7 @@ from master.params import Params
 from store.directory import Directory
 from store.mailstore import MailStore
 from workers.qmgr.message import MessageFile
-from workers.qmgr.transports.mailbox import MailboxTransport
+from workers.qmgr.transports.mailbox import MailboxMessage, MailboxTransport
 
 QUOTA = 10_000
 
@@ -38,7 +38,8 @@ def deliver(store, tmp_path):
     def run(user: str, message: bytes, delivery_id: str):
         path = tmp_path / f"queue-file-{delivery_id}"
         path.write_bytes(b"HEAD\n" + message)          # the message part starts after a head
-        return transport.store_one(user, b"", MessageFile(str(path), 5, len(message)), delivery_id)
+        [outcome] = transport.store_batch([MailboxMessage(user, b"", MessageFile(str(path), 5, len(message)), delivery_id)])
+        return outcome
     return run
 
 

@@ -29,6 +29,9 @@ class FakeQueue:
     def ready(self, _now: float) -> list[str]:
         return self.ready_ids
 
+    def activate_many(self, queue_ids: list[str]) -> list[str]:
+        return list(queue_ids)
+
 
 class Recorder(QueueManager):
     """Deliveries that take a moment and record how many ran at once."""

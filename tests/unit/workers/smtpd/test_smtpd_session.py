@@ -22,7 +22,9 @@ from store.resolve import Resolver
 from store.users import User
 from tests.fakes import FakeAccounts, FakeConnection
 from workers._authpool import AuthUnavailable
+from workers._log import Log
 from workers.smtpd.address import ArgError, parse_mail, parse_rcpt
+from workers.smtpd.backend import InFlow
 from workers.smtpd.received import received_header
 from workers.smtpd.session import Session
 
@@ -60,22 +62,33 @@ class Step:
     user: str | None = None
     failed: bool = False
     reason: str = ""
+    refused: str = ""
+
+
+def verdict_step(backend, user: str, password: str) -> Step:
+    """What the verifier makes of it: wrong credentials, a disabled account, or the user."""
+    if backend.passwords.get(user) != password:
+        return Step(user=user, failed=True)
+    account = backend.accounts.get(user)
+    if account is not None and not account.enabled:
+        return Step(user=user, failed=True, reason="account disabled", refused="disabled")
+    return Step(user=user)
 
 
 class FakePlain:
-    def __init__(self, passwords):
-        self.passwords = passwords
+    def __init__(self, backend):
+        self.backend = backend
 
     async def step(self, response):
         if response is None:
             return Step(challenge=b"")
         _, user, password = response.decode().split("\0")
-        return Step(user=user) if self.passwords.get(user) == password else Step(user=user, failed=True)
+        return verdict_step(self.backend, user, password)
 
 
 class FakeLogin:
-    def __init__(self, passwords):
-        self.passwords = passwords
+    def __init__(self, backend):
+        self.backend = backend
         self.name = None
 
     async def step(self, response):
@@ -84,8 +97,7 @@ class FakeLogin:
         if self.name is None:
             self.name = response.decode()
             return Step(challenge=b"Password:")
-        ok = self.passwords.get(self.name) == response.decode()
-        return Step(user=self.name, failed=not ok)
+        return verdict_step(self.backend, self.name, response.decode())
 
 
 def fake_accounts() -> FakeAccounts:
@@ -118,15 +130,12 @@ class FakeBackend:
         return True
 
     def sasl_server(self, name):
-        return FakePlain(self.passwords) if name == "PLAIN" else FakeLogin(self.passwords)
+        return FakePlain(self) if name == "PLAIN" else FakeLogin(self)
 
     def __post_init__(self):
         directory = Directory(make_params(), self.accounts, self.accounts, self.accounts)
         self.directory = Resolver(directory, self.luser_relay)
-
-    def may_send(self, user):
-        account = self.accounts.get(user)
-        return user in self.passwords and (account is None or account.enabled)
+        self.flow = InFlow(make_params(), lambda: 0, Log("smtp"))
 
     async def rbl_lookup(self, ip, zones):
         return self.listed, []

@@ -1,0 +1,202 @@
+"""The auth service (Dovecot's auth process): password checks for smtpd, pop3d and imapd.
+
+A unix service of master.cf (`auth unix - n n - 1 auth`): the master binds its socket,
+$run_directory/<service>.sock, and hands the listening socket to this process (env
+proto.ENV_LISTEN_FD); every other worker gets the path (proto.ENV_AUTH_SOCKET) and asks
+here through workers/_authremote.py RemoteVerifier instead of reading the password
+database itself. Inside, a LocalVerifier (workers/_authpool.py) answers: scrypt in
+auth_verify_threads threads, at most auth_verify_queue_limit waiting, the cache of
+successful logins (auth_cache_ttl, auth_cache_size; an entry holds only for the account's
+version it was made with, so a `mailctl user` change applies at the next login), and the
+per-user allowances (disabled, the user's protocols) in every Verdict. The protocols keep
+the failure delays (auth_failure_delay and the master's auth penalty).
+
+Protocol: one JSON object per line (UTF-8, `\n`), both ways; bytes are base64 text.
+  request  {"id": N, "protocol": "smtp" | "pop" | "imap", "check": NAME, FIELD: VALUE...}
+           with NAME and FIELDs those of workers/_authchecks.py CHECKS:
+             password      login, password
+             cram          login, challenge, digest
+             apop          login, timestamp, hexdigest
+             scram-lookup  login
+             scram-proof   login, salt, iterations, auth_message, proof
+           N: an integer in [0, 2**31) chosen by the client and echoed in the reply.
+  reply    {"id": N, "user": NAME | null, "server_signature": B64, "refused": ""|REASON}
+             a Verdict (user null: wrong credentials; refused: the user may not log in with
+             this protocol: "disabled", "pop-not-allowed", "imap-not-allowed")
+           {"id": N, "salt": B64, "iterations": I}                   for scram-lookup
+           {"id": N | null, "error": TEXT}   no answer: a bad request (not JSON, unknown check
+             or field, bad id: then null), too many in flight, or the verifier cannot answer
+             now (its queue is full, the database unreadable): the client's temporary failure
+  Replies are sent as the checks finish, not in the order of the requests.
+Limits: a request line of at most REQUEST_MAX bytes (longer: an error reply, then the
+connection is closed); a line once begun must end within REQUEST_TIMEOUT seconds (else
+the same); at most IN_FLIGHT_MAX unanswered requests per connection (one more gets an error
+reply at once); at most CONNECTIONS_MAX connections (one more is closed at once); a reply
+the client does not take within WRITE_TIMEOUT seconds closes its connection.
+Drain (reload, recycling, stop): no new connection; the requests read are answered, then
+every connection is closed and the process exits. The clients send their next check again
+on a new connection, which waits in the master's listening socket until the next process
+takes it.
+Diagnostics: server.log: bad requests (one line each, the start of the request), lost
+connections at level high, `auth cache hit: user=NAME protocol=P` at level high.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+
+from master import proto
+from store.users import UserDB
+from workers._authchecks import answer_to_wire, check_from_wire
+from workers._authpool import AuthUnavailable, LocalVerifier
+from workers._server import Daemon, run_daemon
+
+REQUEST_MAX = 64 * 1024
+REQUEST_TIMEOUT = 10.0
+IN_FLIGHT_MAX = 256
+CONNECTIONS_MAX = 1024
+WRITE_TIMEOUT = 10.0
+ID_LIMIT = 2**31
+LOGIN_PROTOCOLS = ("smtp", "pop", "imap")
+LOGGED_REQUEST = 80            # characters of a bad request kept for the log
+
+
+class BadRequest(Exception):
+    """A request line that is not a request; str() says why, request_id is its id if read."""
+
+    def __init__(self, reason: str, request_id: int | None = None):
+        super().__init__(reason)
+        self.request_id = request_id
+
+
+def parse_request(line: bytes) -> tuple[int | None, str, object]:
+    """(id, protocol, check) of a request line; BadRequest (with the id when it was read)."""
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        raise BadRequest("not JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("not a JSON object")
+    request_id = data.get("id")
+    if not (type(request_id) is int and 0 <= request_id < ID_LIMIT):
+        raise BadRequest("bad or missing id")
+    protocol = data.get("protocol")
+    try:
+        if protocol not in LOGIN_PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(LOGIN_PROTOCOLS)}")
+        return request_id, protocol, check_from_wire(data, ("id", "protocol"))
+    except ValueError as e:
+        raise BadRequest(str(e), request_id) from None
+
+
+class AuthService:
+    """The connections of the protocol workers and the checks they asked."""
+
+    def __init__(self, verifier, log):
+        self.verifier = verifier
+        self.log = log
+        self._readers: set[asyncio.Task] = set()      # one per connection: cancelled at drain
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._readers) >= CONNECTIONS_MAX:
+            self.log.error(f"auth: {CONNECTIONS_MAX} connections open already; one more closed")
+            writer.close()
+            return
+        answering: set[asyncio.Task] = set()
+        reading = asyncio.get_running_loop().create_task(self._read_requests(reader, writer, answering))
+        self._readers.add(reading)
+        try:
+            await asyncio.wait((reading,))
+            while answering:                              # what was read is answered first
+                await asyncio.wait(set(answering))
+        finally:
+            self._readers.discard(reading)
+            writer.close()
+
+    def stop_reading(self) -> None:
+        for reading in self._readers:
+            reading.cancel()
+
+    async def finish(self) -> None:
+        """Wait until every connection has answered what it read and is closed."""
+        while self._readers:
+            await asyncio.sleep(0.05)
+
+    async def _read_requests(self, reader, writer, answering: set[asyncio.Task]) -> None:
+        while True:
+            try:
+                first = await reader.read(1)       # a connection may idle as long as it likes
+                if not first:
+                    return
+                line = first if first == b"\n" else first + await asyncio.wait_for(
+                    reader.readuntil(b"\n"), REQUEST_TIMEOUT)
+            except asyncio.LimitOverrunError:
+                await self._reply(writer, {"id": None, "error": f"request longer than {REQUEST_MAX} bytes"})
+                return
+            except TimeoutError:
+                await self._reply(writer, {"id": None, "error": f"request not ended within {REQUEST_TIMEOUT:g} s"})
+                return
+            except (asyncio.IncompleteReadError, OSError) as e:
+                self.log.debug(f"auth: connection ended: {type(e).__name__}")
+                return
+            if len(answering) >= IN_FLIGHT_MAX:
+                await self._reply(writer, {"id": self._id_of(line), "error": f"more than {IN_FLIGHT_MAX} "
+                                                                              f"requests in flight"})
+                continue
+            task = asyncio.get_running_loop().create_task(self._answer(line, writer))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
+
+    @staticmethod
+    def _id_of(line: bytes) -> int | None:
+        try:
+            return parse_request(line)[0]
+        except BadRequest as e:
+            return e.request_id
+
+    async def _answer(self, line: bytes, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_id, protocol, check = parse_request(line)
+        except BadRequest as e:
+            shown = line[:LOGGED_REQUEST].decode("utf-8", "replace").rstrip("\n")
+            self.log.error(f"auth: bad request ({e}): {shown!r}")
+            await self._reply(writer, {"id": e.request_id, "error": f"bad request: {e}"})
+            return
+        try:
+            answer = await self.verifier.verify(check, protocol)
+        except AuthUnavailable as e:
+            await self._reply(writer, {"id": request_id, "error": str(e)})
+            return
+        except Exception as e:     # input the checks did not foresee: an answer still, no traceback
+            self.log.error(f"auth: {type(check).__name__} for {protocol} failed: {type(e).__name__}: {e}")
+            await self._reply(writer, {"id": request_id, "error": "the check failed"})
+            return
+        await self._reply(writer, {"id": request_id, **answer_to_wire(answer)})
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
+        if writer.is_closing():
+            return
+        writer.write(json.dumps(reply).encode() + b"\n")
+        try:
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except (TimeoutError, OSError):
+            writer.close()                      # the client does not read: its connection goes
+
+
+async def main(daemon: Daemon) -> None:
+    listener = socket.socket(fileno=int(os.environ[proto.ENV_LISTEN_FD]))
+    users = UserDB.from_params(daemon.params)
+    service = AuthService(LocalVerifier.from_params(daemon.params, users, daemon.log), daemon.log)
+    server = await asyncio.start_unix_server(service.serve, sock=listener, limit=REQUEST_MAX)
+    while not daemon.stopping:
+        await daemon.wait_wakeup()
+    server.close()                              # our copy only: the master keeps the socket bound
+    service.stop_reading()
+    await service.finish()
+    users.close()
+
+
+def run() -> None:
+    run_daemon(main, "server")
