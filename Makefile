@@ -32,14 +32,19 @@ run: install
 	$(BIN)/mailctl -c etc/dev init --demo
 	exec $(BIN)/master -c etc/dev/master.cf
 
+# The suite runs in TEST_JOBS processes (pytest-xdist): most tests wait on real servers and
+# sockets, not on the CPU. TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 3
+PYTEST    = $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup
+
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) tests
 
 # The same suite with the pure-Python index (the reference the compiled one is checked against),
 # less what does not depend on the index: the tests that install mailhouse anew and the
 # parsers' fuzzers.
 test-pure: install
-	MAILHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not installs" --ignore=tests/fuzz tests
+	MAILHOUSE_PURE_PYTHON=1 $(PYTEST) -m "not installs" --ignore=tests/fuzz tests
 
 # Benchmarks are not tests: each prints its numbers (pytest-benchmark tables, JSON lines).
 bench: install

@@ -3,26 +3,21 @@
     .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--jsonl FILE]
     make bench-peers [PEERS_ARGS=--quick]
 
-Starts mailhouse (the real master: smtpd, qmgr and pop3d on free loopback ports) and, with
-../shared/anchors/setup-anchors.sh, the peers on other free ports: Postfix (smtpd → virtual →
-Maildir), Dovecot POP3 on the same Maildirs, aiosmtpd (one fsynced file per message). Both
-sides have the users user1..user101@example.test, password pw. setup-anchors.sh needs Postfix
-and Dovecot; when either is not installed no peer runs, the output says so, and mailhouse is
-measured against the disk floor only.
+Starts mailhouse (the real master: smtpd, qmgr, pop3d) and, with ../shared/anchors/setup-anchors.sh,
+Postfix (smtpd → virtual → Maildir), Dovecot POP3 on those Maildirs and aiosmtpd (a file per
+message, fsynced), all on free loopback ports, users user1..user101@example.test, password pw.
+setup-anchors.sh needs Postfix and Dovecot: without them no peer runs, the output says so, and
+mailhouse is measured against the disk floor only.
 
-Every measurement is the anchors' loadgen.py with the same arguments for each target, the
-targets' order rotating each repetition (A,B,C then B,C,A ...), 10 KiB messages: POP3 (RETR
-of 20 messages per session; short sessions that RETR one), idle logged-in connections (PSS
-per connection of all the server's processes), SMTP sessions (accept rate; delivery rate up
-to the last message in its mailbox; server CPU of all the server's processes from /proc,
-accept + deliver) and the disk floor at the start of every SMTP repetition (write + fsync +
-rename + directory fsync, one file at a time). Accepted → in mailbox is measured here:
-one message at a time, from the 250 until its file shows in the recipient's mailbox.
-
-Each figure is the median of the repetitions; a ratio is the median over the repetitions of
-mailhouse ÷ the best peer (the best by median). The table replaces the section between the
-peers markers in bench/README.md, unless --print-only or --quick (small counts and one
-repetition: a smoke run, printed only). Whatever was started is stopped on exit, Ctrl-C too.
+Each measurement runs the anchors' loadgen.py with the same arguments against every target, in
+an order that rotates with each repetition, 10 KiB messages: idle connections (the PSS they add
+to all of the server's processes, once spare processes of earlier loads are gone), POP3, SMTP
+(accept; delivery until the last message is in its mailbox; the server's CPU, accept + deliver)
+and the disk floor (write + fsync + rename + directory fsync, one file at a time). Accepted → in
+mailbox is timed here: one message at a time, from its 250 until its file is in the mailbox.
+Figures are medians of the repetitions; a ratio is the median of the repetitions' mailhouse ÷
+the best peer. The table replaces the peers section of bench/README.md, unless --print-only or
+--quick (small counts, one repetition: a smoke run). All it started is stopped on exit.
 """
 from __future__ import annotations
 
@@ -46,14 +41,16 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(REPO))
+ANCHORS = REPO.parent / "shared" / "anchors"
+sys.path[:0] = [str(REPO), str(ANCHORS)]
 
-from smtp_load import git_sha                      # noqa: E402  (bench/ is on sys.path: run as a script)
+import loadgen                                     # noqa: E402  (the anchors' load generator, stdlib only)
+
+from loadlib import git_sha, percentile            # noqa: E402  (bench/ is on sys.path: run as a script)
 from store.mailstore import INBOX, MailStore       # noqa: E402
 from store.users import User, UserDB               # noqa: E402
 from tests.conftest import MailSystem, free_port   # noqa: E402
 
-ANCHORS = REPO.parent / "shared" / "anchors"
 README = BENCH / "README.md"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 SIZE = 10240
@@ -62,6 +59,7 @@ PASSWORD = "pw"
 LOAD_USERS = 100                 # the SMTP load's recipients cycle user1..user100, as in run-anchors.sh
 PROBE_USER = "user101"           # the latency probe's mailbox, which the load never touches
 VUID = 5000                      # setup-anchors.sh's owner of the Maildirs
+SETTLE_SECONDS = 120             # spare processes leave after 100 s idle (Postfix's and mailhouse's max_idle)
 ANCHOR_DATA = ("mail", "postfix", "dovecot", "aiosmtpd", "pids", "fsynctest", "smtp-sink.log")
 
 
@@ -91,6 +89,7 @@ class Target:
     pop3: int | None = None
     spool: str | None = None         # what loadgen counts to wait for the messages sent
     probe_dir: Path | None = None    # where PROBE_USER's messages land; None: no mailbox delivery
+    idle_processes: int = 0          # how many processes it runs when idle after start-up
 
 
 @dataclass(frozen=True)
@@ -202,15 +201,26 @@ class Bench:
                 progress(label, f"{result['sessions_per_s']} sessions/s, PASS p50 {result.get('pass_p50_ms')} ms")
 
     def run_hold(self, proto: str, targets: list[Target], rep: int) -> None:
+        """Memory per idle connection: loadgen's difference of the server's PSS before and while it
+        holds them. Each hold first waits (bounded) until the spare processes of earlier loads are
+        gone: new connections would take them over unseen, or they would leave during the hold."""
         for target in rotate(targets, rep):
             label = f"r{rep + 1} {target.name} {proto} hold {self.load.hold}"
+            start = time.monotonic()
+            while len(loadgen.find_pids(target.pattern)) > target.idle_processes:
+                if time.monotonic() - start > SETTLE_SECONDS:
+                    self.results.notes.append(f"{label}: more processes than when idle still after {SETTLE_SECONDS} s")
+                    break
+                time.sleep(1)
+            if time.monotonic() - start > 1:
+                progress(label, f"waited {time.monotonic() - start:.0f} s for spare processes to leave")
             port = target.pop3 if proto == "pop3" else target.smtp
             result = self.loadgen(label, "hold", "--proto", proto, "--port", str(port), "--conns", str(self.load.hold),
                                   "--users", str(LOAD_USERS), "--password", PASSWORD, "--hold", "5",
                                   "--duration", "60", "--server-pattern", target.pattern, timeout=150)
             if result and result["conns_alive_after_hold"] == self.load.hold:
-                key = "smtp_idle" if proto == "smtp" else "pop_idle"
-                self.results.add(key, target.name, rep, result.get("pss_kb_per_conn"))
+                self.results.add("smtp_idle" if proto == "smtp" else "pop_idle", target.name, rep,
+                                 result.get("pss_kb_per_conn"))
                 progress(label, f"{result.get('pss_kb_per_conn')} KiB PSS per connection")
             elif result:
                 self.results.notes.append(f"{label}: {result['conns_alive_after_hold']} of {self.load.hold} "
@@ -257,11 +267,6 @@ def rotate(targets: list[Target], rep: int) -> list[Target]:
         return []
     start = rep % len(targets)
     return targets[start:] + targets[:start]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def progress(label: str, text: str) -> None:
@@ -321,7 +326,9 @@ def probe(port: int, directory: Path, count: int, notes: list[str], label: str) 
 # -- the servers
 
 def start_mailhouse(stack: ExitStack, root: Path, users: int) -> tuple[MailSystem, Target]:
-    system = MailSystem(root, {"log_level": "low", "mail_max_userip_connections": "1000"})
+    # The peers' limits are above the load (Postfix 400 processes, Dovecot 1000); mailhouse's maxproc
+    # stops at 300, so its stress mode (3/4 full: 10 s timeouts) is off instead.
+    system = MailSystem(root, {"log_level": "low", "mail_max_userip_connections": "1000", "stress_timeout": "0"})
     smtp = system.add_service("smtpd", maxproc=300)
     pop3 = system.add_service("pop3d", maxproc=300)
     system.add_unix_service("qmgr", wakeup=300)
@@ -445,9 +452,12 @@ def section(results: Results, peers: list[Target], load: Load, facts: dict) -> s
         "run: the script starts its own instances on free loopback ports (and stops them).", "",
         f"Run of {facts['date']}, commit {facts['commit']}, {facts['cpus']} CPUs, load average "
         f"{facts['load_start']} at the start and {facts['load_end']} at the end, Python {platform.python_version()}, "
-        f"{facts['versions']}. {load.repeat} repetitions with the targets interleaved, 10 KiB messages, "
-        f"SMTP {', '.join(f'{t} messages over {s} sessions' for s, t in load.smtp_totals.items())}; "
-        f"{facts['minutes']:.0f} minutes in all. Other work shared the machine: compare within this table only.",
+        f"{facts['versions']}. Repetitions: {load.repeat}, the targets interleaved; 10 KiB messages; SMTP "
+        f"messages per run {', '.join(f'{t} ({s} sess.)' for s, t in load.smtp_totals.items())}; POP3 mailboxes of "
+        f"{load.pop3_messages} messages; {load.hold} idle connections; {facts['minutes']:.0f} minutes in all. "
+        "Other work may share the machine (see the load average): compare within this table only. mailhouse "
+        "runs with `stress_timeout = 0`: its maxproc stops at 300, where the peers' limits (400, 1000) are "
+        "above the 300 idle connections.",
         "",
     ]
     floor = results.values.get(("floor", "disk"), {})
@@ -517,11 +527,15 @@ def run(load: Load, anchor_base: Path, jsonl: Path | None) -> tuple[Results, lis
         smtp_targets = [mailhouse, *(peer for peer in peers if peer.smtp)]
         for target in pop_targets:                 # unmeasured: every POP3 mailbox opened once
             bench.pop3(f"{target.name} pop3 warm-up", target, load.pop3_users, 1, 0)
+        time.sleep(2)                              # the warm-up's sessions end
+        for target in [mailhouse, *peers]:
+            target.idle_processes = len(loadgen.find_pids(target.pattern))
+        # POP3 before the SMTP load adds to its mailboxes; the POP3 load between the two holds of
+        # each repetition gives their spare processes time to leave.
         for rep in range(load.repeat):
-            bench.run_pop3(pop_targets, rep)
-        for rep in range(load.repeat):
-            bench.run_hold("pop3", pop_targets, rep)
             bench.run_hold("smtp", smtp_targets, rep)
+            bench.run_pop3(pop_targets, rep)
+            bench.run_hold("pop3", pop_targets, rep)
         for rep in range(load.repeat):
             bench.run_smtp(smtp_targets, rep)
     versions = {"Postfix": ["postconf", "-d", "-h", "mail_version"], "Dovecot": ["dovecot", "--version"],

@@ -27,7 +27,7 @@ import errno
 import os
 import secrets
 import threading
-from typing import BinaryIO, Iterable, Union
+from typing import BinaryIO, Callable, Iterable, Union
 
 Source = Union[bytes, bytearray, memoryview, Iterable[bytes], BinaryIO]
 
@@ -170,14 +170,16 @@ def rename_into_place(temp_path: str, path: str) -> None:
         raise _failed(path, e) from e
 
 
-def write_durably(directory: str | os.PathLike, name: str, source: Source, mode: int = 0o600) -> int:
-    """Store source as directory/name, durably; returns the size in bytes."""
+def write_durably(directory: str | os.PathLike, name: str, source: Source, mode: int = 0o600,
+                  sync_dir: Callable[[str], None] = fsync_dir) -> int:
+    """Store source as directory/name, durably; returns the size in bytes. sync_dir fsyncs
+    the directory (a DirSync's sync shares it with the other threads' writes)."""
     directory = os.fspath(directory)
     temp_path, size = write_temp(directory, name, source, mode)
     final_path = os.path.join(directory, name)
     rename_into_place(temp_path, final_path)
     try:
-        fsync_dir(directory)
+        sync_dir(directory)
     except OSError as e:
         raise _failed(final_path, e) from e
     return size

@@ -18,7 +18,8 @@ A queue file (immutable once committed) is
 Everything that changes later goes into state/ID, one JSON object per line, each append
 fsynced, so done-marks cost one small append: a restart never delivers twice to a recipient
 already marked done. A torn last line (crash during the append) is ignored.
-Directory fsyncs are shared between qmgr's threads (store.fsio.DirSync): activate_many moves
+Directory fsyncs are shared between the threads of a process (store.fsio.DirSync): the
+commits of concurrent SMTP sessions in one smtpd share the fsync of incoming/; activate_many moves
 a whole pass of ready files with one fsync of each directory, and files finished at the
 same time share one fsync of active/. A state log is removed only after the removal of its
 queue file is durable, so a queue file never comes back without its done marks.
@@ -182,7 +183,8 @@ class QueueWriter:
         self._spool.seek(0)
         try:
             write_durably(self.queue.path(self.target), queue_id,
-                          _chain([MAGIC + str(len(head)).encode() + b"\n", head, b"\n"], self._spool))
+                          _chain([MAGIC + str(len(head)).encode() + b"\n", head, b"\n"], self._spool),
+                          sync_dir=self.queue.dir_sync.sync)
         finally:
             self.abort()
         return queue_id
@@ -231,7 +233,7 @@ def _chain(first: list[bytes], rest: BinaryIO) -> Iterator[bytes]:
 class Queue:
     def __init__(self, directory: str):
         self.directory = os.fspath(directory)
-        self._dirsync = DirSync()
+        self.dir_sync = DirSync()
 
     @classmethod
     def from_params(cls, params) -> "Queue":
@@ -361,7 +363,7 @@ class Queue:
         if created:
             try:
                 _owner_like_directory(path)
-                self._dirsync.sync(self.path("state"))
+                self.dir_sync.sync(self.path("state"))
             except OSError as e:
                 raise StorageError(f"cannot sync {self.path('state')}: {e.strerror or e}", e.errno) from e
 
@@ -387,8 +389,8 @@ class Queue:
             if next_try is not None:
                 os.utime(source, (next_try, next_try))
             os.rename(source, target)
-            self._dirsync.sync(self.path(dst))
-            self._dirsync.sync(self.path(src))
+            self.dir_sync.sync(self.path(dst))
+            self.dir_sync.sync(self.path(src))
         except FileNotFoundError:
             return False
         except OSError as e:
@@ -427,9 +429,9 @@ class Queue:
                     left.add(src)
                     break
             if moved:
-                self._dirsync.sync(self.path("active"))
+                self.dir_sync.sync(self.path("active"))
             for src in sorted(left):
-                self._dirsync.sync(self.path(src))
+                self.dir_sync.sync(self.path(src))
         except OSError as e:
             raise StorageError(f"cannot move files into active: {e.strerror or e}", e.errno) from e
         return moved
@@ -454,7 +456,7 @@ class Queue:
         threads removing other files meanwhile), its state log."""
         try:
             os.unlink(self.path(queue, queue_id))
-            self._dirsync.sync(self.path(queue))
+            self.dir_sync.sync(self.path(queue))
         except FileNotFoundError:
             return False
         except OSError as e:
