@@ -333,6 +333,7 @@ def start_mailhouse(stack: ExitStack, root: Path, users: int) -> tuple[MailSyste
     smtp = system.add_service("smtpd", maxproc=300)
     pop3 = system.add_service("pop3d", maxproc=300)
     system.add_unix_service("qmgr", wakeup=300)
+    system.add_auth_service()                  # as etc/master.cf ships: logins are verified there
     stack.callback(system.kill)
     stack.callback(system.stop)
     system.start()

@@ -143,6 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pop3-load-", dir=os.environ.get("BENCH_DIR")) as tmp:
         system = MailSystem(Path(tmp), {"log_level": "low"})
         key = system.add_service("pop3d", maxproc=64)
+        system.add_auth_service()              # as etc/master.cf ships: logins are verified there
         system.start()
         try:
             populate(system, max(counts), args.messages, args.size)

@@ -17,6 +17,7 @@ the initial bytes.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 from master.params import Params
 from store.users import User
@@ -113,3 +114,15 @@ class FakeAccounts:
 
     def usage(self, name):
         return self.used.get(name, 0)
+
+
+class QuotaUsers:
+    """store.users.UserDB's get(): every name is a user with a quota of `quota` bytes, but
+    the names in `unlimited` have none."""
+
+    def __init__(self, quota: int, unlimited: tuple[str, ...] = ("carol",)):
+        self.quota, self.unlimited = quota, unlimited
+
+    def get(self, name):
+        quota = 0 if name in self.unlimited else self.quota
+        return SimpleNamespace(name=name, enabled=True, forward=[], keep_copy=False, quota=quota)

@@ -17,16 +17,8 @@ from workers._authchecks import PasswordCheck, ScramLookup, ScramParams, Verdict
 from workers._authpool import AuthUnavailable, LocalVerifier
 from workers._authremote import RemoteVerifier, verifier_from_params
 from workers.auth.service import AuthService
+from tests.fakes import FakeLog
 
-
-class FakeLog:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def error(self, text):
-        self.lines.append(text)
-
-    debug = error
 
 
 class Answering:

@@ -21,16 +21,8 @@ from workers._authchecks import (ApopCheck, CramCheck, PasswordCheck, ScramLooku
 from workers._authpool import LocalVerifier
 from workers.auth import service
 from workers.auth.service import AuthService
+from tests.fakes import FakeLog
 
-
-class FakeLog:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def error(self, text):
-        self.lines.append(text)
-
-    debug = error
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +195,7 @@ def test_a_check_that_raises_gets_an_error_reply_not_a_traceback(tmp_path):
 
     reply, lines = serve(tmp_path, Held(fail=TypeError("odd input")), scenario)
     assert reply == {"id": 4, "error": "the check failed"}
-    assert lines == ["auth: PasswordCheck for smtp failed: TypeError: odd input"]
+    assert lines == ["E auth: PasswordCheck for smtp failed: TypeError: odd input"]
 
 
 def test_a_drain_answers_what_was_read_then_closes(tmp_path):

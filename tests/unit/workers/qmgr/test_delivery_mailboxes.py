@@ -2,8 +2,6 @@
 re-run after a crash between the mailbox write and the queue's done mark."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from master.params import Params
@@ -11,16 +9,9 @@ from store.directory import Directory
 from store.mailstore import MailStore
 from workers.qmgr.message import MessageFile
 from workers.qmgr.transports.mailbox import MailboxMessage, MailboxTransport
+from tests.fakes import QuotaUsers
 
 QUOTA = 10_000
-
-
-class Users:
-    """store.users.UserDB's get(): every name is a user with QUOTA, but carol has no quota."""
-
-    def get(self, name):
-        quota = 0 if name == "carol" else QUOTA
-        return SimpleNamespace(name=name, enabled=True, forward=[], keep_copy=False, quota=quota)
 
 
 @pytest.fixture
@@ -33,7 +24,7 @@ def store(tmp_path):
 @pytest.fixture
 def deliver(store, tmp_path):
     params = Params({"data_directory": str(tmp_path)}, {}, str(tmp_path))
-    transport = MailboxTransport(store, Directory(params, Users(), None, store), None, "mail.example.test")
+    transport = MailboxTransport(store, Directory(params, QuotaUsers(QUOTA), None, store), None, "mail.example.test")
 
     def run(user: str, message: bytes, delivery_id: str):
         path = tmp_path / f"queue-file-{delivery_id}"

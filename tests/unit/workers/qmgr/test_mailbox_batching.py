@@ -17,16 +17,9 @@ from workers.qmgr.message import MessageFile
 from workers.qmgr.transports import mailbox
 from workers.qmgr.transports.base import Delivery
 from workers.qmgr.transports.mailbox import MailboxTransport
+from tests.fakes import QuotaUsers
 
 QUOTA = 10_000
-
-
-class Users:
-    """store.users.UserDB's get(): every name is a user with QUOTA, but carol has no quota."""
-
-    def get(self, name):
-        quota = 0 if name == "carol" else QUOTA
-        return SimpleNamespace(name=name, enabled=True, forward=[], keep_copy=False, quota=quota)
 
 
 @pytest.fixture
@@ -34,7 +27,7 @@ def setup(tmp_path):
     store = MailStore(tmp_path / "store", tmp_path / "index")
     thread = ThreadPoolExecutor(1)
     params = Params({"data_directory": str(tmp_path)}, {}, str(tmp_path))
-    transport = MailboxTransport(store, Directory(params, Users(), None, store), thread, "mail.example.test")
+    transport = MailboxTransport(store, Directory(params, QuotaUsers(QUOTA), None, store), thread, "mail.example.test")
     batches = []
     real = store.deliver_many
 
