@@ -49,7 +49,7 @@ import secrets
 import stat
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 from store.fsio import DirSync, StorageError, is_temp_name, write_durably
@@ -100,7 +100,9 @@ class Envelope:
     client: dict = field(default_factory=dict)   # helo, addr, name, protocol, user (for Received:)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
+        # the fields as asdict() has them, without its deep copy (the JSON encoder copies nothing)
+        fields = {**vars(self), "recipients": [vars(r) for r in self.recipients]}
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "Envelope":

@@ -89,12 +89,11 @@ class QueueManager:
         if self._low_logged:
             self.log.error("queue processing resumed: disk space is back")
             self._low_logged = False
-        try:
-            await self.ctx.in_files(self.pickup.run)
-        except StorageError as e:
-            self.log.error(f"maildrop: pickup stopped, will retry: {e}")
+        ready_ids, pickup_error = await self.ctx.in_files(self._scan)
+        if pickup_error:
+            self.log.error(f"maildrop: pickup stopped, will retry: {pickup_error}")
         limit = self.ctx.params.qmgr_message_active_limit
-        ready = deque(await self.ctx.in_files(self.queue.ready, time.time()))
+        ready = deque(ready_ids)
         while ready:
             while len(self.attempts) >= limit and not daemon.stopping:
                 await asyncio.wait(list(self.attempts.values()), return_when=asyncio.FIRST_COMPLETED)
@@ -111,6 +110,15 @@ class QueueManager:
             for queue_id in await self._activate(batch):
                 task = self.attempts[queue_id] = asyncio.ensure_future(self.deliver(queue_id))
                 task.add_done_callback(lambda _task, queue_id=queue_id: self.attempts.pop(queue_id, None))
+
+    def _scan(self) -> tuple[list[str], StorageError | None]:
+        """Pick up maildrop/, then list the ready files (one trip to the files executor)."""
+        try:
+            self.pickup.run()
+            error = None
+        except StorageError as e:
+            error = e
+        return self.queue.ready(time.time()), error
 
     async def _activate(self, queue_ids: list[str]) -> list[str]:
         """Move queue_ids into active/ together; returns those moved. After a storage error

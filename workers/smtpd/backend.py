@@ -3,7 +3,8 @@
 Backend(params) is built once per worker process and shared by its sessions; it opens the
 process's store (store.handle.Store) and hands out its parts:
     open_message() -> store.queue.QueueWriter into incoming/ (write / commit / abort)
-    wake_qmgr()                    one byte into the queue manager's FIFO
+    wake_qmgr()                    one byte into the queue manager's FIFO, at the next turn
+                                   of the event loop: one for all the messages queued in a turn
     disk_low() -> bool             the master's run/lowspace flag (master/proto.py)
     tls_available() -> bool        a usable certificate and key (workers/_tls.py)
     directory                      the recipient table: the store's resolver, whose
@@ -103,11 +104,18 @@ class Backend:
         self.authenticator = Authenticator.from_params(params, Log("smtp"), self.store.users, "smtp")
         self._resolver = rbl.make_resolver(params.dns_resolver) if params.smtpd_rbl_servers else None
         self.flow = InFlow(params, self.queue.incoming_depth, Log("smtp"))
+        self._wake_due = False
 
     def open_message(self) -> QueueWriter:
         return self.queue.writer("incoming")
 
     def wake_qmgr(self) -> None:
+        if not self._wake_due:
+            self._wake_due = True
+            asyncio.get_running_loop().call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_due = False
         wake_qmgr(self.params)
 
     def disk_low(self) -> bool:
