@@ -43,7 +43,10 @@ def fetchmail(home, port: int, user: str, password: str, server: str, tls: str) 
     rc.chmod(0o600)
     out = home / "fetched.bsmtp"
     env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
+    # A lock file of its own: as root, fetchmail's default one is /var/run/fetchmail.pid,
+    # shared with the fetchmail runs of tests in the other pytest-xdist processes.
     result = subprocess.run([tool("fetchmail"), "-f", str(rc), "--idfile", str(home / "ids"), "--uidl",
+                             "--pidfile", str(home / "fetchmail.pid"),
                              "--bsmtp", str(out), "--nodetach", "-v"],
                             env=env, capture_output=True, text=True, timeout=60)
     fetched = out.read_text(errors="replace").count("MAIL FROM:") if out.exists() else 0
