@@ -94,6 +94,10 @@ def read_meta(env_dir: str, remedy: str = "") -> Meta | None:
             return None
         first = _meta_page(fd, path, size, 0, 0, remedy)
         second = _meta_page(fd, path, size, 1, first.page_size, remedy)
+        # A writer in another process may have committed since the first fstat: it writes
+        # the pages before the meta page that names them, so the size taken after reading
+        # the meta pages covers every page they can name.
+        size = os.fstat(fd).st_size
     except OSError as e:
         raise StorageError(f"cannot read {path}: {e.strerror}", e.errno) from e
     finally:
