@@ -8,7 +8,7 @@ Interface, the same in both (details in store/_index_py.py and store/_index_view
     rename_mailbox, set_mailbox_attributes, reserve_uid, append, reserve_uids, append_batch
     (group commit: many deliveries in one transaction each), append_many, store_flags,
     delivered, expunge, expunged_since, changes_since, usage, recount_usage, prune_deliveries,
-    remove_user, close
+    remove_user, structures, put_structures (the imapd's per-message blobs), close
   View (a snapshot): len, uid, seq, uids, record, flag_bits, total_size, resolve,
     seqs_in_uid_ranges, uid_ranges, search, sort, changed_since, diff
   parse_sequence_set(text, largest); flag_names; ranges_from_values; normalise_ranges; the data classes
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 
 from store._index_view import (  # noqa: F401  (the shared data types and errors)
-    SYSTEM_FLAGS, MailboxExists, MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation,
+    ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, SYSTEM_FLAGS, MailboxExists, MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation,
     TooManyKeywords, flag_names, normalise_ranges, ranges_from_values,
 )
 
@@ -38,7 +38,7 @@ else:
 IMPL = Index.__module__
 
 __all__ = [
-    "IMPL", "Index", "View", "parse_sequence_set", "SYSTEM_FLAGS", "MailboxExists", "MailboxInfo",
+    "IMPL", "Index", "View", "parse_sequence_set", "SEEN", "ANSWERED", "FLAGGED", "DELETED", "DRAFT", "SYSTEM_FLAGS", "MailboxExists", "MailboxInfo",
     "MessageRecord", "NoSuchMailbox", "Records", "Reservation", "TooManyKeywords", "flag_names",
     "normalise_ranges", "ranges_from_values",
 ]

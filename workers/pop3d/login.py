@@ -25,8 +25,8 @@ import functools
 import re
 from typing import Awaitable, Callable
 
-from master.params import in_networks
 from store.fsio import StorageError
+from workers import _loginpolicy as policy
 from workers._auth import decode_response, login_failed
 from workers._authpool import AuthUnavailable
 from workers._limits import LineTooLong, refusal_text
@@ -48,33 +48,16 @@ def methods(session) -> list[str]:
 
 
 def sasl_mechanisms(session) -> list[str]:
-    supported = set(session.backend.sasl_mechanisms())
-    refused = plaintext_refused(session)
-    return [m for m in methods(session) if m in supported and not (refused and _sends_password(session, m))]
-
-
-def _sends_password(session, mechanism: str) -> bool:
-    return mechanism in session.backend.sasl_mechanisms() and session.backend.sasl_is_plaintext(mechanism)
-
-
-def plaintext_refused(session) -> bool:
-    """disable_plaintext_auth: no password in the clear before TLS, except from the networks
-    of disable_plaintext_auth_exceptions."""
-    return session.params.disable_plaintext_auth and not session.conn.tls \
-        and not in_networks(session.conn.peer_ip, session.params.disable_plaintext_auth_exceptions)
+    return policy.sasl_mechanisms(session, methods(session))
 
 
 def offers(session, method: str) -> bool:
     return method in methods(session)
 
 
-def tls_required(session) -> bool:
-    return session.params.imap_pop_tls_security_level == "encrypt" and not session.conn.tls
-
-
-def can_stls(session) -> bool:
-    return not session.conn.tls and session.params.imap_pop_tls_security_level != "none" \
-        and session.backend.tls_available()
+tls_required = policy.tls_required
+plaintext_refused = policy.plaintext_refused
+can_stls = policy.can_starttls
 
 
 async def capa(session, args: list[str]) -> None:
@@ -176,7 +159,7 @@ async def auth(session, args: list[str]) -> None:
         await session.send("".join(f"{m}\r\n" for m in offered).encode() + b".\r\n")
         return
     mechanism = args[0].upper()
-    if mechanism in methods(session) and _sends_password(session, mechanism) and plaintext_refused(session):
+    if mechanism in methods(session) and policy.sends_password(session, mechanism) and plaintext_refused(session):
         await session.bad_command(TLS_REQUIRED)
         return
     if mechanism not in offered:

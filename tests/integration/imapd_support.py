@@ -1,0 +1,75 @@
+"""Helpers shared by the imapd integration tests (tests/integration/test_imapd*.py).
+
+ImapSystem(root) starts one master with imapd services on free ports:
+    plain (STARTTLS offered), wrapper (tls_wrappermode=yes, the 993 role),
+    strict (imap_pop_tls_security_level=encrypt: LOGINDISABLED before STARTTLS)
+and a self-signed certificate; deliveries go through the store directly (deliver()) or
+through a real qmgr when `with_qmgr` (smtp service "smtp" then too).
+add_user(name, password, **profile) writes the user database directly.
+imap(port) / imap_ssl(port) are imaplib clients; login(port, user, password) one logged in.
+"""
+from __future__ import annotations
+
+import imaplib
+import ssl
+from pathlib import Path
+
+from store.mailstore import INBOX, MailStore
+from store.users import User, UserDB
+from tests.conftest import CORPUS, MailSystem
+
+
+def client_tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class ImapSystem:
+    def __init__(self, root: Path, main: dict | None = None, with_qmgr: bool = False):
+        self.ms = MailSystem(root, main)
+        self.plain = self.ms.add_service("imapd", maxproc=8, name="plain")
+        self.wrapper = self.ms.add_service("imapd", "-o", "tls_wrappermode=yes", name="wrapper")
+        self.strict = self.ms.add_service("imapd", "-o", "imap_pop_tls_security_level=encrypt", name="strict")
+        if with_qmgr:
+            self.ms.add_service("smtpd", name="smtp")
+            self.ms.add_unix_service("qmgr", wakeup=60)
+        self.ms.write_config()
+        self.ms.mailctl("tls", "selfsigned")
+        self.ms.start()
+
+    def port(self, key: str = "plain") -> int:
+        return self.ms.port(key)
+
+    def add_user(self, name: str, password: str, **profile) -> None:
+        with UserDB(str(self.ms.var / "users"), str(self.ms.var / "secret.key")) as db:
+            db.add(User(name, **profile), password)
+
+    def store(self) -> MailStore:
+        return MailStore(self.ms.var / "store", self.ms.var / "index")
+
+    def deliver(self, user: str, *names: str, mailbox: str = INBOX) -> list[int]:
+        store = self.store()
+        try:
+            return [store.deliver(user, mailbox, (CORPUS / name).read_bytes()) for name in names]
+        finally:
+            store.index.close()
+
+    def stop(self) -> None:
+        self.ms.stop()
+        self.ms.kill()
+
+
+def imap(port: int) -> imaplib.IMAP4:
+    return imaplib.IMAP4("127.0.0.1", port, timeout=30)
+
+
+def imap_ssl(port: int) -> imaplib.IMAP4_SSL:
+    return imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=client_tls(), timeout=30)
+
+
+def login(port: int, user: str, password: str) -> imaplib.IMAP4:
+    client = imap(port)
+    client.login(user, password)
+    return client
