@@ -2,7 +2,8 @@
 
 ImapSystem(root) starts one master with imapd services on free ports:
     plain (STARTTLS offered), wrapper (tls_wrappermode=yes, the 993 role),
-    strict (imap_pop_tls_security_level=encrypt: LOGINDISABLED before STARTTLS)
+    strict (imap_pop_tls_security_level=encrypt: LOGINDISABLED before STARTTLS),
+    limited (maxproc 1: the connection limit)
 and a self-signed certificate; deliveries go through the store directly (deliver()) or
 through a real qmgr when `with_qmgr` (smtp service "smtp" then too).
 add_user(name, password, **profile) writes the user database directly.
@@ -32,6 +33,7 @@ class ImapSystem:
         self.plain = self.ms.add_service("imapd", maxproc=8, name="plain")
         self.wrapper = self.ms.add_service("imapd", "-o", "tls_wrappermode=yes", name="wrapper")
         self.strict = self.ms.add_service("imapd", "-o", "imap_pop_tls_security_level=encrypt", name="strict")
+        self.limited = self.ms.add_service("imapd", maxproc=1, name="limited")
         if with_qmgr:
             self.ms.add_service("smtpd", name="smtp")
             self.ms.add_unix_service("qmgr", wakeup=60)

@@ -144,8 +144,9 @@ def auth_cram_md5(client: poplib.POP3, user: str, password: str) -> bytes:
     return _exchange(client, "AUTH CRAM-MD5", answer)
 
 
-def auth_scram(client: poplib.POP3, user: str, password: str) -> bytes:
-    """RFC 5802/7677 client; also checks the server's signature."""
+def scram_client(user: str, password: str):
+    """An RFC 5802/7677 client: (initial response, answer(challenge) -> response); the
+    answer to the server-final message checks the server's signature."""
     nonce = base64.b64encode(secrets.token_bytes(18)).decode()
     first_bare = f"n={user},r={nonce}"
     state: dict = {}
@@ -167,8 +168,12 @@ def auth_scram(client: poplib.POP3, user: str, password: str) -> bytes:
         state["server_signature"] = hmac.new(server_key, auth_message, "sha256").digest()
         return f"{final_bare},p={base64.b64encode(proof).decode()}".encode()
 
-    blob = base64.b64encode(f"n,,{first_bare}".encode()).decode()
-    return _exchange(client, f"AUTH SCRAM-SHA-256 {blob}", answer)
+    return f"n,,{first_bare}".encode(), answer
+
+
+def auth_scram(client: poplib.POP3, user: str, password: str) -> bytes:
+    first, answer = scram_client(user, password)
+    return _exchange(client, f"AUTH SCRAM-SHA-256 {base64.b64encode(first).decode()}", answer)
 
 
 # ---------------------------------------------------------------- exact octets
