@@ -1,4 +1,4 @@
-"""The base of the line-oriented protocol sessions: smtpd and pop3d now, imapd later.
+"""The base of the protocol sessions of smtpd, pop3d and imapd.
 
 Connection is what a session may use of its client connection: workers._server.Connection
 is the real one, tests/fakes.py FakeConnection the tests' one (tests/unit/workers/test_session.py
@@ -26,8 +26,9 @@ own on writes and inner reads), when the master stops while the session waits fo
 (shutting_down(); a command in progress is finished first), after a command that set
 `closing`, or at once when a handler raises Close (after its last reply). end() runs always.
 Counts of the verbs dispatched are kept in `verbs` ("unknown" for the rest), for the logs.
-IMAP reuses the loop, limits, budget and state checks and overrides parse() (tag) and
-arguments() (its grammar, literals).
+IMAP (workers/imapd/session.py) reuses run(), the error budget, Close and the Command
+table with its legal states, and has its own serve() and dispatch(): its commands are read
+by its parser (tags, literals), not split into words.
 Diagnostics: none here; the protocol's hooks log and answer.
 """
 from __future__ import annotations

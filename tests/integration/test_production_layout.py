@@ -1,10 +1,10 @@
 """The production layout end to end: installed into a venv on the system Python, `mailctl
 init` as root, the master as root, every worker as mail_owner.
 
-Mail goes in by SMTP, is delivered by qmgr and comes out by POP3; reload and stop work.
+Mail goes in by SMTP, is delivered by qmgr and comes out by POP3 and IMAP; reload and stop work.
 Passwords are verified by the auth service, the one worker that stays root: the password
-database is root's (0700/0600), a process of mail_owner cannot open it, and SMTP AUTH and
-POP3 logins work through the service; the master refuses to start while mail_owner could
+database is root's (0700/0600), a process of mail_owner cannot open it, and SMTP AUTH,
+POP3 and IMAP logins work through the service; the master refuses to start while mail_owner could
 read it. The
 master refuses to start (exit 78, naming the path) when a worker could not use what it
 needs, instead of letting the workers crash-loop while smtpd goes on accepting mail. The
@@ -13,6 +13,7 @@ not followed, and `mailctl stop` never signals a pid that is not this configurat
 """
 from __future__ import annotations
 
+import imaplib
 import os
 import poplib
 import pwd
@@ -33,6 +34,7 @@ def _system(production_system, **main):
     ms = production_system(main={"minimal_backoff_time": "1s", "maximal_backoff_time": "2s", **main})
     smtp = ms.add_service("smtpd", name="smtpd")
     pop = ms.add_service("pop3d", name="pop3d")
+    ms.add_service("imapd", name="imapd")
     ms.add_unix_service("qmgr", wakeup=60)
     ms.add_auth_service()
     ms.write_config()
@@ -106,6 +108,11 @@ def test_root_master_delivers_with_workers_as_mail_owner(production_system):
     body = b"\r\n".join(retrieved.retr(1)[1]) + b"\r\n"
     retrieved.quit()
     assert body.endswith(message)
+    with imaplib.IMAP4("127.0.0.1", ms.port("imapd"), timeout=10) as imap:   # IMAP as mail_owner too
+        imap.login("bob", "bob-pw")
+        assert imap.select("INBOX") == ("OK", [b"1"])
+        typ, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[])")
+        assert typ == "OK" and data[0][1].endswith(message)
 
     assert "reloaded" in ms.mailctl("reload").stdout
     with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:
