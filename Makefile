@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-pure install bench bench-peers clean install-system fuzz fuzz-atheris
+.PHONY: run test test-pure install imaptest bench bench-peers clean install-system fuzz fuzz-atheris
 
 # The production install (README.md, "Production"; done by etc/install-system.sh): a venv on
 # the system Python in PREFIX, main.cf/master.cf in SYSCONFDIR (existing files are kept),
@@ -37,14 +37,20 @@ run: install
 TEST_JOBS ?= 3
 PYTEST    = $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup
 
-test: install
+test: install imaptest
 	$(PYTEST) tests
 
 # The same suite with the pure-Python index (the reference the compiled one is checked against),
 # less what does not depend on the index: the tests that install mailhouse anew and the
 # parsers' fuzzers.
-test-pure: install
+test-pure: install imaptest
 	MAILHOUSE_PURE_PYTHON=1 $(PYTEST) -m "not installs" --ignore=tests/fuzz tests
+
+# Dovecot's imaptest, which tests/integration/test_imaptest.py runs against imapd: built once from
+# ../shared/tools/imaptest into ~/.cache/imaptest (~25 s; apt-get of its build deps if root and
+# missing, unless IMAPTEST_NO_APT=1). Prints one line; never fails: without it the test skips.
+imaptest: install
+	@$(BIN)/python -m tests.integration.imaptest_support build
 
 # Benchmarks are not tests: each prints its numbers (pytest-benchmark tables, JSON lines).
 bench: install

@@ -30,10 +30,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def pytest_collection_modifyitems(items) -> None:
     """Under pytest-xdist (`make test` runs the suite in parallel processes), the tests that
-    install mailhouse share one installation: they all go to the same process."""
+    install mailhouse share one installation: they all go to the same process. The imaptest
+    runs (long, one server each) go to a group of their own."""
     for item in items:
         if item.get_closest_marker("installs"):
             item.add_marker(pytest.mark.xdist_group("installs"))
+        elif item.get_closest_marker("imaptest"):
+            item.add_marker(pytest.mark.xdist_group("imaptest"))
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"     # real messages: its README.md and MANIFEST.tsv
