@@ -11,9 +11,13 @@ LMDB layout (one environment under index_directory, one writer / many readers):
   expunged    >IQ mailbox_id,modseq    -> packed <I uids expunged at that modseq
   deliveries  user\\0delivery_id       -> DELIVERY (mailbox_id, uid, time, done)
   usage       user                     -> USAGE (bytes, messages): quota usage, kept exact
+  structures  >II mailbox_id,uid       -> opaque bytes the imapd computed from the message
+                                        (ENVELOPE/BODYSTRUCTURE), a cache: only for UIDs
+                                        in the mailbox, dropped with the message
   meta        b"mailbox_id"            -> last mailbox id handed out
 Chunks keep appends cheap (only the last chunk is rewritten) and flag updates a C loop per
-chunk; opening a mailbox concatenates its chunks into one buffer for the View.
+chunk; opening a mailbox concatenates its chunks into one buffer for the View. A named
+database missing from an older environment is created when the environment opens.
 
 Interface: Index(path, durable=True) — open_view(user, mailbox) -> View (a consistent
 snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idempotent per
@@ -21,7 +25,9 @@ delivery id: the id is recorded in the same transaction as the entry); reserve_u
 append_batch, the same for many deliveries (any users and mailboxes) in one transaction
 each (group commit); append_many;
 delivered(user, delivery_id); store_flags over UID ranges; expunge; expunged_since /
-changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge).
+changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge);
+structures(user, mailbox, uids) / put_structures(user, mailbox, {uid: blob}), the imapd's
+per-message cache (renames keep mailbox ids, so the blobs follow; reconstruct recomputes none).
 The environment opens lazily in the process that uses it (after exec; a fork reopens it),
 through store.lmdbcheck: a damaged data file is refused (DamagedEnvironment), never mapped.
 A full map is grown and the write retried once.
@@ -58,9 +64,11 @@ DELIVERY = struct.Struct("<IIdB")
 USAGE = struct.Struct("<QQ")
 CHUNK_KEY = struct.Struct(">II")
 EXPUNGE_KEY = struct.Struct(">IQ")
+STRUCTURE_KEY = struct.Struct(">II")
 CHUNK = 1024
 INITIAL_MAP_SIZE = 64 << 20
 MAP_GROWTH = 64 << 20  # at least this much more on a full map (address space, not disk)
+DATABASES = ("mailboxes", "messages", "expunged", "deliveries", "usage", "structures", "meta")
 
 
 def _mailbox_key(user: str, name: str) -> bytes:
@@ -90,8 +98,8 @@ def _acquire_env(path: str, map_size: int, durable: bool) -> lmdbcheck.Environme
     key = (os.getpid(), os.path.abspath(path))
     if key not in _ENVS:
         os.makedirs(path, exist_ok=True)
-        _ENVS[key] = [lmdbcheck.Environment(path, REMEDY, map_size=map_size, max_dbs=8, readahead=False,
-                                            sync=durable, metasync=durable), 0]
+        _ENVS[key] = [lmdbcheck.Environment(path, REMEDY, map_size=map_size, max_dbs=len(DATABASES) + 1,
+                                            readahead=False, sync=durable, metasync=durable), 0]
     _ENVS[key][1] += 1
     return _ENVS[key][0]
 
@@ -132,8 +140,7 @@ class Index:
         env = self._shared.current()
         if env is not self._env:
             self._env = env
-            self._db = {name: env.open_db(name.encode()) for name in
-                        ("mailboxes", "messages", "expunged", "deliveries", "usage", "meta")}
+            self._db = {name: env.open_db(name.encode()) for name in DATABASES}  # missing ones are created
         return env
 
     def close(self) -> None:
@@ -265,7 +272,7 @@ class Index:
 
     def _drop_messages(self, txn, mailbox_id: int) -> None:
         prefix = struct.pack(">I", mailbox_id)
-        for db in (self._db["messages"], self._db["expunged"]):
+        for db in (self._db["messages"], self._db["expunged"], self._db["structures"]):
             self._drop_prefix(txn, db, prefix)
 
     @staticmethod
@@ -608,6 +615,8 @@ class Index:
             self._put_header(txn, replace(info, highestmodseq=modseq, count=info.count - len(result),
                                            unseen=info.unseen - unseen, total_size=info.total_size - size))
             self._add_usage(txn, user, -size, -len(result))
+            for uid in result.uids():
+                txn.delete(STRUCTURE_KEY.pack(info.mailbox_id, uid), db=self._db["structures"])
             return result
         return self._write(expunge)
 
@@ -639,6 +648,47 @@ class Index:
         view = self.open_view(user, name)
         changed = [view.record(seq) for seq in view.changed_since(modseq)]
         return changed, self.expunged_since(user, name, modseq)
+
+    # -- the imapd's per-message structure blobs
+    def structures(self, user: str, name: str, uids: Iterable[int]) -> dict[int, bytes]:
+        """The blobs stored for uids (one read transaction); a UID without one is absent."""
+        uids = [uid for uid in uids if 0 < uid <= MAX_UID]
+
+        def look(txn):
+            info = self._header(txn, user, name)
+            db = self._db["structures"]
+            found = {}
+            for uid in uids:
+                value = txn.get(STRUCTURE_KEY.pack(info.mailbox_id, uid), db=db)
+                if value is not None:
+                    found[uid] = bytes(value)
+            return found
+        return self._read(look)
+
+    def put_structures(self, user: str, name: str, blobs: dict[int, bytes]) -> int:
+        """Store {uid: blob} in one write transaction, replacing older blobs; UIDs no longer in
+        the mailbox (expunged meanwhile) are skipped, so no blob outlives its message.
+        Returns how many were stored."""
+        def put(txn):
+            info = self._header(txn, user, name)
+            present = self._present(txn, info.mailbox_id, sorted(u for u in blobs if 0 < u <= MAX_UID))
+            for uid in present:
+                txn.put(STRUCTURE_KEY.pack(info.mailbox_id, uid), bytes(blobs[uid]), db=self._db["structures"])
+            return len(present)
+        return self._write(put)
+
+    def _present(self, txn, mailbox_id: int, uids: list[int]) -> list[int]:
+        """The UIDs of uids (ascending) that the mailbox holds; each chunk is read once."""
+        cursor = txn.cursor(db=self._db["messages"])
+        present, chunk, last = [], b"", -1
+        for uid in uids:
+            if not chunk or uid > last or uid < RECORD.unpack_from(chunk)[0]:
+                _, chunk = self._chunk_holding(cursor, mailbox_id, uid)
+                last = RECORD.unpack_from(chunk, len(chunk) - RECORD_SIZE)[0] if chunk else -1
+            position = self._position(chunk, uid)
+            if position < len(chunk) and RECORD.unpack_from(chunk, position)[0] == uid:
+                present.append(uid)
+        return present
 
     def prune_deliveries(self, older_than: float) -> int:
         """Forget delivery ids recorded before older_than (epoch seconds); returns how many."""

@@ -11,7 +11,13 @@ for a batch (group commit: one fsync per message, one per mailbox directory, two
 commits for the whole batch); create/delete/rename/list/subscribe mailboxes;
 open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags, path); set_flags;
 expunge; copy (COPY/MOVE); usage(user) (the quota rule is store/directory.py's);
-delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail).
+delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail);
+structures(user, mailbox, uids) / put_structures(user, mailbox, {uid: blob}): the imapd's
+per-message ENVELOPE/BODYSTRUCTURE cache, kept with the index entry.
+Change notification: after every index commit that changes a mailbox (delivery, once per
+mailbox and batch; flags; expunge; copy target; create, rename, delete) its directory is
+signalled (store.notify.signal), which IDLE sessions watch; a failed signal fails nothing.
+remove_user needs no signal: its directories are removed after the index commit.
 Ordering that keeps crashes safe: message file durable -> index entry (with the delivery id
 in the same transaction); expunge: index first, then unlink (reconstruct removes the files of
 expunged UIDs it still finds). A mailbox directory is flock()ed from the hand-out of its UIDs
@@ -32,7 +38,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from store import fsio
+from store import fsio, notify
 from store.index import (
     Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, Reservation, View, flag_names, normalise_ranges,
     ranges_from_values,
@@ -198,6 +204,7 @@ class MailStore:
         info = self.index.create_mailbox(user, mailbox, uidvalidity=uidvalidity, special_use=special_use,
                                          subscribed=subscribed)
         self.write_meta(directory, info)
+        notify.signal(directory)
         return info
 
     def write_meta(self, directory: str, info: MailboxInfo) -> None:
@@ -227,10 +234,13 @@ class MailStore:
         return info
 
     def delete_mailbox(self, user: str, mailbox: str) -> MailboxInfo:
-        """Delete a mailbox without children, with its messages. INBOX cannot be deleted."""
+        """Delete a mailbox without children, with its messages. INBOX cannot be deleted;
+        NoSuchMailbox if the index has no such mailbox."""
         mailbox = normalise_mailbox(mailbox)
         if mailbox == INBOX:
             raise MailboxNotEmpty("INBOX cannot be deleted")
+        if self.index.mailbox(user, mailbox) is None:
+            raise NoSuchMailbox(f"no mailbox {mailbox}")
         if any(m.name.startswith(mailbox + SEPARATOR) for m in self.index.mailboxes(user)):
             raise MailboxNotEmpty(f"mailbox {mailbox} has child mailboxes")
         directory = self.mailbox_dir(user, mailbox)
@@ -244,6 +254,7 @@ class MailStore:
             except OSError as e:
                 raise fsio.StorageError(f"cannot delete {directory}: {e.strerror}", e.errno) from e
             info = self.index.delete_mailbox(user, mailbox)
+            notify.signal(doomed)  # the watch followed the directory to its doomed name
         shutil.rmtree(doomed, ignore_errors=True)
         return info
 
@@ -294,7 +305,8 @@ class MailStore:
             fsio.fsync_dir(os.path.dirname(source))
         except OSError as e:
             raise fsio.StorageError(f"cannot rename {source}: {e.strerror}", e.errno) from e
-        self.index.rename_mailbox(user, old, new, SEPARATOR)
+        for _, renamed in self.index.rename_mailbox(user, old, new, SEPARATOR):
+            notify.signal(self.mailbox_dir(user, renamed))  # watches follow the directories
 
     # -- delivery
     def deliver(self, user: str, mailbox: str, source, delivery_id: str | None = None,
@@ -411,15 +423,20 @@ class MailStore:
         except fsio.StorageError as e:
             indexed = [e] * len(durable)
         journal: dict[str, str] = {}
+        changed = set()
         for item, outcome in zip(durable, indexed):
             if isinstance(outcome, Exception):
                 _fail_placed([item], results, outcome)
                 continue
             results[item.position] = item.uid
+            if outcome:
+                changed.add(item.directory)
             if item.request.flags:
                 journal[item.directory] = journal.get(item.directory, "") + journal_flags(item.uid, item.request.flags)
         for directory, text in journal.items():
             self._journal(directory, text)
+        for directory in sorted(changed):
+            notify.signal(directory)
 
     def _reserve(self, batch: list[_Delivery], results: list) -> list[_Delivery]:
         """One index transaction sets aside every UID; returns the items whose file is to be
@@ -493,6 +510,7 @@ class MailStore:
                     pairs.append((record.uid, uid))
                 fsio.fsync_dir(target_dir)
                 self.index.append_many(user, target, added)
+                notify.signal(target_dir)
             except (OSError, fsio.StorageError) as e:
                 for path in created:  # not acknowledged: leave nothing for reconstruct to adopt
                     _unlink_quietly(path)
@@ -513,6 +531,16 @@ class MailStore:
             self.ensure_inbox(user)
         return MailboxView(user, mailbox, self.mailbox_dir(user, mailbox), self.index.open_view(user, mailbox))
 
+    # -- the imapd's structure blobs
+    def structures(self, user: str, mailbox: str, uids: Iterable[int]) -> dict[int, bytes]:
+        """{uid: blob} stored by put_structures for those of uids that have one."""
+        return self.index.structures(user, normalise_mailbox(mailbox), uids)
+
+    def put_structures(self, user: str, mailbox: str, blobs: dict[int, bytes]) -> int:
+        """Keep a blob with each message's index entry (UIDs expunged meanwhile are skipped);
+        returns how many were kept. NoSuchMailbox if the mailbox is gone."""
+        return self.index.put_structures(user, normalise_mailbox(mailbox), blobs)
+
     # -- flags and expunge
     def set_flags(self, user: str, mailbox: str, uid_ranges: Sequence[tuple[int, int]], mode: str,
                   flags: Iterable[str], unchanged_since: int | None = None) -> Records:
@@ -523,6 +551,7 @@ class MailStore:
         with self.locked(directory):
             changes = self.index.store_flags(user, mailbox, uid_ranges, mode, flags, unchanged_since)
             if len(changes):
+                notify.signal(directory)
                 self._journal(directory, "".join(journal_flags(r.uid, r.flags) for r in changes))
         return changes
 
@@ -536,6 +565,7 @@ class MailStore:
             removed = self.index.expunge(user, mailbox, uid_ranges, deleted_only)
             if not len(removed):
                 return removed
+            notify.signal(directory)
             uids = removed.uids()
             self._journal(directory, journal_expunged(uids))
             validity = self.index.mailbox(user, mailbox).uidvalidity

@@ -296,6 +296,85 @@ def test_map_full_grows_and_retries(impl, tmp_path):
     ix.close()
 
 
+# ---------------------------------------------------------------- structure blobs
+
+def count_read_transactions(ix, monkeypatch) -> list:
+    reads, real = [], type(ix)._read
+
+    def counted(self, action):
+        reads.append(action)
+        return real(self, action)
+    monkeypatch.setattr(type(ix), "_read", counted)
+    return reads
+
+
+def test_structures_are_stored_per_uid_in_one_transaction(index, monkeypatch):
+    fill(index, 5)
+    commits = count_write_transactions(index, monkeypatch)
+    assert index.put_structures("bob", "INBOX", {1: b"one", 3: b"three", 5: b"", 9: b"never"}) == 3
+    assert len(commits) == 1
+    reads = count_read_transactions(index, monkeypatch)
+    assert index.structures("bob", "INBOX", [1, 2, 3, 5, 9, 0]) == {1: b"one", 3: b"three", 5: b""}
+    assert len(reads) == 1
+    index.put_structures("bob", "INBOX", {3: b"THREE"})
+    assert index.structures("bob", "INBOX", iter([3])) == {3: b"THREE"}
+    index.create_mailbox("bob", "Other")
+    fill(index, 5, mailbox="Other")
+    assert index.structures("bob", "Other", range(1, 6)) == {}  # keyed by mailbox, not by UID alone
+    with pytest.raises(_index_py.NoSuchMailbox):
+        index.put_structures("bob", "Nope", {1: b"x"})
+    with pytest.raises(_index_py.NoSuchMailbox):
+        index.structures("bob", "Nope", [1])
+
+
+def test_structures_skip_uids_not_in_the_mailbox_across_chunks(index, monkeypatch):
+    monkeypatch.setattr(_index_py, "CHUNK", 4)
+    uids = [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 30, 40]
+    index.append_many("bob", "INBOX", [(uid, 1, 0, ()) for uid in uids])
+    index.expunge("bob", "INBOX", [(6, 6), (30, 30)], deleted_only=False)
+    present = [uid for uid in uids if uid not in (6, 30)]
+    assert index.put_structures("bob", "INBOX", {uid: b"%d" % uid for uid in range(50)}) == len(present)
+    assert index.structures("bob", "INBOX", range(50)) == {uid: b"%d" % uid for uid in present}
+
+
+def test_structures_go_with_their_messages(index):
+    fill(index, 4)
+    index.create_mailbox("bob", "Work")
+    index.create_mailbox("bob", "Work/Old")
+    fill(index, 2, mailbox="Work/Old")
+    blobs = {uid: b"s%d" % uid for uid in range(1, 5)}
+    index.put_structures("bob", "INBOX", blobs)
+    index.put_structures("bob", "Work/Old", {1: b"a", 2: b"b"})
+    index.expunge("bob", "INBOX", [(2, 3)], deleted_only=False)
+    assert index.structures("bob", "INBOX", range(1, 5)) == {1: b"s1", 4: b"s4"}
+    index.rename_mailbox("bob", "Work", "Archive")  # mailbox ids stay, so do the blobs
+    assert index.structures("bob", "Archive/Old", [1, 2]) == {1: b"a", 2: b"b"}
+
+    def stored():  # every key of the database, whatever the mailbox id
+        return index._read(lambda txn: len(list(txn.cursor(db=index._db["structures"]).iternext(values=False))))
+    index.delete_mailbox("bob", "Archive/Old")
+    assert stored() == 2
+    index.remove_user("bob")
+    assert stored() == 0
+
+
+def test_an_index_made_before_structures_opens_and_gets_the_database(impl, tmp_path, monkeypatch):
+    path = tmp_path / "index"
+    with monkeypatch.context() as m:
+        m.setattr(_index_py, "DATABASES", tuple(n for n in _index_py.DATABASES if n != "structures"))
+        old = impl.Index(path, durable=False)
+        old.create_mailbox("bob", "INBOX")
+        fill(old, 3)
+        assert "structures" not in old._db
+        old.close()
+    ix = impl.Index(path, durable=False)
+    assert ix.open_view("bob", "INBOX").uids() == [1, 2, 3]
+    assert ix.structures("bob", "INBOX", [1]) == {}
+    assert ix.put_structures("bob", "INBOX", {1: b"x"}) == 1
+    assert ix.structures("bob", "INBOX", [1, 2]) == {1: b"x"}
+    ix.close()
+
+
 # ---------------------------------------------------------------- several processes
 
 def _writer(path, impl_name, mailbox, count):

@@ -229,6 +229,8 @@ def test_delete_mailbox(store, messages):
     store.delete_mailbox("bob", "Trash/Old")
     assert not os.path.exists(store.mailbox_dir("bob", "Trash/Old"))
     assert store.usage("bob") == 0
+    with pytest.raises(NoSuchMailbox):
+        store.delete_mailbox("bob", "Trash/Old")
 
 
 def test_remove_user_takes_all_their_mail_and_nobody_elses(store, messages):
@@ -346,6 +348,23 @@ def test_delivered_knows_ids_whose_message_is_indexed(store, messages):
     assert not store.delivered("bob", "Q2:bob")
     reconstruct(store, "bob")  # adopts the file: the message is there now
     assert store.delivered("bob", "Q2:bob")
+
+
+def test_structure_blobs_stay_with_the_messages(store, messages):
+    for message in messages[:3]:
+        store.deliver("bob", "INBOX", message)
+    store.create_mailbox("bob", "Work")
+    assert store.put_structures("bob", "inbox", {1: b"env1", 2: b"env2", 3: b"env3", 4: b"none"}) == 3
+    assert store.structures("bob", "INBOX", [1, 2, 4]) == {1: b"env1", 2: b"env2"}
+    store.copy("bob", "INBOX", [(1, 2)], "Work", move=True)  # a copy computes its own
+    assert store.structures("bob", "INBOX", [1, 2, 3]) == {3: b"env3"}
+    assert store.structures("bob", "Work", [1, 2]) == {}
+    store.rename_mailbox("bob", "Work", "Archive")
+    store.put_structures("bob", "Archive", {2: b"moved"})
+    store.rename_mailbox("bob", "Archive", "Work")
+    assert store.structures("bob", "Work", [1, 2]) == {2: b"moved"}
+    with pytest.raises(NoSuchMailbox):
+        store.put_structures("bob", "Archive", {1: b"x"})
 
 
 # ---------------------------------------------------------------- reconstruct
