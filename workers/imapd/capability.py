@@ -10,11 +10,11 @@ implement (their CAPABILITIES) instead of the login ones.
 """
 from __future__ import annotations
 
-from workers.imapd import fetch, folders, general, idle, login, messages, search
+from workers.imapd import fetch, folders, general, idle, login, messages, quota, search, sort
 
 ALWAYS = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
 # each command module lists what it implements in CAPABILITIES
-AFTER_LOGIN = tuple(word for module in (general, folders, messages, fetch, search, idle)
+AFTER_LOGIN = tuple(word for module in (general, folders, messages, fetch, search, sort, idle, quota)
                     for word in getattr(module, "CAPABILITIES", ()))
 
 

@@ -17,7 +17,7 @@ A parser.Bad raised by a handler is answered as BAD (or NO) with its code: handl
 for a malformed argument. Mailbox updates (new messages, flag changes, expunges made by
 other sessions, qmgr or POP3) are sent before every tagged OK and NO while a mailbox is
 selected, except that EXPUNGE responses wait while the command is FETCH, STORE or SEARCH
-(RFC 3501 7.4.1): then nothing of that update is sent and it waits for the next command.
+(RFC 3501 7.4.1): they wait for a later command; the rest of the update goes out (selected.py).
 Limits: the parser's (line, literal, APPEND size = message_size_limit, nesting, tokens),
 MAX_BAD_COMMANDS errors, imapd_timeout for every command read (RFC 9051: at least 30
 minutes), the master's graceful stop (`* BYE Server shutting down`).
@@ -32,7 +32,7 @@ import time
 from workers import _session
 from workers._limits import STREAM_LIMIT, LineTooLong
 from workers._session import Close, Command, Connection
-from workers.imapd import capability, fetch, folders, general, idle, login, messages, search
+from workers.imapd import capability, fetch, folders, general, idle, login, messages, quota, search, sort
 from workers.imapd.parser import Bad, Limits, read_command
 from workers.imapd import parser
 
@@ -75,6 +75,9 @@ COMMANDS: dict[str, Command] = {
     "LIST":         Command(folders.list_,              A_S),
     "LSUB":         Command(folders.lsub,               A_S),
     "STATUS":       Command(folders.status,             A_S),
+    "GETQUOTAROOT": Command(quota.getquotaroot,         A_S),
+    "GETQUOTA":     Command(quota.getquota,             A_S),
+    "SETQUOTA":     Command(quota.setquota,             A_S),
     "APPEND":       Command(messages.append,            A_S),
     "IDLE":         Command(idle.idle,                  A_S),
     "CHECK":        Command(general.check,              S),
@@ -84,6 +87,8 @@ COMMANDS: dict[str, Command] = {
     "UID EXPUNGE":  Command(messages.expunge,           S),
     "SEARCH":       Command(search.search,              S),
     "UID SEARCH":   Command(search.search,              S),
+    "SORT":         Command(sort.sort,                  S),
+    "UID SORT":     Command(sort.sort,                  S),
     "FETCH":        Command(fetch.fetch,                S),
     "UID FETCH":    Command(fetch.fetch,                S),
     "STORE":        Command(messages.store,             S),
@@ -94,8 +99,8 @@ COMMANDS: dict[str, Command] = {
     "UID MOVE":     Command(messages.copy,              S),
 }
 
-# RFC 3501 7.4.1: no EXPUNGE response while answering these (sequence numbers in flight)
-NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
+# RFC 3501 7.4.1: no EXPUNGE response while answering these (sequence numbers in flight; SORT too)
+NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT"})
 
 
 class Session(_session.Session):
