@@ -7,11 +7,13 @@ ImapSystem(root) starts one master with imapd services on free ports:
 and a self-signed certificate; deliveries go through the store directly (deliver()) or
 through a real qmgr when `with_qmgr` (smtp service "smtp" then too).
 add_user(name, password, **profile) writes the user database directly.
-imap(port) / imap_ssl(port) are imaplib clients; login(port, user, password) one logged in.
+imap(port) / imap_ssl(port) are imaplib clients; login(port, user, password) one logged in;
+Raw(port) a line-level client on a plain (or TLS) socket that keeps every octet.
 """
 from __future__ import annotations
 
 import imaplib
+import socket
 import ssl
 from pathlib import Path
 
@@ -75,3 +77,36 @@ def login(port: int, user: str, password: str) -> imaplib.IMAP4:
     client = imap(port)
     client.login(user, password)
     return client
+
+
+class Raw:
+    """A line-level IMAP client over a plain socket."""
+
+    def __init__(self, port: int, tls: bool = False):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.sock = client_tls().wrap_socket(sock) if tls else sock
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.line()
+
+    def line(self) -> bytes:
+        return self.file.readline()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def until_tagged(self, tag: bytes) -> list[bytes]:
+        lines = []
+        while True:
+            line = self.line()
+            if not line:
+                raise ConnectionError("closed: " + repr(lines))
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def command(self, tag: bytes, text: bytes) -> list[bytes]:
+        self.send(tag + b" " + text + b"\r\n")
+        return self.until_tagged(tag)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -16,8 +16,7 @@ import pytest
 
 from store.mailstore import INBOX
 from tests.conftest import CORPUS
-from tests.integration.imapd_support import ImapSystem
-from tests.integration.test_imapd_session import Raw
+from tests.integration.imapd_support import ImapSystem, Raw
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Search pass 1"

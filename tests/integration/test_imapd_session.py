@@ -18,7 +18,7 @@ import ssl
 
 import pytest
 
-from tests.integration.imapd_support import ImapSystem, client_tls, imap, imap_ssl
+from tests.integration.imapd_support import ImapSystem, Raw, client_tls, imap, imap_ssl
 from tests.integration.pop3d_support import scram_client
 
 pytestmark = pytest.mark.integration
@@ -30,39 +30,6 @@ def system(tmp_path_factory):
     running = ImapSystem(tmp_path_factory.mktemp("imapd"))
     yield running
     running.stop()
-
-
-class Raw:
-    """A line-level IMAP client over a plain socket."""
-
-    def __init__(self, port: int, tls: bool = False):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        self.sock = client_tls().wrap_socket(sock) if tls else sock
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.line()
-
-    def line(self) -> bytes:
-        return self.file.readline()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def until_tagged(self, tag: bytes) -> list[bytes]:
-        lines = []
-        while True:
-            line = self.line()
-            if not line:
-                raise ConnectionError("closed: " + repr(lines))
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
-
-    def command(self, tag: bytes, text: bytes) -> list[bytes]:
-        self.send(tag + b" " + text + b"\r\n")
-        return self.until_tagged(tag)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def sasl(client: imaplib.IMAP4, mechanism: str, answers) -> tuple:

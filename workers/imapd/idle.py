@@ -1,6 +1,76 @@
-"""placeholder: being written"""
+"""IDLE (RFC 2177): mailbox updates pushed while the client waits.
+
+idle(session, command): `+ idling`, then the session waits, without polling, for the first of
+    - the client's line: `DONE` ends IDLE with the tagged OK; any other line ends it with BAD
+    - the mailbox's change signal (store/notify.py; the subscription is kept on the Selected
+      until the mailbox is closed, so a change between two IDLEs is not lost): the updates
+      (EXISTS, EXPUNGE, FETCH FLAGS) go out at once and the wait goes on
+    - the master's graceful stop (conn.draining): `* BYE Server shutting down`
+    - imapd_timeout without a line (RFC 9051: at least 30 minutes, which is why clients
+      re-IDLE every 29): `* BYE Disconnected for inactivity`, as between commands.
+In the AUTHENTICATED state it only waits for the line (or the stop, or the timeout).
+A mailbox deleted or renamed meanwhile ends the session (selected.send_updates).
+Diagnostics: the session's (imap.log): timeouts, the master's stop.
+"""
 from __future__ import annotations
+
+import asyncio
+
+from store import notify
+from workers._limits import STREAM_LIMIT, LineTooLong
+from workers._session import Close
+from workers.imapd.parser import Bad
+
+CAPABILITIES = ()   # IDLE is in capability.ALWAYS
 
 
 async def idle(session, command) -> None:
-    await session.no(f"{command.name} is not available yet", "CANNOT")
+    if command.args:
+        raise Bad("IDLE takes no arguments")
+    selected = session.selected
+    if selected is not None and selected.watch is None:
+        selected.watch = notify.Watcher.for_loop().watch(selected.directory)
+    await session.continuation("idling")
+    line = asyncio.ensure_future(session.conn.read_command(STREAM_LIMIT, session.timeout))
+    try:
+        if selected is not None:
+            await session.send_updates()    # what came before the watch began
+            while not await _changed_before(selected.watch, line, session.timeout):
+                await session.send_updates()
+        else:
+            await asyncio.wait((line,))
+    finally:
+        if not line.done():
+            line.cancel()
+            await asyncio.wait((line,))
+    await _done(session, line)
+
+
+async def _changed_before(watch, line: asyncio.Future, timeout: float) -> bool:
+    """Wait for a change signal or the client's line; True once the line is there (the
+    line's own timeout comes first: watch's only bounds the wait)."""
+    change = asyncio.ensure_future(watch.wait(timeout))
+    try:
+        await asyncio.wait((line, change), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not change.done():
+            change.cancel()
+            await asyncio.wait((change,))
+    return line.done()
+
+
+async def _done(session, line: asyncio.Future) -> None:
+    try:
+        text = line.result()                # TimeoutError: the session says goodbye
+    except LineTooLong:
+        await session.bad("Line too long; IDLE ended")
+        return
+    if text is None:
+        await session.shutting_down()
+        raise Close
+    if not text:
+        raise Close                         # the client went away
+    if text.rstrip(b"\r\n").upper() == b"DONE":
+        await session.ok("IDLE terminated")
+    else:
+        await session.bad("Expected DONE; IDLE ended")

@@ -1,21 +1,265 @@
-"""placeholder: being written"""
+"""Commands that change messages: STORE, EXPUNGE, CLOSE, UNSELECT, COPY, MOVE, APPEND
+(RFC 3501 6.3.11, 6.4; UIDPLUS RFC 4315; MOVE RFC 6851; UNSELECT RFC 3691).
+
+Every write runs in the store thread (backend.run) through store.mailstore.MailStore:
+    STORE / UID STORE      set_flags over the UID ranges of the client's snapshot; each
+                           message named is answered `* n FETCH (FLAGS (...))` (with UID for
+                           UID STORE) as the index has it now, unless .SILENT; the changes
+                           are recorded with selected.own_change, so the mailbox updates
+                           do not repeat them. Refused on a read-only mailbox (NO
+                           [READ-ONLY]); \\Recent and unknown system flags are BAD.
+    EXPUNGE / UID EXPUNGE  expunge (\\Deleted messages of the snapshot; UID EXPUNGE: of the
+                           set too); the EXPUNGE responses are the mailbox updates
+                           (selected.send_updates), so own and other sessions' expunges are
+                           each reported once, highest sequence number first.
+    CLOSE                  expunges without responses when read-write; UNSELECT does not.
+    COPY / MOVE (+ UID)    copy(..., move=) -> OK [COPYUID uidvalidity source-uids
+                           target-uids]; MOVE sends that code untagged before the EXPUNGEs.
+                           A missing target is NO [TRYCREATE]; a COPY past the user's quota
+                           is NO [OVERQUOTA] (a MOVE adds no usage).
+    APPEND                 deliver(user, mailbox, message, flags, internal date) -> OK
+                           [APPENDUID uidvalidity uid]; NO [TRYCREATE], NO [OVERQUOTA], NO
+                           for an empty message (the parser refuses one over
+                           message_size_limit with NO [TOOBIG]).
+A target mailbox that is the selected one announces its new messages (EXISTS) through the
+mailbox updates before the tagged OK.
+Diagnostics: a StorageError of the store (disk full, I/O) is logged and answered NO
+[UNAVAILABLE]; TooManyKeywords is NO [LIMIT].
+"""
 from __future__ import annotations
+
+import calendar
+import re
+
+from store.fsio import StorageError
+from store.index import TooManyKeywords, ranges_from_values
+from store.mailstore import NoSuchMailbox
+from workers.imapd.names import mailbox_name
+from workers.imapd.parser import Atom, Bad, Literal, String
 
 CAPABILITIES = ("UNSELECT", "UIDPLUS", "MOVE")
 
+SYSTEM_FLAGS = {name.lower(): name for name in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+STORE_MODES = {"FLAGS": "=", "+FLAGS": "+", "-FLAGS": "-"}
+MONTHS = {name: i + 1 for i, name in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
+_KEYWORD = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]+')   # atom (RFC 3501 9)
+_DATE_TIME = re.compile(r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
 
-async def _not_yet(session, command) -> None:
-    await session.no(f"{command.name} is not available yet", "CANNOT")
+
+# ---------------------------------------------------------------- shared helpers
+
+async def _write(session, fn, *args):
+    """fn(*args) in the store thread; a temporary store failure becomes NO [UNAVAILABLE]."""
+    try:
+        return await session.backend.run(fn, *args)
+    except StorageError as e:
+        session.log.error(f"store failure: user={session.user} command={session.command.name}: {e}")
+        raise Bad("The mail store failed; try again later", status="NO", code="UNAVAILABLE") from None
+    except TooManyKeywords:
+        raise Bad("Too many keywords in this mailbox", status="NO", code="LIMIT") from None
+
+
+def _flags(tokens) -> tuple[str, ...]:
+    """Flag tokens (already out of their parentheses) -> names, system flags capitalised."""
+    names = []
+    for token in tokens:
+        if not isinstance(token, Atom):
+            raise Bad("Invalid flag")
+        name = str(token)
+        if name.startswith("\\"):
+            if name.lower() not in SYSTEM_FLAGS:
+                raise Bad(f"{name} cannot be set")
+            name = SYSTEM_FLAGS[name.lower()]
+        elif not _KEYWORD.fullmatch(name):
+            raise Bad(f"Invalid keyword {name}")
+        names.append(name)
+    return tuple(names)
+
+
+def _uid_set(uids) -> str:
+    return ",".join(f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in ranges_from_values(uids))
+
+
+def _require_writable(session) -> None:
+    if session.selected.readonly:
+        raise Bad("The mailbox is selected read-only", status="NO", code="READ-ONLY")
+
+
+async def _check_quota(session, adding: int) -> None:
+    limit = session.backend.quota(session.user)
+    if limit and session.backend.mail.usage(session.user) + adding > limit:
+        raise Bad("Quota exceeded", status="NO", code="OVERQUOTA")
+
+
+def _target(session, token) -> tuple[str, int]:
+    """A COPY/MOVE/APPEND target: its name and UIDVALIDITY; NO [TRYCREATE] when missing."""
+    name = mailbox_name(session, token)
+    info = session.backend.mail.mailbox(session.user, name)
+    if info is None:
+        raise Bad("No such mailbox", status="NO", code="TRYCREATE")
+    return name, info.uidvalidity
+
+
+# ---------------------------------------------------------------- STORE
+
+async def store(session, command) -> None:
+    uid = command.name.startswith("UID ")
+    if len(command.args) < 3 or not isinstance(command.args[1], Atom):
+        raise Bad(f"{command.name} takes a message set, an item and flags")
+    item = str(command.args[1]).upper()
+    silent = item.endswith(".SILENT")
+    mode = STORE_MODES.get(item.removesuffix(".SILENT"))
+    if mode is None:
+        raise Bad(f"Unknown STORE item {command.args[1]}")
+    values = command.args[2:]
+    if len(values) == 1 and isinstance(values[0], list):
+        values = values[0]
+    flags = _flags(values)
+    selected = session.selected
+    seqs = selected.resolve(command.args[0], uid)
+    _require_writable(session)
+    snapshot = selected.view.view
+    if not seqs:
+        await session.ok(f"{command.name} completed, no messages")
+        return
+    changes = await _write(session, session.backend.mail.set_flags, session.user, selected.name,
+                           snapshot.uid_ranges(seqs), mode, flags)
+    session.counts["store"] += len(changes)
+    if silent:
+        for record in changes:
+            selected.own_change(record.uid, record.modseq)
+    else:
+        now = session.backend.mail.open_mailbox(session.user, selected.name).view
+        for seq in seqs:
+            message_uid = snapshot.uid(seq)
+            current = now.seq(message_uid)
+            if not current:
+                continue          # expunged meanwhile: its EXPUNGE comes with the updates
+            record = now.record(current)
+            selected.own_change(message_uid, record.modseq)
+            prefix = f"UID {message_uid} " if uid else ""
+            await session.untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(record.flags)}))")
+    await session.ok(f"{command.name} completed")
+
+
+# ---------------------------------------------------------------- EXPUNGE, CLOSE, UNSELECT
+
+async def _expunge_snapshot(session, uid_token=None) -> None:
+    """Expunge the \\Deleted messages of the client's snapshot (of uid_token's set if given)."""
+    selected = session.selected
+    snapshot = selected.view.view
+    if uid_token is not None:
+        ranges = snapshot.uid_ranges(selected.resolve(uid_token, True))
+    else:
+        ranges = [(1, selected.info.uidnext - 1)]
+    if not ranges or ranges[0][1] < 1:
+        return
+    try:
+        removed = await _write(session, session.backend.mail.expunge, session.user, selected.name, ranges)
+    except NoSuchMailbox:
+        return                # deleted meanwhile: the updates end the session
+    session.counts["expunge"] += len(removed)
+
+
+async def expunge(session, command) -> None:
+    uid = command.name == "UID EXPUNGE"
+    if len(command.args) != (1 if uid else 0):
+        raise Bad("UID EXPUNGE takes a UID set" if uid else "EXPUNGE takes no arguments")
+    _require_writable(session)
+    await _expunge_snapshot(session, command.args[0] if uid else None)
+    await session.ok(f"{command.name} completed")
 
 
 async def close(session, command) -> None:
+    if command.args:
+        raise Bad("CLOSE takes no arguments")
+    if not session.selected.readonly:
+        await _expunge_snapshot(session)
     session.unselect()
     await session.ok("CLOSE completed")
 
 
 async def unselect(session, command) -> None:
+    if command.args:
+        raise Bad("UNSELECT takes no arguments")
     session.unselect()
     await session.ok("UNSELECT completed")
 
 
-append = expunge = store = copy = _not_yet
+# ---------------------------------------------------------------- COPY, MOVE
+
+async def copy(session, command) -> None:
+    uid = command.name.startswith("UID ")
+    move = command.name.endswith("MOVE")
+    if len(command.args) != 2:
+        raise Bad(f"{command.name} takes a message set and a mailbox name")
+    selected = session.selected
+    seqs = selected.resolve(command.args[0], uid)
+    target, uidvalidity = _target(session, command.args[1])
+    if move:
+        _require_writable(session)
+    snapshot = selected.view.view
+    if not move:
+        await _check_quota(session, sum(snapshot.record(seq).size for seq in seqs))
+    try:
+        pairs = await _write(session, session.backend.mail.copy, session.user, selected.name,
+                             snapshot.uid_ranges(seqs), target, move)
+    except NoSuchMailbox:
+        raise Bad("No such mailbox", status="NO", code="TRYCREATE") from None
+    verb = "MOVE" if move else "COPY"
+    if not pairs:
+        await session.ok(f"{command.name} completed, no messages {verb.lower()}d")
+        return
+    code = f"COPYUID {uidvalidity} {_uid_set(s for s, _ in pairs)} {_uid_set(t for _, t in pairs)}"
+    if move:
+        await session.untagged(f"OK [{code}] Moved")
+        await session.ok(f"{command.name} completed")
+    else:
+        await session.ok(f"{command.name} completed", code)
+
+
+# ---------------------------------------------------------------- APPEND
+
+def _internal_date(token) -> int:
+    """An APPEND date-time ("dd-Mon-yyyy hh:mm:ss +zzzz") -> epoch seconds."""
+    match = _DATE_TIME.fullmatch(str(token)) if isinstance(token, String) else None
+    month = MONTHS.get(match.group(2).lower()) if match else None
+    if month is None:
+        raise Bad("Invalid date-time")
+    day, _, year, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
+    try:
+        local = calendar.timegm((int(year), month, int(day), int(hour), int(minute), int(second)))
+        if int(day) > calendar.monthrange(int(year), month)[1] or int(hour) > 23 or int(minute) > 59 \
+                or int(second) > 60 or int(zone_minutes) > 59:
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise Bad("Invalid date-time") from None
+    offset = (int(zone_hours) * 3600 + int(zone_minutes) * 60) * (1 if sign == "+" else -1)
+    return local - offset
+
+
+async def append(session, command) -> None:
+    args = list(command.args)
+    if len(args) < 2 or not isinstance(args[-1], Literal):
+        raise Bad("APPEND takes a mailbox name, optional flags and date-time, and a message literal")
+    if args[-1].binary:
+        raise Bad("literal8 needs BINARY, which is not offered")
+    message = bytes(args[-1])
+    extras = args[1:-1]
+    flags: tuple[str, ...] = ()
+    if extras and isinstance(extras[0], list):
+        flags = _flags(extras.pop(0))
+    date = _internal_date(extras.pop(0)) if extras else None
+    if extras:
+        raise Bad("APPEND: unexpected arguments (MULTIAPPEND and CATENATE are not offered)")
+    target, uidvalidity = _target(session, args[0])
+    if not message:
+        raise Bad("An empty message cannot be appended", status="NO")
+    await _check_quota(session, len(message))
+    try:
+        uid = await _write(session, session.backend.mail.deliver, session.user, target, message, None, flags, date)
+    except NoSuchMailbox:
+        raise Bad("No such mailbox", status="NO", code="TRYCREATE") from None
+    session.counts["append"] += 1
+    await session.ok("APPEND completed", f"APPENDUID {uidvalidity} {uid}")

@@ -9,20 +9,25 @@ session calls before every tagged OK/NO and IDLE calls when the store signals a 
     `* n EXISTS` when messages came, `* n FETCH (FLAGS (...))` for the changed ones
 except the flag changes this session made and has already reported (own_change(uid,
 modseq) records them). When expunges are not allowed now (during FETCH, STORE, SEARCH)
-and some happened, nothing moves: the whole update waits, so sequence numbers never
-change under a client except through the EXPUNGE responses it was sent. A mailbox deleted
-or recreated (UIDVALIDITY changed) meanwhile ends the session with `* BYE`.
+and some happened, the snapshot keeps the expunged messages (their last records) and
+adopts everything else (flags, new messages: FETCH and EXISTS are sent), so sequence
+numbers never change under a client except through the EXPUNGE responses it was sent,
+while flags read from the snapshot (FETCH FLAGS right after a STORE) are current; the
+EXPUNGEs follow at the next command that allows them. This session's own EXPUNGE, CLOSE
+and MOVE go the same way: the store removes, send_updates reports. A mailbox deleted or
+recreated (UIDVALIDITY changed) meanwhile ends the session with `* BYE`.
 Helpers for the commands: resolve(token, uid) -> array of sequence numbers (parser
 Bad for a malformed set, BAD for a sequence number beyond the snapshot);
-flags_list(seq) -> bytes `(\\Seen ...)`; reload() to adopt the store's state right after
-this session's own change (EXPUNGE, which reports what it removed itself).
+flags_list(seq) -> bytes `(\\Seen ...)`.
 Diagnostics: none; store errors propagate.
 """
 from __future__ import annotations
 
 from array import array
 
-from store.index import flag_names
+from store._index_view import RECORD
+from store.index import View, flag_names
+from store.mailstore import MailboxView
 from workers._session import Close
 from workers.imapd.parser import Atom, Bad
 
@@ -39,6 +44,7 @@ class Selected:
         self.view = self.mail.open_mailbox(self.user, name)
         self.info = self.view.info
         self._own: dict[int, int] = {}        # uid -> modseq of this session's reported flag changes
+        self._expunges_waiting = False        # the snapshot holds messages expunged meanwhile
         self.watch = None                     # a store.notify subscription, made by IDLE
 
     def __len__(self) -> int:
@@ -71,18 +77,13 @@ class Selected:
         """This session reported the flags of uid as of modseq: no unsolicited FETCH for it."""
         self._own[uid] = modseq
 
-    def reload(self) -> None:
-        self.view = self.mail.open_mailbox(self.user, self.name)
-        self.info = self.view.info
-        self._own.clear()
-
     def changed(self) -> bool:
         info = self.mail.mailbox(self.user, self.name)
         return info is None or (info.uidvalidity, info.highestmodseq, info.uidnext) != \
             (self.info.uidvalidity, self.info.highestmodseq, self.info.uidnext)
 
     async def send_updates(self, session, allow_expunge: bool) -> None:
-        if not self.changed():
+        if not self.changed() and not (allow_expunge and self._expunges_waiting):
             return
         info = self.mail.mailbox(self.user, self.name)
         if info is None or info.uidvalidity != self.info.uidvalidity:
@@ -91,8 +92,10 @@ class Selected:
         newer = self.mail.open_mailbox(self.user, self.name)
         old_keywords = self.view.view.keywords
         gone, changed = self.view.view.diff(newer.view)
-        if gone and not allow_expunge:
-            return
+        self._expunges_waiting = bool(gone) and not allow_expunge
+        if self._expunges_waiting:
+            newer = MailboxView(newer.user, newer.mailbox, newer.directory, _keeping_gone(self.view.view, newer.view))
+            gone, changed = self.view.view.diff(newer.view)
         before = len(self.view) - len(gone)
         for seq in gone:
             await session.untagged(f"{seq} EXPUNGE")
@@ -117,3 +120,29 @@ class Selected:
         if self.watch is not None:
             self.watch.close()
             self.watch = None
+
+
+def _keeping_gone(old: View, newer: View) -> View:
+    """newer, but with old's records of the messages newer no longer has (expunges the
+    client has not been told of); both in UID order. The keyword table only grows, so
+    old's flag bits mean the same under newer's."""
+    packed = bytearray()
+    j = 1
+    for seq in range(1, len(old) + 1):
+        uid = old.uid(seq)
+        while j <= len(newer) and newer.uid(j) < uid:
+            packed += _packed(newer, j)
+            j += 1
+        if j <= len(newer) and newer.uid(j) == uid:
+            packed += _packed(newer, j)
+            j += 1
+        else:
+            packed += _packed(old, seq)
+    for rest in range(j, len(newer) + 1):
+        packed += _packed(newer, rest)
+    return View(newer.info, bytes(packed))
+
+
+def _packed(view: View, seq: int) -> bytes:
+    record = view.record(seq)
+    return RECORD.pack(record.uid, record.size, view.flag_bits(seq), record.internal_date, record.modseq)
