@@ -15,6 +15,7 @@ LMDB layout (one environment under index_directory, one writer / many readers):
                                         (ENVELOPE/BODYSTRUCTURE), a cache: only for UIDs
                                         in the mailbox, dropped with the message
   meta        b"mailbox_id"            -> last mailbox id handed out
+              b"rcnt" >I mailbox_id    -> the first UID no IMAP session has claimed as \\Recent
 Chunks keep appends cheap (only the last chunk is rewritten) and flag updates a C loop per
 chunk; opening a mailbox concatenates its chunks into one buffer for the View. A named
 database missing from an older environment is created when the environment opens.
@@ -24,7 +25,7 @@ snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idem
 delivery id: the id is recorded in the same transaction as the entry); reserve_uids +
 append_batch, the same for many deliveries (any users and mailboxes) in one transaction
 each (group commit); append_many;
-delivered(user, delivery_id); store_flags over UID ranges; expunge; expunged_since /
+delivered(user, delivery_id); recent_from / claim_recent (IMAP's \\Recent); store_flags over UID ranges; expunge; expunged_since /
 changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge);
 structures(user, mailbox, uids) / put_structures(user, mailbox, {uid: blob}), the imapd's
 per-message cache (renames keep mailbox ids, so the blobs follow; reconstruct recomputes none).
@@ -64,6 +65,7 @@ DELIVERY = struct.Struct("<IIdB")
 USAGE = struct.Struct("<QQ")
 CHUNK_KEY = struct.Struct(">II")
 EXPUNGE_KEY = struct.Struct(">IQ")
+RECENT_KEY = struct.Struct(">4sI")   # meta: b"rcnt", mailbox_id -> <I first recent UID
 STRUCTURE_KEY = struct.Struct(">II")
 CHUNK = 1024
 INITIAL_MAP_SIZE = 64 << 20
@@ -650,6 +652,27 @@ class Index:
         return changed, self.expunged_since(user, name, modseq)
 
     # -- the imapd's per-message structure blobs
+    def recent_from(self, user: str, name: str) -> tuple[int, int]:
+        """(first UID still recent, UIDNEXT): the messages no IMAP session has claimed yet."""
+        def look(txn):
+            info = self._header(txn, user, name)
+            value = txn.get(RECENT_KEY.pack(b"rcnt", info.mailbox_id), db=self._db["meta"])
+            return (struct.unpack("<I", value)[0] if value is not None else 1), info.uidnext
+        return self._read(look)
+
+    def claim_recent(self, user: str, name: str) -> tuple[int, int]:
+        """IMAP's \\Recent: the UIDs from the first unclaimed one up to UIDNEXT are recent in the
+        session that claims them, and in no other. Returns that (first, uidnext) range."""
+        def claim(txn):
+            info = self._header(txn, user, name)
+            key = RECENT_KEY.pack(b"rcnt", info.mailbox_id)
+            value = txn.get(key, db=self._db["meta"])
+            first = struct.unpack("<I", value)[0] if value is not None else 1
+            if first < info.uidnext:
+                txn.put(key, struct.pack("<I", info.uidnext), db=self._db["meta"])
+            return first, info.uidnext
+        return self._write(claim)
+
     def structures(self, user: str, name: str, uids: Iterable[int]) -> dict[int, bytes]:
         """The blobs stored for uids (one read transaction); a UID without one is absent."""
         uids = [uid for uid in uids if 0 < uid <= MAX_UID]

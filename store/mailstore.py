@@ -532,6 +532,13 @@ class MailStore:
         return MailboxView(user, mailbox, self.mailbox_dir(user, mailbox), self.index.open_view(user, mailbox))
 
     # -- the imapd's structure blobs
+    def recent_from(self, user: str, mailbox: str) -> tuple[int, int]:
+        return self.index.recent_from(user, normalise_mailbox(mailbox))
+
+    def claim_recent(self, user: str, mailbox: str) -> tuple[int, int]:
+        """The (first, uidnext) UID range that is \\Recent for the IMAP session asking (index commit)."""
+        return self.index.claim_recent(user, normalise_mailbox(mailbox))
+
     def structures(self, user: str, mailbox: str, uids: Iterable[int]) -> dict[int, bytes]:
         """{uid: blob} stored by put_structures for those of uids that have one."""
         return self.index.structures(user, normalise_mailbox(mailbox), uids)

@@ -306,8 +306,12 @@ def test_status_counts(client, raw, system, user):
     validity = mailbox(system, user, "INBOX").uidvalidity
     lines, done = raw.cmd("STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN SIZE)")
     assert done.startswith("OK")
-    assert status_of(lines, "INBOX") == {"MESSAGES": 3, "RECENT": 0, "UIDNEXT": uids[-1] + 1,
+    assert status_of(lines, "INBOX") == {"MESSAGES": 3, "RECENT": 3, "UIDNEXT": uids[-1] + 1,
                                          "UIDVALIDITY": validity, "UNSEEN": 2, "SIZE": size}
+    assert client.select("INBOX")[0] == "OK" and client.response("RECENT")[1] == [b"3"]   # claimed here
+    assert client.unselect()[0] == "OK"
+    lines, _ = raw.cmd("STATUS INBOX (RECENT)")
+    assert status_of(lines, "INBOX") == {"RECENT": 0}
     _, data = client.status("Sent", "(MESSAGES UNSEEN)")
     assert data == [b'"Sent" (MESSAGES 0 UNSEEN 0)']
     lines, done = raw.cmd('LIST "" "%" RETURN (STATUS (MESSAGES SIZE))')

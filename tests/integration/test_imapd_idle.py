@@ -63,10 +63,11 @@ def test_idle_hears_delivery_flags_and_expunge(system):
         start_idle(idler)
         system.deliver("carol", "04-alternative.eml")
         assert pushed(idler) == b"* 2 EXISTS\r\n"
+        assert pushed(idler) == b"* 2 RECENT\r\n"     # the idler selected first: both are its recent ones
         assert other.command(b"A", b"STORE 1 +FLAGS.SILENT (\\Flagged)")[-1].startswith(b"A OK")
-        assert pushed(idler) == b"* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n"
+        assert pushed(idler) == b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Flagged))\r\n"
         assert other.command(b"B", b"STORE 1 +FLAGS.SILENT (\\Deleted)")[-1].startswith(b"B OK")
-        assert pushed(idler) == b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Deleted))\r\n"
+        assert pushed(idler) == b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Flagged \\Deleted))\r\n"
         assert other.command(b"C", b"EXPUNGE")[-1].startswith(b"C OK")
         assert pushed(idler) == b"* 1 EXPUNGE\r\n"
         assert done(idler) == [b"I OK IDLE terminated\r\n"]
@@ -75,6 +76,7 @@ def test_idle_hears_delivery_flags_and_expunge(system):
         system.deliver("carol", "02-utf8-8bit.eml")
         start_idle(idler)
         assert pushed(idler) == b"* 2 EXISTS\r\n"
+        assert pushed(idler) == b"* 2 RECENT\r\n"
         assert done(idler) == [b"I OK IDLE terminated\r\n"]
     finally:
         idler.close()
@@ -90,6 +92,7 @@ def test_idle_hears_mail_delivered_by_qmgr(system):
             smtp.sendmail("alice@example.org", ["dave@example.test"], message)
         idler.sock.settimeout(30)            # qmgr's pickup; still no timing asserted
         assert idler.line() == b"* 1 EXISTS\r\n"
+        assert idler.line() == b"* 1 RECENT\r\n"
         assert done(idler) == [b"I OK IDLE terminated\r\n"]
     finally:
         idler.close()

@@ -56,7 +56,8 @@ async def select(session, command) -> None:
     await session.untagged(b"OK [PERMANENTFLAGS " + permanent + b"] Limited" if readonly
                            else b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted")
     await session.untagged(f"{len(view)} EXISTS")
-    await session.untagged("0 RECENT")
+    await selected.claim_recent()
+    await session.untagged(f"{selected.recent_count()} RECENT")
     unseen = next((seq for seq in range(1, len(view) + 1) if not view.flag_bits(seq) & SEEN), 0)
     if unseen:
         await session.untagged(f"OK [UNSEEN {unseen}] First unseen")
@@ -101,14 +102,28 @@ def _words(token, allowed: tuple[str, ...], what: str) -> list[str]:
     return words
 
 
-def _status_text(info, items) -> str:
-    values = {"MESSAGES": info.count, "RECENT": 0, "UIDNEXT": info.uidnext, "UIDVALIDITY": info.uidvalidity,
+def _recent(session, name: str, info) -> int:
+    """Messages no session has claimed as \\Recent yet (what a SELECT now would see)."""
+    mail = session.backend.mail
+    first, end = mail.recent_from(session.user, name)
+    if first >= end or not info.count:
+        return 0
+    if first <= 1:
+        return info.count
+    return len(mail.open_mailbox(session.user, name).view.seqs_in_uid_ranges([(first, end - 1)]))
+
+
+def _status_text(session, name: str, info, items) -> str:
+    values = {"MESSAGES": info.count, "UIDNEXT": info.uidnext, "UIDVALIDITY": info.uidvalidity,
               "UNSEEN": info.unseen, "SIZE": info.total_size}
+    if "RECENT" in items:
+        values["RECENT"] = _recent(session, name, info)
     return " ".join(f"{item} {values[item]}" for item in items)
 
 
 async def _send_status(session, name: str, info, items) -> None:
-    await session.untagged(b"STATUS " + wire_name(session, name) + f" ({_status_text(info, items)})".encode())
+    text = _status_text(session, name, info, items)
+    await session.untagged(b"STATUS " + wire_name(session, name) + f" ({text})".encode())
 
 
 # ---------------------------------------------------------------- NAMESPACE, STATUS

@@ -22,8 +22,8 @@ also as `name <addr>` lists, and for BODY/TEXT the transfer encodings (base64,
 quoted-printable) of every part and the charsets of text parts; image/audio/video parts and
 parts over MAX_PART octets are not searched. SENTBEFORE/SENTON/SENTSINCE compare the
 Date: header's day (its zone ignored), falling back on the internal date when it has none;
-BEFORE/ON/SINCE the internal date's UTC day. RECENT and NEW match nothing (this server
-gives no message the \\Recent flag); OLD matches everything.
+BEFORE/ON/SINCE the internal date's UTC day. RECENT, OLD and NEW ask the session's \\Recent
+(workers/imapd/selected.py).
 Diagnostics: BAD for malformed programs; NO [LIMIT] (logged) when a command's search reads
 more than SEARCH_BYTES or runs past SEARCH_SECONDS; a message expunged meanwhile (its file
 gone) does not match.
@@ -233,9 +233,10 @@ class Content:
 class Scope:
     """What one evaluation sees: the snapshot (a store MailboxView) and the work budget."""
 
-    def __init__(self, mailbox, budget: Budget):
+    def __init__(self, mailbox, budget: Budget, is_recent=lambda uid: False):
         self.mailbox = mailbox
         self.view = mailbox.view
+        self.is_recent = is_recent          # uid -> \\Recent in this session
         self.everything = set(range(1, len(self.view) + 1))
         self.budget = budget
 
@@ -278,6 +279,19 @@ class Constant(Indexed):
 
     def matches(self, scope, seq):
         return self.value
+
+
+class RecentKey(Indexed):
+    """RECENT (present) and OLD (not): \\Recent is the session's, not the index's."""
+
+    def __init__(self, present: bool):
+        self.present = present
+
+    def select(self, scope):
+        return {seq for seq in scope.everything if self.matches(scope, seq)}
+
+    def matches(self, scope, seq):
+        return scope.is_recent(scope.view.uid(seq)) == self.present
 
 
 class FlagKey(Indexed):
@@ -469,7 +483,7 @@ _FLAGS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRA
           "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False),
           "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
 _HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
-_CONSTANTS = {"ALL": True, "OLD": True, "RECENT": False, "NEW": False}
+_CONSTANTS = {"ALL": True}
 _DATES = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
@@ -564,6 +578,10 @@ def _key(reader: _Reader, depth: int, counter: _Reader) -> Node:
         return FlagKey(*_FLAGS[key])
     if key in _CONSTANTS:
         return Constant(_CONSTANTS[key])
+    if key in ("RECENT", "OLD"):
+        return RecentKey(key == "RECENT")
+    if key == "NEW":
+        return And([RecentKey(True), FlagKey("\\Seen", False)])
     if key in ("KEYWORD", "UNKEYWORD"):
         flag = reader.take(f"argument of {key}")
         if not isinstance(flag, Atom):
@@ -635,7 +653,7 @@ def evaluate(scope: Scope, program: Node) -> list[int]:
 async def matching(session, program: Node) -> list[int]:
     """The selected mailbox's sequence numbers matching program (NO [LIMIT] when the budget
     runs out)."""
-    scope = Scope(session.selected.view, Budget())
+    scope = Scope(session.selected.view, Budget(), session.selected.is_recent)
     try:
         if program.costly or len(scope.view) * _program_size(program) > LOOP_WORK:
             return await asyncio.to_thread(evaluate, scope, program)

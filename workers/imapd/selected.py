@@ -16,6 +16,10 @@ while flags read from the snapshot (FETCH FLAGS right after a STORE) are current
 EXPUNGEs follow at the next command that allows them. This session's own EXPUNGE, CLOSE
 and MOVE go the same way: the store removes, send_updates reports. A mailbox deleted or
 recreated (UIDVALIDITY changed) meanwhile ends the session with `* BYE`.
+\\Recent: a message is recent in the one read-write session that first claims it
+(claim_recent(): at SELECT and when new messages arrive; the store keeps the first
+unclaimed UID per mailbox); EXAMINE sees the unclaimed ones as recent without claiming.
+`* n RECENT` follows every `* n EXISTS`; flag_names(seq) includes \\Recent.
 Helpers for the commands: resolve(token, uid) -> array of sequence numbers (parser
 Bad for a malformed set, BAD for a sequence number beyond the snapshot);
 flags_list(seq) -> bytes `(\\Seen ...)`.
@@ -45,6 +49,7 @@ class Selected:
         self.info = self.view.info
         self._own: dict[int, int] = {}        # uid -> modseq of this session's reported flag changes
         self._expunges_waiting = False        # the snapshot holds messages expunged meanwhile
+        self._recent: list[tuple[int, int]] = []   # [first, end) UID ranges \\Recent in this session
         self.watch = None                     # a store.notify subscription, made by IDLE
 
     def __len__(self) -> int:
@@ -66,8 +71,33 @@ class Selected:
             raise Bad(f"Invalid sequence set: {e}") from None
 
     def flags_list(self, seq: int) -> bytes:
-        names = flag_names(self.view.view.flag_bits(seq), self.view.view.keywords)
-        return ("(" + " ".join(names) + ")").encode()
+        return ("(" + " ".join(self.flag_names(seq)) + ")").encode()
+
+    def flag_names(self, seq: int, view: View | None = None) -> tuple[str, ...]:
+        """The message's flags, \\Recent included when it is recent in this session."""
+        view = view or self.view.view
+        names = flag_names(view.flag_bits(seq), view.keywords)
+        return ("\\Recent", *names) if self.is_recent(view.uid(seq)) else names
+
+    # -- \\Recent (RFC 3501 2.3.2): new messages are recent in the one session that claims them
+    async def claim_recent(self) -> None:
+        """Claim the store's unclaimed UIDs (a read-write session; EXAMINE only looks)."""
+        if self.readonly:
+            first, end = self.mail.recent_from(self.user, self.name)
+            self._recent = [(first, end)] if first < end else []
+            return
+        first, end = await self.session.backend.run(self.mail.claim_recent, self.user, self.name)
+        if first < end:
+            self._recent.append((first, end))
+
+    def is_recent(self, uid: int) -> bool:
+        return any(first <= uid < end for first, end in self._recent)
+
+    def recent_count(self, view: View | None = None) -> int:
+        view = view or self.view.view
+        if not self._recent or not len(view):
+            return 0
+        return len(view.seqs_in_uid_ranges([(first, end - 1) for first, end in sorted(self._recent)]))
 
     def keywords(self) -> tuple[str, ...]:
         return self.view.view.keywords
@@ -96,6 +126,8 @@ class Selected:
         if self._expunges_waiting:
             newer = MailboxView(newer.user, newer.mailbox, newer.directory, _keeping_gone(self.view.view, newer.view))
             gone, changed = self.view.view.diff(newer.view)
+        if newer.info.uidnext > self.info.uidnext:
+            await self.claim_recent()
         before = len(self.view) - len(gone)
         for seq in gone:
             await session.untagged(f"{seq} EXPUNGE")
@@ -103,11 +135,13 @@ class Selected:
             await session.untagged(b"FLAGS " + self.flag_set(newer.view.keywords))
         if len(newer) != before:
             await session.untagged(f"{len(newer)} EXISTS")
+            await session.untagged(f"{self.recent_count(newer.view)} RECENT")
         for seq in changed:
             record = newer.view.record(seq)
             if self._own.get(record.uid) == record.modseq:
                 continue
-            await session.untagged(f"{seq} FETCH (UID {record.uid} FLAGS ({' '.join(record.flags)}))")
+            flags = " ".join(self.flag_names(seq, newer.view))
+            await session.untagged(f"{seq} FETCH (UID {record.uid} FLAGS ({flags}))")
         self.view = newer
         self.info = newer.info
         self._own.clear()
