@@ -269,8 +269,9 @@ def render_item(item: Item, loaded: Loaded) -> bytes:
 class Plan:
     """What a FETCH needs per message, and the per-command caches of rendered flags."""
 
-    def __init__(self, items: list[Item], keywords: tuple[str, ...]):
+    def __init__(self, items: list[Item], keywords: tuple[str, ...], is_recent=lambda uid: False):
         self.items = items
+        self.is_recent = is_recent          # uid -> \\Recent in this session
         kinds = {item.kind for item in items}
         self.need_raw = any(k not in VIEW_ITEMS + CACHED_ITEMS for k in kinds)
         self.need_structure = any(k not in VIEW_ITEMS and k != "RFC822" for k in kinds)
@@ -280,10 +281,12 @@ class Plan:
         self.keywords = keywords
         self._flags: dict[int, bytes] = {}
 
-    def flags(self, bits: int) -> bytes:
-        text = self._flags.get(bits)
+    def flags(self, bits: int, recent: bool) -> bytes:
+        key = (bits, recent)
+        text = self._flags.get(key)
         if text is None:
-            text = self._flags[bits] = b"FLAGS (" + " ".join(flag_names(bits, self.keywords)).encode() + b")"
+            names = ("\\Recent",) * recent + flag_names(bits, self.keywords)
+            text = self._flags[key] = b"FLAGS (" + " ".join(names).encode() + b")"
         return text
 
     def response(self, view, seq: int, loaded: Loaded | None, seen_now: dict[int, bytes]) -> bytes:
@@ -295,7 +298,7 @@ class Plan:
             if kind == "UID":
                 out.append(b"UID %d" % uid)
             elif kind == "FLAGS":
-                out.append(seen_now.get(uid) or self.flags(view.flag_bits(seq)))
+                out.append(seen_now.get(uid) or self.flags(view.flag_bits(seq), self.is_recent(uid)))
             elif kind == "INTERNALDATE":
                 out.append(b"INTERNALDATE " + internal_date(record.internal_date))
             elif kind == "RFC822.SIZE":
@@ -318,7 +321,7 @@ async def fetch(session, command) -> None:
     items = parse_items(command.args[1], uid)
     seqs = selected.resolve(command.args[0], uid)
     view = selected.view.view
-    plan = Plan(items, view.keywords)
+    plan = Plan(items, view.keywords, selected.is_recent)
     seen_now = await mark_seen(session, selected, seqs) if plan.sets_seen and not selected.readonly else {}
     gone, unknown_cte = await answer(session, selected, plan, seqs, seen_now)
     session.counts["fetch"] += len(seqs) - gone
@@ -341,7 +344,8 @@ async def mark_seen(session, selected, seqs) -> dict[int, bytes]:
     out = {}
     for record in changed:
         selected.own_change(record.uid, record.modseq)
-        out[record.uid] = b"FLAGS (" + " ".join(record.flags).encode() + b")"
+        names = ("\\Recent",) * selected.is_recent(record.uid) + record.flags
+        out[record.uid] = b"FLAGS (" + " ".join(names).encode() + b")"
     return out
 
 

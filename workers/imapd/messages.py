@@ -131,6 +131,7 @@ async def store(session, command) -> None:
             selected.own_change(record.uid, record.modseq)
     else:
         now = session.backend.mail.open_mailbox(session.user, selected.name).view
+        await selected.announce_flags(session, now.keywords)
         for seq in seqs:
             message_uid = snapshot.uid(seq)
             current = now.seq(message_uid)
@@ -139,7 +140,7 @@ async def store(session, command) -> None:
             record = now.record(current)
             selected.own_change(message_uid, record.modseq)
             prefix = f"UID {message_uid} " if uid else ""
-            await session.untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(record.flags)}))")
+            await session.untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(selected.flag_names(current, now))}))")
     await session.ok(f"{command.name} completed")
 
 

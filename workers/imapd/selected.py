@@ -51,6 +51,7 @@ class Selected:
         self._expunges_waiting = False        # the snapshot holds messages expunged meanwhile
         self._recent: list[tuple[int, int]] = []   # [first, end) UID ranges \\Recent in this session
         self.watch = None                     # a store.notify subscription, made by IDLE
+        self.announced_keywords = self.view.view.keywords   # the client's FLAGS (sent by SELECT)
 
     def __len__(self) -> int:
         return len(self.view)
@@ -120,7 +121,6 @@ class Selected:
             await session.farewell("The selected mailbox was deleted or renamed")
             raise Close
         newer = self.mail.open_mailbox(self.user, self.name)
-        old_keywords = self.view.view.keywords
         gone, changed = self.view.view.diff(newer.view)
         self._expunges_waiting = bool(gone) and not allow_expunge
         if self._expunges_waiting:
@@ -131,8 +131,7 @@ class Selected:
         before = len(self.view) - len(gone)
         for seq in gone:
             await session.untagged(f"{seq} EXPUNGE")
-        if newer.view.keywords != old_keywords:
-            await session.untagged(b"FLAGS " + self.flag_set(newer.view.keywords))
+        await self.announce_flags(session, newer.view.keywords)
         if len(newer) != before:
             await session.untagged(f"{len(newer)} EXISTS")
             await session.untagged(f"{self.recent_count(newer.view)} RECENT")
@@ -145,6 +144,16 @@ class Selected:
         self.view = newer
         self.info = newer.info
         self._own.clear()
+
+    async def announce_flags(self, session, keywords: tuple[str, ...]) -> None:
+        """`* FLAGS` and PERMANENTFLAGS again when the mailbox's keywords grew: a keyword must be
+        in FLAGS before a FETCH shows it."""
+        if keywords == self.announced_keywords:
+            return
+        self.announced_keywords = keywords
+        await session.untagged(b"FLAGS " + self.flag_set(keywords))
+        if not self.readonly:
+            await session.untagged(b"OK [PERMANENTFLAGS " + self.flag_set(keywords)[:-1] + b" \\*)] Flags permitted")
 
     @staticmethod
     def flag_set(keywords) -> bytes:
