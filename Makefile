@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-pure install imaptest bench bench-peers clean install-system fuzz fuzz-atheris
+.PHONY: run test test-pure install imaptest bench bench-peers bench-imap clean install-system fuzz fuzz-atheris
 
 # The production install (README.md, "Production"; done by etc/install-system.sh): a venv on
 # the system Python in PREFIX, main.cf/master.cf in SYSCONFDIR (existing files are kept),
@@ -66,6 +66,13 @@ PEERS_ARGS ?=
 
 bench-peers: install
 	$(BIN)/python bench/peers.py $(PEERS_ARGS)
+
+# IMAP on a 100,000-message folder, mailhouse and (root, if installed) a private Dovecot (bench/imap_load.py;
+# IMAP_ARGS=--quick: 10,000 messages; --no-dovecot: mailhouse alone).
+IMAP_ARGS ?=
+
+bench-imap: install
+	$(BIN)/python bench/imap_load.py $(IMAP_ARGS)
 
 # Fuzzing (README "Fuzzing"): the property fuzzers of tests/fuzz with FUZZ_SCALE times the
 # examples they get in `make test`, then every atheris target for FUZZ_SECONDS (CI: 20 s).

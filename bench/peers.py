@@ -1,11 +1,13 @@
 """Mailhouse against Postfix, Dovecot and aiosmtpd: the same load on each, interleaved, as ratios.
 
-    .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--jsonl FILE]
+    .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--only imap] [--jsonl FILE]
     make bench-peers [PEERS_ARGS=--quick]
 
-Starts mailhouse (the real master: smtpd, qmgr, pop3d) and, with ../shared/anchors/setup-anchors.sh,
-Postfix (smtpd → virtual → Maildir), Dovecot POP3 on those Maildirs and aiosmtpd (a file per
-message, fsynced), all on free loopback ports, users user1..user101@example.test, password pw.
+Starts mailhouse (the real master: smtpd, qmgr, pop3d, imapd) and, with ../shared/anchors/setup-anchors.sh,
+Postfix (smtpd → virtual → Maildir), Dovecot IMAP and POP3 on those Maildirs and aiosmtpd (a file per
+message, fsynced), all on free loopback ports, users user1..user101@example.test, password pw, and
+for imaptest's stress mode stress1..stress20@example.test (added to both: they get its appends and
+expunges, the other users' mailboxes stay as filled).
 setup-anchors.sh needs Postfix and Dovecot: without them no peer runs, the output says so, and
 mailhouse is measured against the disk floor only.
 
@@ -13,11 +15,16 @@ Each measurement runs the anchors' loadgen.py with the same arguments against ev
 an order that rotates with each repetition, 10 KiB messages: idle connections (the PSS they add
 to all of the server's processes, once spare processes of earlier loads are gone), POP3, SMTP
 (accept; delivery until the last message is in its mailbox; the server's CPU, accept + deliver)
-and the disk floor (write + fsync + rename + directory fsync, one file at a time). Accepted → in
-mailbox is timed here: one message at a time, from its 250 until its file is in the mailbox.
+and the disk floor (write + fsync + rename + directory fsync, one file at a time); IMAP: loadgen's
+imap mode (LOGIN, SELECT, FETCH 1:* (UID FLAGS RFC822.SIZE), UID FETCH BODY.PEEK[] ×5, UID STORE ×2,
+NOOP, LOGOUT) at 1 and 32 clients on the POP3 mailboxes, idle logged-in IMAP connections, and
+imaptest's stress mode (tests/integration/imaptest_support.run_stress: its commands per second;
+left out with a note when imaptest cannot be built). Accepted → in mailbox is timed here: one
+message at a time, from its 250 until its file is in the mailbox.
 Figures are medians of the repetitions; a ratio is the median of the repetitions' mailhouse ÷
 the better of Postfix and Dovecot (aiosmtpd is shown for reference). The table replaces the peers section of bench/README.md, unless --print-only or
---quick (small counts, one repetition: a smoke run). All it started is stopped on exit.
+--quick (small counts, one repetition: a smoke run) or --only imap (the IMAP rows alone, which
+print only: a few minutes instead of the whole run). All it started is stopped on exit.
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from loadlib import git_sha, percentile            # noqa: E402  (bench/ is on s
 from store.mailstore import INBOX, MailStore       # noqa: E402
 from store.users import User, UserDB               # noqa: E402
 from tests.conftest import MailSystem, free_port   # noqa: E402
+from tests.integration.imaptest_support import imaptest_binary, run_stress   # noqa: E402
 
 README = BENCH / "README.md"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
@@ -61,6 +69,9 @@ PROBE_USER = "user101"           # the latency probe's mailbox, which the load n
 VUID = 5000                      # setup-anchors.sh's owner of the Maildirs
 SETTLE_SECONDS = 120             # spare processes leave after 100 s idle (Postfix's and mailhouse's max_idle)
 TARGET_PEERS = ("Postfix", "Dovecot")     # the ratio column; aiosmtpd is a reference only
+STRESS_USERS = 20                # imaptest's users stress1..stress20, as in its notes' Dovecot figures
+STRESS_CLIENTS = 10
+STRESS_USER = "stress%d@" + DOMAIN
 ANCHOR_DATA = ("mail", "postfix", "dovecot", "aiosmtpd", "pids", "fsynctest", "smtp-sink.log")
 
 
@@ -76,10 +87,12 @@ class Load:
     hold: int                        # idle connections
     floor_files: int
     wait_timeout: int                # seconds loadgen waits for the last delivery
+    imap_sessions: dict[int, int]    # clients -> sessions per client, on the POP3 mailboxes
+    stress_seconds: int              # imaptest runs: shorter than 10 s understates its rate
 
 
-FULL = Load(3, {1: 300, 32: 1600, 300: 1500}, 100, 32, 20, {1: 10, 32: 2}, 3, 300, 2000, 90)
-QUICK = Load(1, {1: 20, 32: 64, 300: 300}, 10, 32, 5, {1: 2, 32: 1}, 1, 40, 200, 30)
+FULL = Load(3, {1: 300, 32: 1600, 300: 1500}, 100, 32, 20, {1: 10, 32: 2}, 3, 300, 2000, 90, {1: 40, 32: 5}, 20)
+QUICK = Load(1, {1: 20, 32: 64, 300: 300}, 10, 32, 5, {1: 2, 32: 1}, 1, 40, 200, 30, {1: 5, 32: 1}, 10)
 
 
 @dataclass
@@ -88,6 +101,7 @@ class Target:
     pattern: str                     # loadgen --server-pattern: all of this server's processes
     smtp: int | None = None
     pop3: int | None = None
+    imap: int | None = None
     spool: str | None = None         # what loadgen counts to wait for the messages sent
     probe_dir: Path | None = None    # where PROBE_USER's messages land; None: no mailbox delivery
     idle_processes: int = 0          # how many processes it runs when idle after start-up
@@ -117,7 +131,13 @@ ROWS = (
     Row("pop_pass", "POP3 PASS p50, 32 clients (ms)", False),
     Row("pop_idle", "POP3 memory per idle logged-in connection, PSS (KiB)", False),
     Row("smtp_idle", "SMTP memory per idle connection after EHLO, PSS (KiB)", False),
+    Row("imap_ops1", "IMAP commands/s, 1 client (loadgen imap: LOGIN … LOGOUT)", True),
+    Row("imap_ops32", "IMAP commands/s, 32 clients (loadgen imap)", True),
+    Row("imap_idle", "IMAP memory per idle logged-in connection, PSS (KiB)", False),
+    Row("imaptest_stress", f"imaptest stress, {STRESS_CLIENTS} clients (commands/s)", True),
 )
+IMAP_ROWS = {"imap_ops1", "imap_ops32", "imap_idle", "imaptest_stress"}
+IDLE_ROWS = {"smtp": "smtp_idle", "pop3": "pop_idle", "imap": "imap_idle"}
 FLOOR_ROWS = {"accept1", "accept32", "accept300", "deliver1", "deliver32", "deliver300"}
 
 
@@ -215,17 +235,49 @@ class Bench:
                 time.sleep(1)
             if time.monotonic() - start > 1:
                 progress(label, f"waited {time.monotonic() - start:.0f} s for spare processes to leave")
-            port = target.pop3 if proto == "pop3" else target.smtp
+            port = getattr(target, proto)
             result = self.loadgen(label, "hold", "--proto", proto, "--port", str(port), "--conns", str(self.load.hold),
                                   "--users", str(LOAD_USERS), "--password", PASSWORD, "--hold", "5",
                                   "--duration", "60", "--server-pattern", target.pattern, timeout=150)
             if result and result["conns_alive_after_hold"] == self.load.hold:
-                self.results.add("smtp_idle" if proto == "smtp" else "pop_idle", target.name, rep,
-                                 result.get("pss_kb_per_conn"))
+                self.results.add(IDLE_ROWS[proto], target.name, rep, result.get("pss_kb_per_conn"))
                 progress(label, f"{result.get('pss_kb_per_conn')} KiB PSS per connection")
             elif result:
                 self.results.notes.append(f"{label}: {result['conns_alive_after_hold']} of {self.load.hold} "
                                           "connections held, not counted")
+
+    def imap(self, label: str, target: Target, clients: int, sessions: int) -> dict | None:
+        """loadgen's imap mode on the POP3 mailboxes: client c starts at user{c + 1}, the next
+        session of each client moves on by `clients` users."""
+        return self.loadgen(label, "imap", "--port", str(target.imap), "--conns", str(clients),
+                            "--iterations", str(sessions), "--users", str(self.load.pop3_users),
+                            "--password", PASSWORD, "--duration", "60", "--server-pattern", target.pattern,
+                            timeout=150)
+
+    def run_imap(self, targets: list[Target], rep: int) -> None:
+        for clients, sessions in self.load.imap_sessions.items():
+            for target in rotate(targets, rep):
+                label = f"r{rep + 1} {target.name} imap c={clients}"
+                result = self.imap(label, target, clients, sessions)
+                if result:
+                    self.results.add(f"imap_ops{clients}", target.name, rep, result["ops_per_s"])
+                    progress(label, f"{result['ops_per_s']} commands/s, {result['sessions_per_s']} sessions/s")
+
+    def run_stress(self, targets: list[Target], rep: int) -> None:
+        """imaptest's stress mode as STRESS_USER; its error lines (protocol errors, state that
+        did not match what it tracked) become a note."""
+        for target in rotate(targets, rep):
+            label = f"r{rep + 1} {target.name} imaptest stress c={STRESS_CLIENTS}"
+            log = self.work / f"stress-{target.name}-{rep + 1}.log"
+            rate, errors = run_stress("127.0.0.1", target.imap, STRESS_USER, PASSWORD, clients=STRESS_CLIENTS,
+                                      secs=self.load.stress_seconds, users=STRESS_USERS, log=log)
+            if errors:
+                sample = next((line for line in log.read_text(errors="replace").splitlines()
+                               if line.startswith(("Error:", "Fatal:", "Panic:"))), "") if log.exists() else ""
+                self.results.notes.append(f"{label}: {errors} errors, e.g. {sample[:200]}")
+            if rate:
+                self.results.add("imaptest_stress", target.name, rep, rate)
+            progress(label, f"{rate} commands/s, {errors} errors")
 
     def run_smtp(self, targets: list[Target], rep: int) -> None:
         self.floor(rep)
@@ -332,6 +384,7 @@ def start_mailhouse(stack: ExitStack, root: Path, users: int) -> tuple[MailSyste
     system = MailSystem(root, {"log_level": "low", "mail_max_userip_connections": "1000", "stress_timeout": "0"})
     smtp = system.add_service("smtpd", maxproc=300)
     pop3 = system.add_service("pop3d", maxproc=300)
+    imap = system.add_service("imapd", maxproc=300)
     system.add_unix_service("qmgr", wakeup=300)
     system.add_auth_service()                  # as etc/master.cf ships: logins are verified there
     stack.callback(system.kill)
@@ -340,9 +393,11 @@ def start_mailhouse(stack: ExitStack, root: Path, users: int) -> tuple[MailSyste
     with UserDB(str(system.var / "users"), str(system.var / "secret.key")) as db:
         for n in range(1, users + 1):
             db.add(User(f"user{n}"), PASSWORD)
+        for n in range(1, STRESS_USERS + 1):
+            db.add(User(f"stress{n}"), PASSWORD)
     master_cf = re.escape(str(system.etc / "master.cf"))
     return system, Target("mailhouse", rf"tree:master\s-c\s{master_cf}", smtp=system.port(smtp),
-                          pop3=system.port(pop3), spool=str(system.var / "store"),
+                          pop3=system.port(pop3), imap=system.port(imap), spool=str(system.var / "store"),
                           probe_dir=system.var / "store" / PROBE_USER)
 
 
@@ -392,13 +447,16 @@ def start_peers(stack: ExitStack, base: Path, users: int, notes: list[str]) -> l
         notes.append(f"no peers: setup-anchors.sh exited {setup.returncode}: "
                      f"{(setup.stdout + setup.stderr).strip()[-400:]}")
         return []
+    with (base / "dovecot" / "passwd").open("a") as passwd:       # Dovecot re-reads it when it changes
+        passwd.writelines(f"{STRESS_USER % n}:{{PLAIN}}{PASSWORD}::::::\n" for n in range(1, STRESS_USERS + 1))
     dovecot_conf = re.escape(str(base / "dovecot" / "dovecot.conf"))
     candidates = [
         (ports["PF_PORT"], Target("Postfix", r"tree:^/usr/lib/postfix/sbin/master\s", smtp=ports["PF_PORT"],
                                   spool=str(base / "mail"), probe_dir=base / "mail" / DOMAIN / PROBE_USER)),
         (ports["AIO_PORT"], Target("aiosmtpd", rf"aiosmtpd_anchor\.py\s--port\s{ports['AIO_PORT']}\s",
                                    smtp=ports["AIO_PORT"], spool=str(base / "aiosmtpd" / "spool-fsync"))),
-        (ports["POP_PORT"], Target("Dovecot", rf"tree:dovecot\s-c\s{dovecot_conf}", pop3=ports["POP_PORT"])),
+        (ports["POP_PORT"], Target("Dovecot", rf"tree:dovecot\s-c\s{dovecot_conf}", pop3=ports["POP_PORT"],
+                                  imap=ports["IMAP_PORT"])),
     ]
     peers = []
     for port, target in candidates:
@@ -442,11 +500,13 @@ def _fmt(value: float | None) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
 
 
-def section(results: Results, peers: list[Target], load: Load, facts: dict) -> str:
+def section(results: Results, peers: list[Target], load: Load, facts: dict, only: str | None = None) -> str:
     names = [peer.name for peer in peers]
+    rows = [row for row in ROWS if only != "imap" or row.key in IMAP_ROWS]
     lines = [
         "## Against Postfix, Dovecot and aiosmtpd (`bench/peers.py`)", "",
-        "    make bench-peers        # .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only]", "",
+        "    make bench-peers    # .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--only imap]",
+        "",
         "Install the peers first, as root, as `../shared/anchors/README.md` says: preselect "
         "`postfix postfix/main_mailer_type select No configuration` with `debconf-set-selections`, then "
         "`DEBIAN_FRONTEND=noninteractive apt-get install -y postfix dovecot-imapd dovecot-pop3d`; "
@@ -456,7 +516,10 @@ def section(results: Results, peers: list[Target], load: Load, facts: dict) -> s
         f"{facts['load_start']} at the start and {facts['load_end']} at the end, Python {platform.python_version()}, "
         f"{facts['versions']}. Repetitions: {load.repeat}, the targets interleaved; 10 KiB messages; SMTP "
         f"messages per run {', '.join(f'{t} ({s} sess.)' for s, t in load.smtp_totals.items())}; POP3 mailboxes of "
-        f"{load.pop3_messages} messages; {load.hold} idle connections; {facts['minutes']:.0f} minutes in all. "
+        f"{load.pop3_messages} messages; IMAP loadgen sessions per client "
+        f"{', '.join(f'{n} ({c} cl.)' for c, n in load.imap_sessions.items())} on those mailboxes; imaptest stress "
+        f"{STRESS_CLIENTS} clients × {load.stress_seconds} s, users stress1..stress{STRESS_USERS}, "
+        f"random_msg_size=4096; {load.hold} idle connections; {facts['minutes']:.0f} minutes in all. "
         "Other work may share the machine (see the load average): compare within this table only. mailhouse "
         "runs with `stress_timeout = 0`: its maxproc stops at 300, where the peers' limits (400, 1000) are "
         "above the 300 idle connections.",
@@ -466,7 +529,7 @@ def section(results: Results, peers: list[Target], load: Load, facts: dict) -> s
     if names:
         lines += [f"| measure | mailhouse | {' | '.join(names)} | mailhouse ÷ Postfix or Dovecot |",
                   "| --- |" + " --- |" * (len(names) + 2)]
-        for row in ROWS:
+        for row in rows:
             medians = {name: results.median(row.key, name) for name in names}
             measured = {name: value for name, value in medians.items()
                         if value is not None and name in TARGET_PEERS}
@@ -479,16 +542,17 @@ def section(results: Results, peers: list[Target], load: Load, facts: dict) -> s
         lines += ["", "The ratio is against the better of Postfix and Dovecot, the peers the targets name; "
                   "aiosmtpd (one asyncio process, nothing delivered) is there for reference. "
                   "Rates: a ratio above 1 has mailhouse ahead. Times, CPU and memory: below 1 has mailhouse "
-                  "ahead. A dash: not measured (aiosmtpd delivers into no mailbox; Postfix serves no POP3)."]
+                  "ahead. A dash: not measured (aiosmtpd delivers into no mailbox; Postfix serves no POP3 or IMAP)."]
     else:
         lines += ["No peer ran (see the notes): mailhouse against the disk floor only.", "",
                   "| measure | mailhouse | mailhouse ÷ disk floor |", "| --- | --- | --- |"]
-        for row in ROWS:
+        for row in rows:
             ratio = results.ratio((row.key, "mailhouse"), ("floor", "disk")) if row.key in FLOOR_ROWS else None
             lines.append(f"| {row.label} | {_fmt(results.median(row.key, 'mailhouse'))} | {_fmt(ratio)} |")
-    lines += ["", f"Disk floor (10 KiB files, write + fsync + rename + directory fsync, one at a time, at the "
-              f"start of each SMTP repetition): {_fmt(results.median('floor', 'disk'))} files/s "
-              f"(repetitions: {', '.join(_fmt(v) for v in floor.values()) or '–'})."]
+    if only != "imap":
+        lines += ["", f"Disk floor (10 KiB files, write + fsync + rename + directory fsync, one at a time, at the "
+                  f"start of each SMTP repetition): {_fmt(results.median('floor', 'disk'))} files/s "
+                  f"(repetitions: {', '.join(_fmt(v) for v in floor.values()) or '–'})."]
     if results.notes:
         lines += ["", "Notes:", *(f"* {note}" for note in results.notes)]
     return "\n".join(lines)
@@ -515,7 +579,7 @@ def _load_average() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run(load: Load, anchor_base: Path, jsonl: Path | None) -> tuple[Results, list[Target], dict]:
+def run(load: Load, anchor_base: Path, jsonl: Path | None, only: str | None) -> tuple[Results, list[Target], dict]:
     started = time.monotonic()
     facts = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": _commit(), "cpus": os.cpu_count(),
              "load_start": _load_average()}
@@ -530,18 +594,29 @@ def run(load: Load, anchor_base: Path, jsonl: Path | None) -> tuple[Results, lis
         fill_mailboxes(system, load, source, owned=dovecot)
         pop_targets = [mailhouse, *(peer for peer in peers if peer.pop3)]
         smtp_targets = [mailhouse, *(peer for peer in peers if peer.smtp)]
+        imap_targets = [mailhouse, *(peer for peer in peers if peer.imap)]
+        stress, why = imaptest_binary()
+        if not stress:
+            notes.append(f"no imaptest stress: {why}")
         for target in pop_targets:                 # unmeasured: every POP3 mailbox opened once
             bench.pop3(f"{target.name} pop3 warm-up", target, load.pop3_users, 1, 0)
+        for target in imap_targets:                # and once over IMAP
+            bench.imap(f"{target.name} imap warm-up", target, load.pop3_users, 1)
         time.sleep(2)                              # the warm-up's sessions end
         for target in [mailhouse, *peers]:
             target.idle_processes = len(loadgen.find_pids(target.pattern))
-        # POP3 before the SMTP load adds to its mailboxes; the POP3 load between the two holds of
-        # each repetition gives their spare processes time to leave.
+        # POP3 and IMAP before the SMTP load adds to their mailboxes; the loads between the holds
+        # of each repetition give their spare processes time to leave.
         for rep in range(load.repeat):
-            bench.run_hold("smtp", smtp_targets, rep)
-            bench.run_pop3(pop_targets, rep)
-            bench.run_hold("pop3", pop_targets, rep)
-        for rep in range(load.repeat):
+            if only != "imap":
+                bench.run_hold("smtp", smtp_targets, rep)
+                bench.run_pop3(pop_targets, rep)
+                bench.run_hold("pop3", pop_targets, rep)
+            bench.run_imap(imap_targets, rep)
+            if stress:
+                bench.run_stress(imap_targets, rep)
+            bench.run_hold("imap", imap_targets, rep)
+        for rep in range(load.repeat if only != "imap" else 0):
             bench.run_smtp(smtp_targets, rep)
     versions = {"Postfix": ["postconf", "-d", "-h", "mail_version"], "Dovecot": ["dovecot", "--version"],
                 "aiosmtpd": [str(anchor_base / "venv" / "bin" / "python"), "-c",
@@ -562,6 +637,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke run; prints, leaves README alone")
     parser.add_argument("--print-only", action="store_true", help="print the section, leave bench/README.md alone")
     parser.add_argument("--jsonl", type=Path, help="append every loadgen result to this file")
+    parser.add_argument("--only", choices=("imap",), help="only the IMAP rows (prints, leaves README alone)")
     parser.add_argument("--anchor-base", type=Path, default=Path(os.environ.get("ANCHOR_BASE", "/tmp/mailhouse-peers")),
                         help="setup-anchors.sh's folder (its aiosmtpd venv is kept there between runs)")
     args = parser.parse_args()
@@ -570,13 +646,13 @@ def main() -> int:
         load = replace(load, repeat=args.repeat)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        results, peers, facts = run(load, args.anchor_base.resolve(), args.jsonl)
+        results, peers, facts = run(load, args.anchor_base.resolve(), args.jsonl, args.only)
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
-    text = section(results, peers, load, facts)
+    text = section(results, peers, load, facts, args.only)
     print(text)
-    if not (args.quick or args.print_only):
+    if not (args.quick or args.print_only or args.only):
         write_readme(text)
         print(f"\nwritten into {README.relative_to(REPO)}", file=sys.stderr)
     return 0

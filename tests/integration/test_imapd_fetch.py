@@ -19,7 +19,7 @@ import pytest
 
 from store.mailstore import INBOX, DeliveryRequest
 from tests.conftest import CORPUS, SHARED_CORPUS, shared_corpus
-from tests.integration.imapd_support import ImapSystem, login
+from tests.integration.imapd_support import ImapSystem, imap, login
 
 USER, PASSWORD = "alice", "pw one two"
 MESSAGES = sorted(p.name for p in CORPUS.glob("*.eml"))
@@ -97,9 +97,14 @@ def fetched(data: list) -> dict[int, dict[str, object]]:
 
 
 def fetch(c, seqs: str, items: str, uid: bool = False) -> dict[int, dict[str, object]]:
+    """FETCH, parsed; \\Recent (the session's, test_recent_is_the_first_sessions) left out of FLAGS."""
     typ, data = c.uid("FETCH", seqs, items) if uid else c.fetch(seqs, items)
     assert typ == "OK", data
-    return fetched(data)
+    answers = fetched(data)
+    for answer in answers.values():
+        if "FLAGS" in answer:
+            answer["FLAGS"] = [flag for flag in answer["FLAGS"] if flag != "\\Recent"]
+    return answers
 
 
 def command(c, *words: str) -> tuple[str, bytes]:
@@ -404,3 +409,20 @@ def test_many_messages_in_batches(system, client):
     assert all(a["FLAGS"] == ["\\Seen"] and a["_order"] == ["BODY[HEADER.FIELDS (SUBJECT)]", "FLAGS"]
                for a in answers.values())
     assert all(a["FLAGS"] == ["\\Seen"] for a in fetch(client, "1:*", "FLAGS").values())
+
+
+def test_recent_is_the_first_sessions(system):
+    system.add_user("recency", "Recent pass 1")
+    system.deliver("recency", "01-plain.eml", "02-utf8-8bit.eml")
+    first, second = imap(system.port()), imap(system.port())
+    try:
+        first.login("recency", "Recent pass 1")
+        second.login("recency", "Recent pass 1")
+        assert first.select("INBOX")[0] == "OK" and first.response("RECENT")[1] == [b"2"]
+        assert second.select("INBOX")[0] == "OK" and second.response("RECENT")[1] == [b"0"]
+        assert fetched(first.fetch("1:2", "(FLAGS)")[1])[1]["FLAGS"] == ["\\Recent"]
+        assert fetched(second.fetch("1:2", "(FLAGS)")[1])[2]["FLAGS"] == []
+        assert first.search(None, "RECENT") == ("OK", [b"1 2"]) and second.search(None, "NEW") == ("OK", [b""])
+    finally:
+        first.logout()
+        second.logout()
