@@ -55,6 +55,7 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 _ATOM_FIELD = re.compile(r"[!#-'*-Z^-z|~]+")
 _CTE = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:[ \t]*((?:[^\r\n]|\r?\n[ \t])*)")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 
 
 class UnknownCTE(Exception):
@@ -173,7 +174,17 @@ class Cached:
 @dataclass
 class Loaded:
     raw: bytes | None            # the message file, when an item needs it
-    cached: Cached | None        # when an item needs the structure
+    cached: Cached | None        # when ENVELOPE, BODY or BODYSTRUCTURE is asked
+    _parsed: mime.Structure | None = None
+
+    @property
+    def structure(self) -> mime.Structure:
+        """The MIME structure for sections: the cached one, else parsed once from raw."""
+        if self.cached is not None:
+            return self.cached.structure
+        if self._parsed is None:
+            self._parsed = mime.Structure.parse(self.raw)
+        return self._parsed
 
 
 def read_messages(paths: dict[int, str], cached: dict[int, Cached], need_raw: bool,
@@ -217,8 +228,23 @@ def decode_transfer(body: bytes, mime_header: bytes) -> bytes:
         clean = clean[:-1] if len(clean) % 4 == 1 else clean + b"=" * (-len(clean) % 4)
         return binascii.a2b_base64(clean)
     if cte == b"quoted-printable":
-        return binascii.a2b_qp(body)
+        return decode_quoted_printable(body)
     raise UnknownCTE(cte)
+
+
+def decode_quoted_printable(body: bytes) -> bytes:
+    """RFC 2045 6.7: trailing blanks of a line are padding, `=` at a line's end joins it to
+    the next, `=XX` is an octet (an `=` in anything else stays as it is); line breaks (CRLF
+    or bare LF as stored) become CRLF."""
+    out = bytearray()
+    lines = body.split(b"\n")
+    for i, line in enumerate(lines):
+        line = line.rstrip(b"\r").rstrip(b" \t")
+        soft = line.endswith(b"=")
+        out += _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), line[:-1] if soft else line)
+        if not soft and i < len(lines) - 1:
+            out += b"\r\n"
+    return bytes(out)
 
 
 def binary_section(raw: bytes, part: tuple[int, ...], structure: mime.Structure) -> bytes | None:
@@ -254,11 +280,11 @@ def render_item(item: Item, loaded: Loaded) -> bytes:
         return b"RFC822 " + mime.imap_string(raw)
     if kind in ("RFC822.HEADER", "RFC822.TEXT"):
         spec = kind.removeprefix("RFC822.")
-        return item.label + b" " + mime.imap_string(mime.section(raw, spec, cached.structure))
+        return item.label + b" " + mime.imap_string(mime.section(raw, spec, loaded.structure))
     if kind == "BODY[]":
-        data = mime.section(raw, item.spec, cached.structure)
+        data = raw if not item.spec else mime.section(raw, item.spec, loaded.structure)
     else:
-        data = binary_section(raw, item.part, cached.structure)
+        data = binary_section(raw, item.part, loaded.structure)
         if kind == "BINARY.SIZE":
             return item.label + b" %d" % (len(data) if data is not None else 0)
     if data is not None and item.partial is not None:
@@ -274,7 +300,7 @@ class Plan:
         self.is_recent = is_recent          # uid -> \\Recent in this session
         kinds = {item.kind for item in items}
         self.need_raw = any(k not in VIEW_ITEMS + CACHED_ITEMS for k in kinds)
-        self.need_structure = any(k not in VIEW_ITEMS and k != "RFC822" for k in kinds)
+        self.need_structure = bool(kinds & set(CACHED_ITEMS))     # sections parse the file itself
         self.need_record = bool(kinds & {"INTERNALDATE", "RFC822.SIZE"})
         self.sets_seen = any(item.seen for item in items)
         self.has_flags = "FLAGS" in kinds
