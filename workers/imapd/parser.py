@@ -210,7 +210,9 @@ class _Builder:
         self.spaced = False
 
     def literal(self, data: bytes, marker: _Marker) -> None:
-        if not marker.binary and b"\0" in data and self.deferred is None:
+        # An APPEND message may hold NUL (stored as given, as Dovecot does; random-byte
+        # test mail has it); any other literal with NUL is BAD (RFC 3501 4.3).
+        if not marker.binary and self.name != "APPEND" and b"\0" in data and self.deferred is None:
             self.deferred = Bad("NUL in literal")
         token = Literal(data)
         token.binary = marker.binary

@@ -321,6 +321,11 @@ def test_nul_in_literal_is_bad_after_the_whole_command():
     assert isinstance(out[0], Bad) and out[0].tag == "a" and out[1].tag == "b"
 
 
+def test_an_append_message_may_hold_nul():
+    (command,) = read_all(b"a APPEND INBOX {3+}\r\na\x00b\r\n")
+    assert command.name == "APPEND" and command.args[1] == b"a\x00b"
+
+
 # -- modified UTF-7
 
 @pytest.mark.parametrize("encoded, decoded", [
