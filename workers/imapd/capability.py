@@ -10,11 +10,11 @@ implement (their CAPABILITIES) instead of the login ones.
 """
 from __future__ import annotations
 
-from workers.imapd import fetch, folders, general, idle, login, messages, quota, search, sort
+from workers.imapd import compress, condstore, fetch, folders, general, idle, login, messages, quota, search, sort, thread
 
 ALWAYS = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
 # each command module lists what it implements in CAPABILITIES
-AFTER_LOGIN = tuple(word for module in (general, folders, messages, fetch, search, sort, idle, quota)
+AFTER_LOGIN = tuple(word for module in (general, folders, messages, fetch, search, sort, thread, idle, quota, condstore, compress)
                     for word in getattr(module, "CAPABILITIES", ()))
 
 

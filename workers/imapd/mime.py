@@ -319,8 +319,15 @@ def _addresses(value: bytes | None) -> bytes:
     """The ENVELOPE address list of a header value (NIL when it holds none)."""
     if value is None:
         return b"NIL"
+    return _list([_address(*address) for address in addresses(value)])
+
+
+def addresses(value: bytes) -> list[tuple]:
+    """The ENVELOPE addresses of a header value, as (name, adl, mailbox, host) tuples of
+    bytes or None: a group starts with (None, None, group name, None) and ends with four
+    Nones (RFC 3501 7.4.2). Shared with SORT (workers/imapd/sort.py)."""
     toks = _tokens(value)
-    out: list[bytes] = []
+    out: list[tuple] = []
     i, n, in_group = 0, len(toks), False
     while i < n:
         phrase, comment = [], None
@@ -333,7 +340,7 @@ def _addresses(value: bytes | None) -> bytes:
             i += 1
         kind = toks[i][0] if i < n else None
         if kind == b":" and not in_group:
-            out.append(_address(None, None, _words(phrase) or b"", None))
+            out.append((None, None, _words(phrase) or b"", None))
             in_group, i = True, i + 1
             continue
         if kind == b"<":
@@ -354,7 +361,7 @@ def _addresses(value: bytes | None) -> bytes:
                 i += 1
             adl = b"".join(t[1] for t in route if t[0] != b",").replace(b"@", b",@")[1:] \
                 if route else None
-            out.append(_address(_words(phrase) or None, adl, local, host))
+            out.append((_words(phrase) or None, adl, local, host))
         elif phrase or kind == b"@":
             j = i
             while j < n and toks[j][0] in (b"@", b"a", b".", b"q", b"c"):
@@ -363,15 +370,15 @@ def _addresses(value: bytes | None) -> bytes:
                 j += 1
             local, host = _addr_spec(phrase + [t for t in toks[i:j] if t[0] != b"c"])
             i = j
-            out.append(_address(comment, None, local, host))
+            out.append((comment, None, local, host))
         if i < n and toks[i][0] == b";" and in_group:
-            out.append(_address(None, None, None, None))
+            out.append((None, None, None, None))
             in_group = False
         if i < n and toks[i][0] not in (b"a", b"q", b"<"):
             i += 1
     if in_group:
-        out.append(_address(None, None, None, None))
-    return _list(out)
+        out.append((None, None, None, None))
+    return out
 
 
 def _words(toks) -> bytes:

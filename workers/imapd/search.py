@@ -1,9 +1,15 @@
-"""SEARCH and UID SEARCH (RFC 3501 6.4.4, RFC 9051 6.4.4) with ESEARCH's RETURN (RFC 4731).
+"""SEARCH and UID SEARCH (RFC 3501 6.4.4, RFC 9051 6.4.4) with ESEARCH's RETURN (RFC 4731)
+and SEARCHRES (RFC 5182).
 
 Handler: search(session, command) answers `* SEARCH n ...` (UIDs for UID SEARCH; an empty
 `* SEARCH` when nothing matches), or `* ESEARCH (TAG "t") [UID] MIN/MAX/COUNT/ALL` when the
 command has RETURN (...) (an empty list means ALL) or the session ENABLEd IMAP4rev2.
-Shared with SORT (workers/imapd/sort.py):
+RETURN (SAVE) keeps the result's UIDs in the selection (selected.py `saved`; only the MIN/MAX
+ones when asked without ALL/COUNT; emptied when the command fails; no ESEARCH for SAVE
+alone); `$` names them in search keys and, through selected.resolve, in other commands.
+A string argument may be the atom NIL (the text "NIL").
+Shared with SORT and THREAD (workers/imapd/sort.py, thread.py): return_options, answer,
+forget_on_failure, esearch_line, compact_set (keeps a sort order), and
     parse_program(tokens) -> Node    the search keys (every key of RFC 3501/9051); Bad for
         an unknown key or a malformed argument, more than MAX_KEYS keys or MAX_DEPTH nesting
     check_charset(name)              UTF-8 and US-ASCII; else NO [BADCHARSET (UTF-8 US-ASCII)]
@@ -23,7 +29,8 @@ quoted-printable) of every part and the charsets of text parts; image/audio/vide
 parts over MAX_PART octets are not searched. SENTBEFORE/SENTON/SENTSINCE compare the
 Date: header's day (its zone ignored), falling back on the internal date when it has none;
 BEFORE/ON/SINCE the internal date's UTC day. RECENT, OLD and NEW ask the session's \\Recent
-(workers/imapd/selected.py).
+(workers/imapd/selected.py). MODSEQ (RFC 7162; its entry name and type are not looked at)
+turns CONDSTORE on and adds the result's highest modseq to the answer.
 Diagnostics: BAD for malformed programs; NO [LIMIT] (logged) when a command's search reads
 more than SEARCH_BYTES or runs past SEARCH_SECONDS; a message expunged meanwhile (its file
 gone) does not match.
@@ -44,10 +51,11 @@ from email.policy import compat32
 
 from store._index_view import known_flag_mask
 from store.index import parse_sequence_set, ranges_from_values
+from workers.imapd import condstore
 from workers.imapd.mime import MAX_HEADER
-from workers.imapd.parser import Atom, Bad, astring
+from workers.imapd.parser import NIL, Atom, Bad, astring
 
-CAPABILITIES = ("ESEARCH",)
+CAPABILITIES = ("ESEARCH", "SEARCHRES")
 
 CHARSETS = ("UTF-8", "US-ASCII")
 MAX_KEYS = 1000                  # search keys in one program
@@ -233,8 +241,9 @@ class Content:
 class Scope:
     """What one evaluation sees: the snapshot (a store MailboxView) and the work budget."""
 
-    def __init__(self, mailbox, budget: Budget, is_recent=lambda uid: False):
+    def __init__(self, mailbox, budget: Budget, is_recent=lambda uid: False, saved: list[int] = ()):
         self.mailbox = mailbox
+        self.saved = saved                  # the UIDs `$` names (SEARCHRES)
         self.view = mailbox.view
         self.is_recent = is_recent          # uid -> \\Recent in this session
         self.everything = set(range(1, len(self.view) + 1))
@@ -343,14 +352,17 @@ def _within(value: int, ranges: list[tuple[int, int]]) -> bool:
 
 
 class SetKey(Indexed):
-    """A sequence set, or UID set (uid true), resolved against the snapshot when evaluated."""
+    """A sequence set, or UID set (uid true), resolved against the snapshot when evaluated;
+    `$` (either way) is the saved result's UIDs."""
 
     def __init__(self, text: str, uid: bool):
-        self.text, self.uid = text, uid
+        self.text, self.uid = text, uid or text == "$"
         self._ranges: list[tuple[int, int]] | None = None
 
     def ranges(self, scope: Scope) -> list[tuple[int, int]]:
-        if self._ranges is None:
+        if self._ranges is None and self.text == "$":
+            self._ranges = ranges_from_values(list(scope.saved))
+        elif self._ranges is None:
             view = scope.view
             largest = (view.uid(len(view)) if len(view) else 0) if self.uid else len(view)
             self._ranges = parse_sequence_set(self.text, largest)
@@ -364,6 +376,36 @@ class SetKey(Indexed):
 
     def matches(self, scope, seq):
         return _within(scope.view.uid(seq) if self.uid else seq, self.ranges(scope))
+
+
+class ModseqKey(Indexed):
+    """MODSEQ n (RFC 7162): messages whose modseq is n or more. The store keeps one modseq per
+    message, so the optional entry name and type are accepted and not looked at."""
+
+    def __init__(self, modseq: int):
+        self.modseq = modseq
+
+    def select(self, scope):
+        return {seq for seq in scope.everything if self.matches(scope, seq)}
+
+    def matches(self, scope, seq):
+        return scope.view.record(seq).modseq >= self.modseq
+
+
+def uses_modseq(node: Node) -> bool:
+    """Whether a program has a MODSEQ key (its results then tell their highest modseq)."""
+    children = getattr(node, "children", None) or ([node.child] if isinstance(node, Not) else [])
+    return isinstance(node, ModseqKey) or any(uses_modseq(c) for c in children)
+
+
+def _modseq_key(reader: _Reader) -> ModseqKey:
+    token = reader.take("argument of MODSEQ")
+    if not isinstance(token, Atom):          # an entry name, then its type
+        entry_type = reader.take("entry type of MODSEQ")
+        if not isinstance(entry_type, Atom) or entry_type.upper() not in ("ALL", "SHARED", "PRIV"):
+            raise Bad("MODSEQ entry type must be all, shared or priv")
+        token = reader.take("argument of MODSEQ")
+    return ModseqKey(condstore.modseq_value(token, "MODSEQ"))
 
 
 class Costly(Node):
@@ -526,7 +568,8 @@ class _Reader:
         return self.tokens[self.i - 1]
 
     def string(self, key: str) -> str:
-        return astring(self.take(f"argument of {key}"))
+        token = self.take(f"argument of {key}")
+        return "NIL" if token is NIL else astring(token)      # an atom NIL is an astring here
 
     def number(self, key: str) -> int:
         token = self.take(f"argument of {key}")
@@ -544,7 +587,7 @@ def _sequence_text(token, key: str) -> str:
         raise Bad(f"Invalid {key}")
     text = str(token)
     if text == "$":
-        raise Bad("No saved search result")       # SEARCHRES is not announced
+        return text
     try:
         parse_sequence_set(text, 2**32 - 1)
     except ValueError as e:
@@ -601,6 +644,8 @@ def _key(reader: _Reader, depth: int, counter: _Reader) -> Node:
     if key in _DATES:
         since, before = _date_bounds(key, search_date(reader.take(f"argument of {key}")))
         return SentKey(since, before) if key.startswith("SENT") else DateKey(since, before)
+    if key == "MODSEQ":
+        return _modseq_key(reader)
     if key == "UID":
         return SetKey(reader.sequence_set(key), uid=True)
     if key == "NOT":
@@ -653,7 +698,8 @@ def evaluate(scope: Scope, program: Node) -> list[int]:
 async def matching(session, program: Node) -> list[int]:
     """The selected mailbox's sequence numbers matching program (NO [LIMIT] when the budget
     runs out)."""
-    scope = Scope(session.selected.view, Budget(), session.selected.is_recent)
+    selected = session.selected
+    scope = Scope(selected.view, Budget(), selected.is_recent, selected.saved)
     try:
         if program.costly or len(scope.view) * _program_size(program) > LOOP_WORK:
             return await asyncio.to_thread(evaluate, scope, program)
@@ -665,11 +711,12 @@ async def matching(session, program: Node) -> list[int]:
 
 # ---------------------------------------------------------------- the command
 
-_RETURNS = ("MIN", "MAX", "ALL", "COUNT")
+_RETURNS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")
 
 
-def _return_options(args: list) -> list[str] | None:
-    """Pops RETURN (...) from the front of args -> the options asked (None: no RETURN)."""
+def return_options(args: list) -> list[str] | None:
+    """Pops RETURN (...) from the front of args -> the options asked (None: no RETURN; an
+    empty list means ALL)."""
     if not (args and isinstance(args[0], Atom) and args[0].upper() == "RETURN"):
         return None
     args.pop(0)
@@ -685,11 +732,20 @@ def _return_options(args: list) -> list[str] | None:
 
 
 def compact_set(numbers: list[int]) -> str:
-    """Ascending numbers -> an IMAP sequence set (`2,4:7`)."""
-    return ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in ranges_from_values(numbers))
+    """Numbers -> an IMAP sequence set keeping their order (`2,4:7` for 2 4 5 6 7): only
+    ascending runs are merged, so a sort order survives."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in runs)
 
 
 def esearch_line(tag: str, uid: bool, numbers: list[int], options: list[str]) -> str:
+    """The ESEARCH response; MIN and MAX are the first and last of numbers (ascending for
+    SEARCH, in sort order for SORT, RFC 5267)."""
     quoted = tag.replace("\\", "\\\\").replace('"', '\\"')
     words = [f'ESEARCH (TAG "{quoted}")'] + (["UID"] if uid else [])
     if numbers and "MIN" in options:
@@ -701,6 +757,54 @@ def esearch_line(tag: str, uid: bool, numbers: list[int], options: list[str]) ->
     if numbers and "ALL" in options:
         words.append(f"ALL {compact_set(numbers)}")
     return " ".join(words)
+
+
+def returned(seqs: list[int], options: list[str] | None) -> list[int]:
+    """The messages an answer names: only the MIN / MAX ones when those are asked without ALL
+    or COUNT. seqs: in the answer's order."""
+    if options and seqs and not {"ALL", "COUNT"} & set(options) and {"MIN", "MAX"} & set(options):
+        return ([seqs[0]] if "MIN" in options else []) + ([seqs[-1]] if "MAX" in options else [])
+    return seqs
+
+
+def save_result(session, seqs: list[int], options: list[str] | None) -> None:
+    """RETURN (SAVE) (RFC 5182): the messages `$` names from now on; only the MIN/MAX ones
+    when those are asked without ALL or COUNT. seqs: in the answer's order."""
+    if not options or "SAVE" not in options:
+        return
+    view = session.selected.view.view
+    session.selected.saved = sorted({view.uid(seq) for seq in returned(seqs, options)})
+
+
+def forget_on_failure(session, options: list[str] | None) -> None:
+    """A failed command with RETURN (SAVE) leaves `$` empty (RFC 5182 2.1)."""
+    if options and "SAVE" in options:
+        session.selected.saved = []
+
+
+def highest_modseq(view, seqs: list[int], options: list[str] | None) -> int | None:
+    """A MODSEQ search's result modseq (RFC 7162 3.1.5): the highest of the messages returned;
+    None for none."""
+    return max((view.record(seq).modseq for seq in returned(seqs, options)), default=None)
+
+
+async def answer(session, command, uid: bool, seqs: list[int], options: list[str] | None, verb: str,
+                 modseq: bool = False) -> None:
+    """`* SEARCH`/`* SORT` n... (verb), or ESEARCH with RETURN options (nothing for SAVE alone);
+    modseq (the program had a MODSEQ key): with the highest modseq of the result."""
+    view = session.selected.view.view
+    numbers = [view.uid(seq) for seq in seqs] if uid else seqs
+    save_result(session, seqs, options)
+    highest = None
+    if modseq:
+        await condstore.enable(session)          # a CONDSTORE-enabling command
+        highest = highest_modseq(view, seqs, options)
+    if options is None:
+        await session.untagged(" ".join([verb, *map(str, numbers)] + ([f"(MODSEQ {highest})"] if highest else [])))
+    elif options != ["SAVE"]:
+        await session.untagged(esearch_line(command.tag, uid, numbers, options)
+                               + (f" MODSEQ {highest}" if highest else ""))
+    await session.ok(f"{command.name} completed")
 
 
 def take_charset(args: list) -> None:
@@ -715,16 +819,14 @@ def take_charset(args: list) -> None:
 async def search(session, command) -> None:
     uid = command.name.startswith("UID ")
     args = list(command.args)
-    options = _return_options(args)
+    options = return_options(args)
     if options is None and "IMAP4REV2" in session.enabled:
         options = ["ALL"]
-    take_charset(args)
-    program = parse_program(args)
-    seqs = await matching(session, program)
-    view = session.selected.view.view
-    numbers = [view.uid(seq) for seq in seqs] if uid else seqs
-    if options is None:
-        await session.untagged(" ".join(["SEARCH", *map(str, numbers)]))
-    else:
-        await session.untagged(esearch_line(command.tag, uid, numbers, options))
-    await session.ok(f"{command.name} completed")
+    try:
+        take_charset(args)
+        program = parse_program(args)
+        seqs = await matching(session, program)
+    except Bad:
+        forget_on_failure(session, options)
+        raise
+    await answer(session, command, uid, seqs, options, "SEARCH", uses_modseq(program))

@@ -1,12 +1,14 @@
 """The selected mailbox of one IMAP session: what the client has been told, and what changed.
 
-Selected(session, name, readonly) holds the snapshot the client's sequence numbers refer
+Selected(session, name, readonly, owner=None) holds the snapshot the client's sequence numbers refer
 to: `view` (a store MailboxView: .view is the index View, .path(seq) the message file) and
 `info` (its MailboxInfo). The snapshot only moves forward in send_updates(), which the
 session calls before every tagged OK/NO and IDLE calls when the store signals a change:
     gone, changed = old.diff(new)    messages expunged elsewhere, flags changed elsewhere
     `* n EXPUNGE` for each gone one (highest first, so no number shifts under the client),
     `* n EXISTS` when messages came, `* n FETCH (FLAGS (...))` for the changed ones
+    (once QRESYNC is enabled one `* VANISHED uid-set` replaces the EXPUNGEs, and once
+    CONDSTORE is, the FETCHes carry MODSEQ: workers/imapd/condstore.py)
 except the flag changes this session made and has already reported (own_change(uid,
 modseq) records them). When expunges are not allowed now (during FETCH, STORE, SEARCH)
 and some happened, the snapshot keeps the expunged messages (their last records) and
@@ -21,7 +23,8 @@ recreated (UIDVALIDITY changed) meanwhile ends the session with `* BYE`.
 unclaimed UID per mailbox); EXAMINE sees the unclaimed ones as recent without claiming.
 `* n RECENT` follows every `* n EXISTS`; flag_names(seq) includes \\Recent.
 Helpers for the commands: resolve(token, uid) -> array of sequence numbers (parser
-Bad for a malformed set, BAD for a sequence number beyond the snapshot);
+Bad for a malformed set, BAD for a sequence number beyond the snapshot; `$` is the saved
+search result, `saved`, which lives as long as this selection);
 flags_list(seq) -> bytes `(\\Seen ...)`.
 Diagnostics: none; store errors propagate.
 """
@@ -33,16 +36,17 @@ from store._index_view import RECORD
 from store.index import View, flag_names
 from store.mailstore import MailboxView
 from workers._session import Close
+from workers.imapd import condstore
 from workers.imapd.parser import Atom, Bad
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 class Selected:
-    def __init__(self, session, name: str, readonly: bool):
+    def __init__(self, session, name: str, readonly: bool, owner: str | None = None):
         self.session = session
         self.mail = session.backend.mail
-        self.user = session.user
+        self.user = owner or session.user     # whose mailbox: another user's for an admin (read-only)
         self.name = name
         self.readonly = readonly
         self.view = self.mail.open_mailbox(self.user, name)
@@ -51,6 +55,7 @@ class Selected:
         self._expunges_waiting = False        # the snapshot holds messages expunged meanwhile
         self._recent: list[tuple[int, int]] = []   # [first, end) UID ranges \\Recent in this session
         self.watch = None                     # a store.notify subscription, made by IDLE
+        self.saved: list[int] = []            # ascending UIDs of SEARCH RETURN (SAVE), `$` (RFC 5182)
         self.announced_keywords = self.view.view.keywords   # the client's FLAGS (sent by SELECT)
 
     def __len__(self) -> int:
@@ -65,7 +70,7 @@ class Selected:
         if not isinstance(token, Atom):
             raise Bad("Invalid sequence set")
         if str(token) == "$":
-            raise Bad("No saved search result")   # SEARCHRES is not announced
+            return self.view.view.seqs_in_uid_ranges([(uid, uid) for uid in self.saved])
         try:
             return self.view.view.resolve(str(token), uid)
         except ValueError as e:
@@ -129,8 +134,11 @@ class Selected:
         if newer.info.uidnext > self.info.uidnext:
             await self.claim_recent()
         before = len(self.view) - len(gone)
-        for seq in gone:
-            await session.untagged(f"{seq} EXPUNGE")
+        if gone and condstore.qresync(session):
+            await session.untagged("VANISHED " + condstore.number_set(sorted(self.view.view.uid(seq) for seq in gone)))
+        else:
+            for seq in gone:
+                await session.untagged(f"{seq} EXPUNGE")
         await self.announce_flags(session, newer.view.keywords)
         if len(newer) != before:
             await session.untagged(f"{len(newer)} EXISTS")
@@ -140,7 +148,8 @@ class Selected:
             if self._own.get(record.uid) == record.modseq:
                 continue
             flags = " ".join(self.flag_names(seq, newer.view))
-            await session.untagged(f"{seq} FETCH (UID {record.uid} FLAGS ({flags}))")
+            modseq = f" MODSEQ ({record.modseq})" if condstore.enabled(session) else ""
+            await session.untagged(f"{seq} FETCH (UID {record.uid} FLAGS ({flags}){modseq})")
         self.view = newer
         self.info = newer.info
         self._own.clear()

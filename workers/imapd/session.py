@@ -32,7 +32,7 @@ import time
 from workers import _session
 from workers._limits import STREAM_LIMIT, LineTooLong
 from workers._session import Close, Command, Connection
-from workers.imapd import capability, fetch, folders, general, idle, login, messages, quota, search, sort
+from workers.imapd import capability, compress, fetch, folders, general, idle, login, messages, quota, search, sort, thread
 from workers.imapd.parser import Bad, Limits, read_command
 from workers.imapd import parser
 
@@ -80,6 +80,7 @@ COMMANDS: dict[str, Command] = {
     "SETQUOTA":     Command(quota.setquota,             A_S),
     "APPEND":       Command(messages.append,            A_S),
     "IDLE":         Command(idle.idle,                  A_S),
+    "COMPRESS":     Command(compress.compress,          A_S),
     "CHECK":        Command(general.check,              S),
     "CLOSE":        Command(messages.close,             S),
     "UNSELECT":     Command(messages.unselect,          S),
@@ -89,6 +90,8 @@ COMMANDS: dict[str, Command] = {
     "UID SEARCH":   Command(search.search,              S),
     "SORT":         Command(sort.sort,                  S),
     "UID SORT":     Command(sort.sort,                  S),
+    "THREAD":       Command(thread.thread,              S),
+    "UID THREAD":   Command(thread.thread,              S),
     "FETCH":        Command(fetch.fetch,                S),
     "UID FETCH":    Command(fetch.fetch,                S),
     "STORE":        Command(messages.store,             S),
@@ -99,8 +102,8 @@ COMMANDS: dict[str, Command] = {
     "UID MOVE":     Command(messages.copy,              S),
 }
 
-# RFC 3501 7.4.1: no EXPUNGE response while answering these (sequence numbers in flight; SORT too)
-NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT"})
+# RFC 3501 7.4.1: no EXPUNGE response while answering these (sequence numbers in flight; SORT, THREAD too)
+NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
 
 class Session(_session.Session):

@@ -1,5 +1,5 @@
 """workers/imapd/search.py and sort.py: the search program parser, evaluation over an index
-View with corpus files, decoding, base subjects."""
+View with corpus files, decoding, base subjects, SORT keys (DISPLAY too), ESORT's ordered sets."""
 from __future__ import annotations
 
 import calendar
@@ -9,7 +9,8 @@ import pytest
 from store._index_view import RECORD
 from store.index import FLAGGED, SEEN, MailboxInfo, View
 from tests.conftest import CORPUS
-from workers.imapd.parser import Atom, Bad, Literal, String
+from workers.imapd.mime import addresses
+from workers.imapd.parser import NIL, Atom, Bad, Literal, String
 from workers.imapd.search import (
     And,
     BodyKey,
@@ -33,7 +34,7 @@ from workers.imapd.search import (
     evaluate,
     parse_program,
 )
-from workers.imapd.sort import base_subject, order, sort_keys
+from workers.imapd.sort import base_subject, order, sort_keys, subject_base
 
 FILES = ["01-plain.eml", "02-utf8-8bit.eml", "03-quoted-printable.eml", "05-mixed-attachment.eml",
          "07-forwarded-rfc822.eml", "09-folded-headers.eml"]
@@ -88,9 +89,18 @@ def test_parse_shapes():
     assert isinstance(parse_program(A("NOT", "NOT", "SEEN")), Not)
 
 
+def test_nil_and_saved_result(scope):
+    assert isinstance(parse_program([Atom("SUBJECT"), NIL]), HeaderKey)       # the string "NIL"
+    assert run(scope, Atom("BODY"), NIL) == []
+    scope.saved = [20, 40, 99]                                   # UIDs; 99 is not in the mailbox
+    assert run(scope, Atom("$")) == [2, 4]
+    assert run(scope, *A("UID", "$", "SEEN")) == [4]
+    assert run(scope, *A("NOT", "$")) == [1, 3, 5, 6]
+
+
 @pytest.mark.parametrize("tokens", [
     [], A("BOGUS"), A("FROM"), A("LARGER", "x"), A("LARGER", "99999999999"), A("SINCE", "1-Foo-2020"),
-    A("SINCE", "31-Feb-2020"), A("BEFORE", "2020-01-01"), A("UID", "1:x"), A("0:3"), A("$"), A("OR", "SEEN"),
+    A("SINCE", "31-Feb-2020"), A("BEFORE", "2020-01-01"), A("UID", "1:x"), A("0:3"), A("UID", "$x"), A("OR", "SEEN"),
     A("NOT"), [[]], [Atom("HEADER"), String("bad name"), String("x")], [Atom("KEYWORD"), String("x")],
     [Atom("SUBJECT"), Literal(b"\xff\xfe")], A(*["NOT"] * 200, "SEEN"), A(*["SEEN"] * 1001),
 ])
@@ -174,6 +184,7 @@ def test_decoding():
 
 def test_esearch_line():
     assert compact_set([1, 2, 3, 5, 7, 8]) == "1:3,5,7:8"
+    assert compact_set([5, 6, 2, 3, 4, 1]) == "5:6,2:4,1"        # a sort order survives
     assert esearch_line("A1", True, [2, 3, 9], ["MIN", "MAX", "COUNT", "ALL"]) == \
         'ESEARCH (TAG "A1") UID MIN 2 MAX 9 COUNT 3 ALL 2:3,9'
     assert esearch_line("A2", False, [], ["MIN", "COUNT", "ALL"]) == 'ESEARCH (TAG "A2") COUNT 0'
@@ -205,3 +216,29 @@ def test_sort(scope):
     for bad in ([], A("REVERSE"), A("BOGUS"), A("REVERSE", "REVERSE", "SIZE"), Atom("SIZE")):
         with pytest.raises(Bad):
             sort_keys(bad)
+
+
+@pytest.mark.parametrize("subject, base, reply", [
+    ("hello", "hello", False), ("[list] hello", "hello", False), ("Re: hello", "hello", True),
+    ("hello (fwd)", "hello", True), ("[Fwd: hello]", "hello", True), ("Ad: Re: x", "Ad: Re: x", False),
+])
+def test_subject_base_marks_replies(subject, base, reply):
+    assert subject_base(subject) == (base, reply)
+
+
+def test_first_addresses():
+    # a group's start is an address whose mailbox is the group's name (as in the ENVELOPE)
+    assert addresses(b"user2: blah@domain1.org;")[0] == (None, None, b"user2", None)
+    assert addresses(b"user2@domain2.org (foo bar)")[0] == (b"foo bar", None, b"user2", b"domain2.org")
+    assert addresses(b"undisclosed-recipients:;") == [(None, None, b"undisclosed-recipients", None),
+                                                      (None, None, None, None)]
+
+
+def test_sort_display_and_esort_order(scope):
+    everything = [1, 2, 3, 4, 5, 6]
+    # alice martin (1, 5), eve lindqvist, jürgen müller (RFC 2047), shop example, supplier billing
+    assert order(scope.mailbox, everything, sort_keys(A("DISPLAYFROM")), Budget()) == [1, 5, 6, 2, 3, 4]
+    # REVERSE applies to its key only: the tied 1 and 5 stay in sequence order
+    assert order(scope.mailbox, everything, sort_keys(A("REVERSE", "DISPLAYFROM")), Budget()) == [4, 3, 2, 6, 1, 5]
+    assert order(scope.mailbox, everything, sort_keys(A("DISPLAYTO")), Budget())[-1] == 6    # "development ..."
+    assert esearch_line("S", False, [5, 6, 1, 2], ["MIN", "MAX", "ALL"]) == 'ESEARCH (TAG "S") MIN 5 MAX 2 ALL 5:6,1:2'
