@@ -11,6 +11,9 @@ LMDB layout (one environment under index_directory, one writer / many readers):
   expunged    >IQ mailbox_id,modseq    -> packed <I uids expunged at that modseq
   deliveries  user\\0delivery_id       -> DELIVERY (mailbox_id, uid, time, done)
   usage       user                     -> USAGE (bytes, messages): quota usage, kept exact
+  subscriptions user\0name          -> b"": IMAP subscriptions, kept apart from the mailboxes
+                                        (a name may be subscribed without existing); the
+                                        header's subscribed flag mirrors it for existing ones
   structures  >II mailbox_id,uid       -> opaque bytes the imapd computed from the message
                                         (ENVELOPE/BODYSTRUCTURE), a cache: only for UIDs
                                         in the mailbox, dropped with the message
@@ -25,6 +28,8 @@ snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idem
 delivery id: the id is recorded in the same transaction as the entry); reserve_uids +
 append_batch, the same for many deliveries (any users and mailboxes) in one transaction
 each (group commit); append_many;
+subscribe(user, name, on) / subscriptions(user) (a subscription outlives its mailbox;
+a rename moves those of the renamed tree);
 delivered(user, delivery_id); recent_from / claim_recent (IMAP's \\Recent); store_flags over UID ranges; expunge; expunged_since /
 changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge);
 structures(user, mailbox, uids) / put_structures(user, mailbox, {uid: blob}), the imapd's
@@ -70,7 +75,7 @@ STRUCTURE_KEY = struct.Struct(">II")
 CHUNK = 1024
 INITIAL_MAP_SIZE = 64 << 20
 MAP_GROWTH = 64 << 20  # at least this much more on a full map (address space, not disk)
-DATABASES = ("mailboxes", "messages", "expunged", "deliveries", "usage", "structures", "meta")
+DATABASES = ("mailboxes", "messages", "expunged", "deliveries", "usage", "structures", "meta", "subscriptions")
 
 
 def _mailbox_key(user: str, name: str) -> bytes:
@@ -219,9 +224,12 @@ class Index:
             mailbox_id = (struct.unpack("<I", last)[0] if last else 0) + 1
             txn.put(b"mailbox_id", struct.pack("<I", mailbox_id), db=self._db["meta"])
             validity = uidvalidity or self._new_uidvalidity(txn)
-            info = MailboxInfo(user, name, mailbox_id, validity, max(uidnext, 1), 1, 0, 0, 0, subscribed,
+            subscribed_now = subscribed or txn.get(key, db=self._db["subscriptions"]) is not None
+            info = MailboxInfo(user, name, mailbox_id, validity, max(uidnext, 1), 1, 0, 0, 0, subscribed_now,
                                special_use, ())
             self._put_header(txn, info)
+            if subscribed:
+                txn.put(key, b"", db=self._db["subscriptions"])
             return info
         return self._write(create)
 
@@ -237,15 +245,49 @@ class Index:
                                special_use: str | None = None) -> MailboxInfo:
         def update(txn):
             info = self._header(txn, user, name)
-            changes = {}
             if subscribed is not None:
-                changes["subscribed"] = subscribed
+                info = self._subscribe_in(txn, user, name, subscribed)
             if special_use is not None:
-                changes["special_use"] = special_use
-            info = replace(info, **changes)
-            self._put_header(txn, info)
+                info = replace(info, special_use=special_use)
+                self._put_header(txn, info)
             return info
         return self._write(update)
+
+    def subscribe(self, user: str, name: str, on: bool) -> MailboxInfo | None:
+        """Subscribe to (or unsubscribe from) name, which need not exist; returns the
+        mailbox's header with its subscribed flag updated, None when there is no such mailbox."""
+        return self._write(lambda txn: self._subscribe_in(txn, user, name, on))
+
+    def _subscribe_in(self, txn, user: str, name: str, on: bool) -> MailboxInfo | None:
+        key = _mailbox_key(user, name)
+        if on:
+            txn.put(key, b"", db=self._db["subscriptions"])
+        else:
+            txn.delete(key, db=self._db["subscriptions"])
+        value = txn.get(key, db=self._db["mailboxes"])
+        if value is None:
+            return None
+        info = _decode_mailbox(user, name, value)
+        if info.subscribed != on:
+            info = replace(info, subscribed=on)
+            self._put_header(txn, info)
+        return info
+
+    def subscriptions(self, user: str) -> list[str]:
+        """The names user is subscribed to (existing or not), sorted."""
+        return self._read(lambda txn: self._subscriptions_in(txn, user))
+
+    def _subscriptions_in(self, txn, user: str) -> list[str]:
+        prefix = user.encode() + b"\0"
+        cursor = txn.cursor(db=self._db["subscriptions"])
+        found = []
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(values=False):
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                found.append(key[len(prefix):].decode())
+        return found
 
     def delete_mailbox(self, user: str, name: str) -> MailboxInfo:
         """Remove the mailbox and its messages from the index (usage is reduced); returns its
@@ -269,6 +311,7 @@ class Index:
                 txn.delete(_mailbox_key(user, info.name), db=self._db["mailboxes"])
             txn.delete(user.encode(), db=self._db["usage"])
             self._drop_prefix(txn, self._db["deliveries"], _delivery_key(user, ""))
+            self._drop_prefix(txn, self._db["subscriptions"], _mailbox_key(user, ""))
             return boxes
         return self._write(remove)
 
@@ -287,7 +330,9 @@ class Index:
                     break
 
     def rename_mailbox(self, user: str, old: str, new: str, separator: str = "/") -> list[tuple[str, str]]:
-        """Rename old and every mailbox below it; returns the (old, new) name pairs."""
+        """Rename old and every mailbox below it; returns the (old, new) name pairs. The
+        subscriptions of the renamed tree move with it (a renamed mailbox's target name is
+        subscribed exactly when its old name was, as its header says)."""
         def rename(txn):
             db = self._db["mailboxes"]
             if txn.get(_mailbox_key(user, new), db=db) is not None:
@@ -301,6 +346,15 @@ class Index:
             for source, target in pairs:
                 value = txn.pop(_mailbox_key(user, source), db=db)
                 txn.put(_mailbox_key(user, target), value, db=db)
+            subs = self._db["subscriptions"]
+            moved = [name for name in self._subscriptions_in(txn, user)
+                     if name == old or name.startswith(old + separator)]
+            for name in moved:
+                txn.delete(_mailbox_key(user, name), db=subs)
+            for _, target in pairs:
+                txn.delete(_mailbox_key(user, target), db=subs)
+            for name in moved:
+                txn.put(_mailbox_key(user, new + name[len(old):]), b"", db=subs)
             return pairs
         return self._write(rename)
 

@@ -8,7 +8,10 @@ Interface: MailStore(store_dir, index_dir) (a process has one: store.handle.Stor
 deliver(user, mailbox, source, delivery_id=None, flags=(), internal_date=None) -> UID,
 idempotent per delivery id; deliver_many([DeliveryRequest]) -> [UID or exception], the same
 for a batch (group commit: one fsync per message, one per mailbox directory, two index
-commits for the whole batch); create/delete/rename/list/subscribe mailboxes;
+commits for the whole batch); create/delete/rename/list mailboxes; subscribe(user, name, on)
+and subscriptions(user): IMAP subscriptions, apart from the mailboxes (a name may be
+subscribed while it does not exist; DELETE keeps it, RENAME moves those of the renamed tree;
+an existing mailbox's .mailbox file records its subscription for reconstruct);
 open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags, path); set_flags;
 expunge; copy (COPY/MOVE); usage(user) (the quota rule is store/directory.py's);
 delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail);
@@ -232,6 +235,20 @@ class MailStore:
         info = self.index.set_mailbox_attributes(user, mailbox, subscribed=subscribed, special_use=special_use)
         self.write_meta(self.mailbox_dir(user, mailbox), info)
         return info
+
+    def subscribe(self, user: str, mailbox: str, on: bool) -> None:
+        """Subscribe to (on) or unsubscribe from a name, existing or not."""
+        mailbox = normalise_mailbox(mailbox)
+        info = self.index.subscribe(user, mailbox, on)
+        if info is not None:
+            self.write_meta(self.mailbox_dir(user, mailbox), info)
+
+    def subscriptions(self, user: str) -> list[str]:
+        return self.index.subscriptions(user)
+
+    def users(self) -> list[str]:
+        """Every user the index has mailboxes (or usage) for."""
+        return self.index.users()
 
     def delete_mailbox(self, user: str, mailbox: str) -> MailboxInfo:
         """Delete a mailbox without children, with its messages. INBOX cannot be deleted;

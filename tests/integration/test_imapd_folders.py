@@ -25,6 +25,7 @@ DEFAULTS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     running = ImapSystem(tmp_path_factory.mktemp("imapd-folders"), main={"imap_admins": ADMIN})
+    running.add_user(ADMIN, PASSWORD)
     yield running
     running.stop()
 
@@ -167,8 +168,8 @@ def test_create_errors(client, raw):
     assert "[ALREADYEXISTS]" in no_code(client, client.create, "inbox")
     assert "[ALREADYEXISTS]" in no_code(client, client.create, "Sent")
     assert "[CANNOT]" in no_code(client, client.create, "a//b")
-    _, done = raw.cmd('CREATE "Bad&Jjo"')                     # not valid modified UTF-7
-    assert done.startswith("BAD")
+    _, done = raw.cmd('CREATE "Bad&Jjo"')                     # not valid modified UTF-7: a NO, as Dovecot
+    assert done.startswith("NO [CANNOT]"), done
     _, done = raw.cmd("CREATE")
     assert done.startswith("BAD")
     _, done = raw.cmd('CREATE "X" (FOO (BAR))')
@@ -274,7 +275,6 @@ def test_subscriptions(client, raw):
     assert client.subscribe("Lists/rust")[0] == "OK"
     assert client.subscribe("Lists/go/nuts")[0] == "OK"
     assert client.unsubscribe("Trash")[0] == "OK"
-    assert "[NONEXISTENT]" in no_code(client, client.subscribe, "Nowhere")
     subscribed = set(listed(client.lsub()[1]))
     assert subscribed == {"INBOX", "Sent", "Drafts", "Junk", "Archive", "Lists/rust", "Lists/go/nuts"}
     lsub = listed(client.lsub('""', "%")[1])
@@ -293,8 +293,51 @@ def test_subscriptions(client, raw):
                              "Lists/go": {"\\HasChildren"}}
     lines, _ = raw.cmd('LIST (REMOTE) "" "Lists"')
     assert listed(lines) == {"Lists": {"\\HasChildren"}}
-    assert client.delete("Lists/rust")[0] == "OK"           # the subscription goes with it
-    assert "Lists/rust" not in listed(client.lsub()[1])
+
+
+def test_subscriptions_are_names_apart_from_the_mailboxes(client, raw, system, user):
+    """RFC 3501 6.3.6 / RFC 5258 3.1, as Dovecot: a subscription need not name a mailbox."""
+    assert client.subscribe("Nowhere/deep")[0] == "OK"
+    assert client.create("Lists/rust")[0] == "OK"
+    assert client.subscribe("Lists/rust")[0] == "OK"
+    assert client.delete("Lists/rust")[0] == "OK"           # the subscription stays
+    assert {"Lists/rust": set(), "Nowhere/deep": set()}.items() <= listed(client.lsub()[1]).items()
+    assert listed(client.lsub('""', "%")[1])["Nowhere"] == {"\\Noselect"}
+    lines, done = raw.cmd('LIST (SUBSCRIBED) "" "*"')
+    boxes = listed(lines)
+    assert {"\\NonExistent", "\\Subscribed"} <= boxes["Lists/rust"] and "\\Noselect" not in boxes["Lists/rust"]
+    assert {"\\NonExistent", "\\Subscribed"} <= boxes["Nowhere/deep"] and "Nowhere" not in boxes
+    assert "Lists/rust" not in listed(client.list()[1])    # a plain LIST shows mailboxes only
+    assert client.create("Lists/rust")[0] == "OK"           # created again: subscribed again
+    assert mailbox(system, user, "Lists/rust").subscribed
+    lines, _ = raw.cmd('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Nowhere"')
+    assert lines == ['* LIST (\\NonExistent \\HasNoChildren) "/" "Nowhere" ("CHILDINFO" ("SUBSCRIBED"))']
+    lines, _ = raw.cmd('LIST (SUBSCRIBED RECURSIVEMATCH) "" ("Nowhere" "Nowhere/deep")')
+    assert set(listed(lines)) == {"Nowhere/deep"}           # the subscribed child is listed itself
+    assert client.create("Lists/rust/old")[0] == "OK"
+    assert client.subscribe("Lists/rust/old")[0] == "OK"
+    assert client.rename("Lists", "Feeds")[0] == "OK"      # subscriptions move with the tree
+    subscribed = set(listed(client.lsub('""', "*")[1]))
+    assert {"Feeds/rust", "Feeds/rust/old"} <= subscribed and not any(n.startswith("Lists") for n in subscribed)
+    assert mailbox(system, user, "Feeds/rust/old").subscribed
+    assert client.unsubscribe("Nowhere/deep")[0] == "OK"
+    assert "Nowhere/deep" not in listed(client.lsub()[1])
+
+
+ATOM_CHARS = "!#$&'+,-.0123456789:;<=>?@^_`|[}"             # imaptest's `atoms`: `&'` is not modified UTF-7
+
+
+def test_invalid_modified_utf7_names_do_not_exist(raw):
+    for command in ("SELECT", "EXAMINE", "STATUS", "DELETE", "SUBSCRIBE"):
+        args = " (MESSAGES)" if command == "STATUS" else ""
+        _, done = raw.cmd(f"{command} {ATOM_CHARS}{args}")
+        assert done.startswith("NO [CANNOT]"), (command, done)
+    lines, done = raw.cmd(f'LIST "" {ATOM_CHARS}%*')
+    assert lines == [] and done.startswith("OK"), (lines, done)
+    lines, done = raw.cmd('LSUB "&Jjo" "*"')
+    assert lines == [] and done.startswith("OK"), (lines, done)
+    lines, done = raw.cmd('LIST "" NIL')                     # NIL is a name here (imaptest's `nil`)
+    assert lines == [] and done.startswith("OK"), (lines, done)
 
 
 def test_status_counts(client, raw, system, user):
@@ -362,7 +405,6 @@ def test_quota_roots(system, user, raw):
             assert done.startswith("BAD"), bad
     finally:
         limited.close()
-    system.add_user(ADMIN, PASSWORD)
     admin = Raw(system, ADMIN)
     try:
         lines, done = admin.cmd(f'SETQUOTA "{other}" (STORAGE 4096)')
@@ -381,3 +423,44 @@ def test_quota_roots(system, user, raw):
         assert lines == [f'* QUOTA "" (STORAGE {used} 4096)']   # the new limit, read anew
     finally:
         limited.close()
+
+
+def test_admins_see_other_users_read_only(system, user, raw):
+    raw.cmd("CREATE Work/2024")
+    system.deliver(user, "05-mixed-attachment.eml", "06-nested-multipart.eml", mailbox="Work/2024")
+    system.deliver(user, "03-quoted-printable.eml")
+    lines, _ = raw.cmd("NAMESPACE")
+    assert lines == ['* NAMESPACE (("" "/")) NIL NIL']
+    for command in ("SELECT user", f"SELECT user/{user}", f"EXAMINE user/{user}/Work", "CREATE user/x",
+                    f"STATUS user/{user} (MESSAGES)"):
+        _, done = raw.cmd(command)
+        assert done.startswith("NO [NONEXISTENT]"), (command, done)   # no such namespace for them
+    admin = Raw(system, ADMIN)
+    try:
+        lines, _ = admin.cmd("NAMESPACE")
+        assert lines == ['* NAMESPACE (("" "/")) (("user/" "/")) NIL']
+        lines, _ = admin.cmd(f'LIST "" "user/{user}/*"')
+        boxes = listed(lines)
+        assert {f"user/{user}/Work", f"user/{user}/Work/2024", f"user/{user}/Sent"} <= set(boxes)
+        lines, _ = admin.cmd('LIST "" "%"')
+        assert listed(lines)["user"] == {"\\Noselect", "\\HasChildren"} and "INBOX" in listed(lines)
+        lines, _ = admin.cmd(f'LIST "user/" "%"')
+        assert listed(lines)[f"user/{user}"] == {"\\HasChildren"}              # the user's INBOX
+        lines, _ = admin.cmd(f"STATUS user/{user}/Work/2024 (MESSAGES)")
+        assert status_of(lines, f"user/{user}/Work/2024") == {"MESSAGES": 2}
+        lines, done = admin.cmd(f"SELECT user/{user}")
+        assert "* 1 EXISTS" in lines and done.startswith("OK [READ-ONLY]"), done
+        lines, done = admin.cmd(f"SELECT user/{user}/Work/2024")
+        assert "* 2 EXISTS" in lines and done.startswith("OK [READ-ONLY]"), done
+        lines, done = admin.cmd("FETCH 2 (RFC822.SIZE)")
+        assert done.startswith("OK") and len(lines) == 1
+        _, done = admin.cmd("STORE 1 +FLAGS (\\Deleted)")
+        assert done.startswith("NO [READ-ONLY]")
+        _, done = admin.cmd("COPY 1 INBOX")
+        assert done.startswith("NO [CANNOT]")
+        _, done = admin.cmd(f"SELECT user/{user}/Nowhere")
+        assert done.startswith("NO [NONEXISTENT]")
+    finally:
+        admin.close()
+    with system.store() as store:
+        assert not any("\\Deleted" in m.flags for m in store.open_mailbox(user, "Work/2024").messages())

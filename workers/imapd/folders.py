@@ -4,13 +4,24 @@ DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS (STATUS=SIZE RFC 8438).
 
 SELECT and EXAMINE open a mailbox (workers/imapd/selected.py) and answer FLAGS, EXISTS,
 RECENT, UNSEEN, PERMANENTFLAGS, UIDVALIDITY, UIDNEXT and READ-WRITE / READ-ONLY; a failed
-SELECT leaves no mailbox selected (RFC 3501 6.3.1).
-One personal namespace: prefix "", delimiter "/". Every parent of a mailbox is a mailbox
-in the store, so \\Noselect / \\NonExistent appear only for a parent the index lacks
-(and for `LIST "" ""`). Subscriptions belong to existing mailboxes: SUBSCRIBE to a name
-that does not exist is NO [NONEXISTENT], DELETE drops the subscription with the mailbox.
+SELECT leaves no mailbox selected (RFC 3501 6.3.1). Their CONDSTORE / QRESYNC parameters and
+responses (OK [CLOSED], HIGHESTMODSEQ, VANISHED (EARLIER)) are workers/imapd/condstore.py's;
+STATUS has HIGHESTMODSEQ too.
+Namespaces (workers/imapd/names.py): the personal one, prefix "", delimiter "/"; for
+imap_admins users also "Other Users", prefix "user/" (NAMESPACE says so): they may LIST,
+STATUS, SELECT and EXAMINE other users' mailboxes as `user/NAME/...`, always read-only
+(SELECT answers [READ-ONLY]: no ACLs yet); everyone else finds no mailbox under `user`.
+Every parent of a mailbox is a mailbox in the store. Subscriptions are names kept apart from the mailboxes (store subscriptions,
+as Dovecot): SUBSCRIBE to a name that does not exist is allowed, DELETE keeps the
+subscription, RENAME moves those of the renamed tree. So \\NonExistent (LIST-EXTENDED;
+\\Noselect in a plain LIST) appears for a subscribed name that does not exist, listed by
+the SUBSCRIBED selection option (RFC 5258 3.1), for its parents the index lacks, and for
+`LIST "" ""`; LSUB lists such a name as it lists any other subscription.
 LIST answers \\HasChildren / \\HasNoChildren and the special-use attributes always,
-\\Subscribed with the SUBSCRIBED selection or return option. DELETE refuses INBOX
+\\Subscribed with the SUBSCRIBED selection or return option. RECURSIVEMATCH adds CHILDINFO
+to a mailbox that has a descendant meeting the selection criteria which no pattern matches
+(itself listed otherwise). A reference or pattern that is not valid modified UTF-7 matches
+nothing. DELETE refuses INBOX
 ([CANNOT]) and a mailbox with children ([ALREADYEXISTS], as Dovecot); deleting the
 selected mailbox unselects it. RENAME INBOX moves INBOX's messages into a new mailbox and
 leaves INBOX empty (its children stay); RENAME of the selected mailbox (or a parent of it)
@@ -26,27 +37,31 @@ import re
 from store.fsio import StorageError
 from store.index import SEEN, NoSuchMailbox
 from store.mailstore import INBOX, BadMailboxName, MailboxExists, MailboxNotEmpty
-from workers.imapd.names import DELIMITER, mailbox_name, utf8_names, wire_name
-from workers.imapd.parser import Atom, Bad, String, astring, mutf7_decode
+from workers.imapd import condstore
+from workers.imapd.names import (
+    DELIMITER, OTHER_USERS, is_admin, mailbox_name, mailbox_ref, name_text, other_name, reserved, utf8_names, wire_name,
+)
+from workers.imapd.parser import Atom, Bad, String, mutf7_decode
 from workers.imapd.selected import Selected
 
 CAPABILITIES = ("NAMESPACE", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS",
                 "STATUS=SIZE")
 
 SPECIAL_USES = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive")   # what a mailbox of the store can be
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ")
 SELECT_OPTIONS = ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE")
 RETURN_OPTIONS = ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS")
 
 
 async def select(session, command) -> None:
-    if len(command.args) != 1:
-        raise Bad(f"{command.name} takes a mailbox name")
-    name = mailbox_name(session, command.args[0])
-    readonly = command.name == "EXAMINE"
-    session.unselect()
+    if not 1 <= len(command.args) <= 2:
+        raise Bad(f"{command.name} takes a mailbox name and optional parameters")
+    params = condstore.select_parameters(session, command.args[1:])
+    owner, name = mailbox_ref(session, command.args[0])
+    readonly = command.name == "EXAMINE" or owner != session.user
+    await condstore.close_selected(session)
     try:
-        selected = Selected(session, name, readonly)
+        selected = Selected(session, name, readonly, owner)
     except NoSuchMailbox:
         await session.no("Mailbox does not exist", "NONEXISTENT")
         return
@@ -64,6 +79,7 @@ async def select(session, command) -> None:
     info = selected.info
     await session.untagged(f"OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
     await session.untagged(f"OK [UIDNEXT {info.uidnext}] Predicted next UID")
+    await condstore.report_selected(session, selected, params)
     session.select(selected)
     await session.ok(f"{command.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
 
@@ -102,48 +118,49 @@ def _words(token, allowed: tuple[str, ...], what: str) -> list[str]:
     return words
 
 
-def _recent(session, name: str, info) -> int:
+def _recent(mail, info) -> int:
     """Messages no session has claimed as \\Recent yet (what a SELECT now would see)."""
-    mail = session.backend.mail
-    first, end = mail.recent_from(session.user, name)
+    first, end = mail.recent_from(info.user, info.name)
     if first >= end or not info.count:
         return 0
     if first <= 1:
         return info.count
-    return len(mail.open_mailbox(session.user, name).view.seqs_in_uid_ranges([(first, end - 1)]))
+    return len(mail.open_mailbox(info.user, info.name).view.seqs_in_uid_ranges([(first, end - 1)]))
 
 
-def _status_text(session, name: str, info, items) -> str:
+def _status_text(session, info, items) -> str:
     values = {"MESSAGES": info.count, "UIDNEXT": info.uidnext, "UIDVALIDITY": info.uidvalidity,
-              "UNSEEN": info.unseen, "SIZE": info.total_size}
+              "UNSEEN": info.unseen, "SIZE": info.total_size, "HIGHESTMODSEQ": info.highestmodseq}
     if "RECENT" in items:
-        values["RECENT"] = _recent(session, name, info)
+        values["RECENT"] = _recent(session.backend.mail, info)
     return " ".join(f"{item} {values[item]}" for item in items)
 
 
-async def _send_status(session, name: str, info, items) -> None:
-    text = _status_text(session, name, info, items)
-    await session.untagged(b"STATUS " + wire_name(session, name) + f" ({text})".encode())
+async def _send_status(session, shown: str, info, items) -> None:
+    """STATUS of the mailbox info describes (its owner's), under the name the client used."""
+    text = _status_text(session, info, items)
+    await session.untagged(b"STATUS " + wire_name(session, shown) + f" ({text})".encode())
 
 
 # ---------------------------------------------------------------- NAMESPACE, STATUS
 
 async def namespace(session, command) -> None:
     _args(command, 0, "no arguments")
-    await session.untagged(f'NAMESPACE (("" "{DELIMITER}")) NIL NIL')
+    others = f'(("{OTHER_USERS}{DELIMITER}" "{DELIMITER}"))' if is_admin(session) else "NIL"
+    await session.untagged(f'NAMESPACE (("" "{DELIMITER}")) {others} NIL')
     await session.ok("NAMESPACE completed")
 
 
 async def status(session, command) -> None:
     name_token, items = _args(command, 2, "a mailbox name and a list of status items")
-    name = mailbox_name(session, name_token)
+    owner, name = mailbox_ref(session, name_token)
     items = _words(items, STATUS_ITEMS, "status item")
     if not items:
         raise Bad("STATUS needs at least one status item")
-    info = session.backend.mail.mailbox(session.user, name)
+    info = session.backend.mail.mailbox(owner, name)
     if info is None:
         raise Bad("Mailbox does not exist", status="NO", code="NONEXISTENT")
-    await _send_status(session, name, info, items)
+    await _send_status(session, name if owner == session.user else other_name(owner, name), info, items)
     await session.ok("STATUS completed")
 
 
@@ -166,7 +183,7 @@ def _special_use(params) -> str:
 async def create(session, command) -> None:
     if len(command.args) not in (1, 2):
         raise Bad("CREATE takes a mailbox name and optionally (USE (special-use))")
-    text = astring(command.args[0])
+    text = name_text(command.args[0])
     if text.endswith(DELIMITER):                 # RFC 3501 6.3.3: a trailing delimiter is dropped
         text = text[:-1]
     name = mailbox_name(session, String(text))
@@ -186,9 +203,14 @@ async def delete(session, command) -> None:
         await _write(session, session.backend.mail.delete_mailbox, session.user, name)
     except MailboxNotEmpty:
         raise Bad("Mailbox has children, delete them first", status="NO", code="ALREADYEXISTS") from None
-    if session.selected is not None and session.selected.name == name:
+    if _selected_own(session) and session.selected.name == name:
         session.unselect()
     await session.ok("DELETE completed")
+
+
+def _selected_own(session) -> bool:
+    """A mailbox of the user's own is selected (not another user's)."""
+    return session.selected is not None and session.selected.user == session.user
 
 
 def _move_inbox(mail, user: str, new: str) -> None:
@@ -216,7 +238,7 @@ async def rename(session, command) -> None:
 def _follow_rename(session, old: str, new: str) -> None:
     """The selected mailbox, if renamed (with a parent, too), keeps its snapshot under the new name."""
     selected = session.selected
-    if selected is None or not (selected.name == old or selected.name.startswith(old + DELIMITER)):
+    if not _selected_own(session) or not (selected.name == old or selected.name.startswith(old + DELIMITER)):
         return
     selected.name = selected.view.mailbox = new + selected.name[len(old):]
     selected.view.directory = session.backend.mail.mailbox_dir(session.user, selected.name)
@@ -225,8 +247,7 @@ def _follow_rename(session, old: str, new: str) -> None:
 async def subscribe(session, command) -> None:
     [token] = _args(command, 1, "a mailbox name")
     name = mailbox_name(session, token)
-    await _write(session, session.backend.mail.set_mailbox_attributes, session.user, name,
-                 command.name == "SUBSCRIBE")
+    await _write(session, session.backend.mail.subscribe, session.user, name, command.name == "SUBSCRIBE")
     await session.ok(f"{command.name} completed")
 
 
@@ -235,9 +256,15 @@ unsubscribe = subscribe
 
 # ---------------------------------------------------------------- LIST, LSUB
 
-def _pattern(session, token) -> str:
-    text = astring(token)
-    return text if utf8_names(session) else mutf7_decode(text)
+def _pattern(session, token) -> str | None:
+    """A reference or pattern argument as store text; None when it is not valid modified UTF-7."""
+    text = name_text(token)
+    if utf8_names(session):
+        return text
+    try:
+        return mutf7_decode(text)
+    except Bad:
+        return None
 
 
 def _full_pattern(reference: str, pattern: str) -> str:
@@ -257,16 +284,47 @@ def _matcher(pattern: str):
     return re.compile(regex, re.DOTALL).fullmatch
 
 
-class _Tree:
-    """The user's mailboxes with the parents they imply; names in LIST's order (INBOX first)."""
+def _matchers(reference: str | None, patterns: list[str | None]) -> list:
+    if reference is None:
+        return []
+    return [_matcher(_full_pattern(reference, p)) for p in patterns if p]
 
-    def __init__(self, infos):
-        self.boxes = {info.name: info for info in infos}
-        self.parents: set[str] = set()
-        for name in self.boxes:
-            parts = name.split(DELIMITER)
-            self.parents.update(DELIMITER.join(parts[:depth]) for depth in range(1, len(parts)))
-        self.names = sorted(self.boxes.keys() | self.parents, key=lambda n: (n.split(DELIMITER)[0] != INBOX, n))
+
+def _may_reach_others(pattern: str) -> bool:
+    """The pattern may match a name of the Other Users namespace (what precedes its first
+    wildcard is a prefix of `user/` or starts with it)."""
+    literal = re.split(r"[*%]", pattern, maxsplit=1)[0]
+    prefix = OTHER_USERS + DELIMITER
+    return prefix.startswith(literal[:len(prefix)])
+
+
+def _ancestors(names) -> set[str]:
+    """Every parent of the names (`a` and `a/b` for `a/b/c`)."""
+    out = set()
+    for name in names:
+        parts = name.split(DELIMITER)
+        out.update(DELIMITER.join(parts[:depth]) for depth in range(1, len(parts)))
+    return out
+
+
+class _Tree:
+    """The user's mailboxes with the parents they imply, and the subscribed names; names in
+    LIST's order (INBOX first): the mailboxes, their parents and, with_subscribed, the
+    subscribed names and their parents, existing or not; with others, every other user's
+    mailboxes under the names an admin sees (boxes: listed name -> the owner's MailboxInfo)."""
+
+    def __init__(self, session, with_subscribed: bool, others: bool = False):
+        mail = session.backend.mail
+        self.boxes = {info.name: info for info in mail.list_mailboxes(session.user) if not reserved(info.name)}
+        for owner in mail.users() if others else ():
+            if owner != session.user:
+                self.boxes.update((other_name(owner, info.name), info) for info in mail.list_mailboxes(owner))
+        self.subscribed = set(mail.subscriptions(session.user))
+        self.parents = _ancestors(self.boxes)            # the names with existing children
+        names = self.boxes.keys() | self.parents
+        if with_subscribed:
+            names |= self.subscribed | _ancestors(self.subscribed)
+        self.names = sorted(names, key=lambda n: (n.split(DELIMITER)[0] != INBOX, n))
 
     def descendants(self, name: str):
         prefix = name + DELIMITER
@@ -304,7 +362,9 @@ class _ListRequest:
         if "RECURSIVEMATCH" in self.select and not set(self.select) - {"RECURSIVEMATCH", "REMOTE"}:
             raise Bad("RECURSIVEMATCH needs another selection option")
         self.root = "" in patterns                      # LIST "" "": the delimiter
-        self.matchers = [_matcher(_full_pattern(reference, p)) for p in patterns if p]
+        self.matchers = _matchers(reference, patterns)
+        self.others = is_admin(session) and reference is not None and any(
+            _may_reach_others(_full_pattern(reference, p)) for p in patterns if p)
         self.criteria = [o for o in self.select if o in ("SUBSCRIBED", "SPECIAL-USE")]
         self.show_subscribed = "SUBSCRIBED" in self.select or "SUBSCRIBED" in self.returns
 
@@ -325,17 +385,23 @@ class _ListRequest:
     def matches(self, name: str) -> bool:
         return any(match(name) for match in self.matchers)
 
-    def meets(self, info) -> bool:
-        """The selection criteria (SUBSCRIBED, SPECIAL-USE) hold for this mailbox."""
-        return info is not None and all(info.subscribed if c == "SUBSCRIBED" else bool(info.special_use)
-                                        for c in self.criteria)
+    def meets(self, tree: _Tree, name: str) -> bool:
+        """The selection criteria (SUBSCRIBED, SPECIAL-USE) hold for this name."""
+        info = tree.boxes.get(name)
+        return all(name in tree.subscribed if c == "SUBSCRIBED" else info is not None and bool(info.special_use)
+                   for c in self.criteria)
+
+    def child_info(self, tree: _Tree, name: str) -> bool:
+        """RECURSIVEMATCH: a descendant meets the criteria but is not listed for itself."""
+        return "RECURSIVEMATCH" in self.select and any(
+            self.meets(tree, d) and not self.matches(d) for d in tree.descendants(name))
 
 
 def _attributes(tree: _Tree, name: str, extended: bool) -> list[str]:
     info = tree.boxes.get(name)
     attrs = []
     if info is None:
-        attrs += ["\\NonExistent", "\\Noselect"] if extended else ["\\Noselect"]
+        attrs.append("\\NonExistent" if extended else "\\Noselect")   # RFC 5258: it implies \\Noselect
     attrs.append("\\HasChildren" if name in tree.parents else "\\HasNoChildren")
     if info is not None and info.special_use:
         attrs.append(info.special_use)
@@ -351,23 +417,20 @@ async def list_(session, command) -> None:
     request = _ListRequest(session, command.args)
     if request.root:
         await session.untagged(f'LIST (\\Noselect) "{DELIMITER}" ""')
-    tree = _Tree(session.backend.mail.list_mailboxes(session.user))
+    tree = _Tree(session, "SUBSCRIBED" in request.criteria, request.others)
     for name in tree.names:
         if not request.matches(name):
             continue
-        info = tree.boxes.get(name)
-        chosen = request.meets(info) if request.criteria else True
-        extra = b""
-        if request.criteria and "RECURSIVEMATCH" in request.select and any(
-                request.meets(tree.boxes.get(d)) for d in tree.descendants(name)):
-            chosen = True
-            extra = (" (\"CHILDINFO\" (" + " ".join(f'"{c}"' for c in request.criteria) + "))").encode()
-        if not chosen:
+        child_info = bool(request.criteria) and request.child_info(tree, name)
+        if request.criteria and not child_info and not request.meets(tree, name):
             continue
         attrs = _attributes(tree, name, request.extended)
-        if request.show_subscribed and info is not None and info.subscribed:
+        if request.show_subscribed and name in tree.subscribed:
             attrs.append("\\Subscribed")
+        extra = (" (\"CHILDINFO\" (" + " ".join(f'"{c}"' for c in request.criteria) + "))").encode() \
+            if child_info else b""
         await _list_line(session, "LIST", attrs, name, extra)
+        info = tree.boxes.get(name)
         if request.status_items and info is not None:
             await _send_status(session, name, info, request.status_items)
     await session.ok("LIST completed")
@@ -375,19 +438,18 @@ async def list_(session, command) -> None:
 
 async def lsub(session, command) -> None:
     reference, pattern = (_pattern(session, t) for t in _args(command, 2, "a reference and a mailbox pattern"))
-    if not pattern:
+    if pattern == "":
         await session.untagged(f'LSUB (\\Noselect) "{DELIMITER}" ""')
         await session.ok("LSUB completed")
         return
-    match = _matcher(_full_pattern(reference, pattern))
-    tree = _Tree(session.backend.mail.list_mailboxes(session.user))
-    subscribed = {name for name, info in tree.boxes.items() if info.subscribed}
+    matches = _matchers(reference, [pattern])
+    tree = _Tree(session, True)
     for name in tree.names:
-        if not match(name):
+        if not any(match(name) for match in matches):
             continue
-        below = [d for d in tree.descendants(name) if d in subscribed]
-        if name in subscribed:
+        below = [d for d in tree.descendants(name) if d in tree.subscribed]
+        if name in tree.subscribed:
             await _list_line(session, "LSUB", [], name)
-        elif below and not any(match(d) for d in below):
+        elif below and not any(match(d) for d in below for match in matches):
             await _list_line(session, "LSUB", ["\\Noselect"], name)   # `%` stopped above a subscribed one
     await session.ok("LSUB completed")

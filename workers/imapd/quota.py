@@ -17,22 +17,18 @@ import dataclasses
 from store.fsio import StorageError
 from store.users import UserError
 from workers.imapd.mime import imap_string
-from workers.imapd.names import mailbox_name, wire_name
+from workers.imapd.names import is_admin, mailbox_name, wire_name
 from workers.imapd.parser import Atom, Bad, astring
 
 CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE")
 OWN_ROOT = ""
 
 
-def _is_admin(session) -> bool:
-    return session.user in {name.lower() for name in session.backend.params.imap_admins}
-
-
 def _root_user(session, root: str) -> str:
     """The user whose quota root this is."""
     if root == OWN_ROOT:
         return session.user
-    if _is_admin(session):
+    if is_admin(session):
         record = session.backend.store.users.get(root)
         if record is not None:
             return record.name
@@ -87,7 +83,7 @@ async def setquota(session, command) -> None:
         raise Bad("SETQUOTA takes a quota root and a list of resource limits")
     root = astring(command.args[0])
     limit = _storage_limit(command.args[1])
-    if not _is_admin(session):
+    if not is_admin(session):
         raise Bad("Only administrators may set quotas", status="NO", code="NOPERM")
     user = _root_user(session, root)
     try:

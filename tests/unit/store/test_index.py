@@ -198,6 +198,40 @@ def test_create_rename_delete_mailboxes(index):
         index.open_view("bob", "Old/2024")
 
 
+def test_subscriptions_are_kept_apart_from_the_mailboxes(index):
+    index.create_mailbox("bob", "Work")
+    index.create_mailbox("bob", "Work/2024")
+    assert index.subscribe("bob", "Gone", True) is None          # a name that does not exist
+    assert index.subscribe("bob", "Work/2024", True).subscribed
+    assert index.subscriptions("bob") == ["Gone", "Work/2024"]
+    index.delete_mailbox("bob", "Work/2024")                      # the subscription stays
+    assert index.subscriptions("bob") == ["Gone", "Work/2024"]
+    assert index.create_mailbox("bob", "Work/2024").subscribed    # and the new mailbox has it
+    assert not index.subscribe("bob", "Work/2024", False).subscribed
+    assert index.subscriptions("bob") == ["Gone"]
+    assert index.create_mailbox("bob", "Fresh", subscribed=True).subscribed
+    assert index.subscriptions("bob") == ["Fresh", "Gone"]
+    assert index.subscriptions("alice") == []
+
+
+def test_rename_moves_the_subscriptions_of_the_tree(index):
+    for name in ("Work", "Work/a", "Work/b", "Workshop", "Old"):
+        index.create_mailbox("bob", name)
+    for name in ("Work", "Work/a", "Work/gone", "Workshop", "Old/b"):
+        index.subscribe("bob", name, True)
+    index.rename_mailbox("bob", "Work", "Old/Work")
+    assert index.subscriptions("bob") == ["Old/Work", "Old/Work/a", "Old/Work/gone", "Old/b", "Workshop"]
+    assert {m.name: m.subscribed for m in index.mailboxes("bob")} == {
+        "INBOX": False, "Old": False, "Old/Work": True, "Old/Work/a": True, "Old/Work/b": False, "Workshop": True}
+    index.subscribe("bob", "New/b", True)                          # a target's stale subscription
+    index.create_mailbox("bob", "New")
+    index.rename_mailbox("bob", "Old/Work", "New/Work")
+    index.rename_mailbox("bob", "New/Work", "Newer")
+    assert "New/b" in index.subscriptions("bob")
+    index.remove_user("bob")
+    assert index.subscriptions("bob") == []
+
+
 # ---------------------------------------------------------------- flags and expunge
 
 def test_store_flags_modes_keywords_and_unseen(index):

@@ -378,6 +378,25 @@ def _snapshot(store, user):
     return out
 
 
+def test_subscriptions_survive_delete_and_are_recorded_for_reconstruct(tmp_path, store):
+    store.create_mailbox("bob", "Work", subscribed=True)
+    store.create_mailbox("bob", "Lists/rust")
+    store.subscribe("bob", "Lists/rust", True)
+    store.subscribe("bob", "Nowhere", True)
+    assert "subscribed 1" in (tmp_path / "store" / "bob" / "Lists" / "rust" / ".mailbox").read_text()
+    store.subscribe("bob", "Lists", True)
+    store.subscribe("bob", "Lists", False)
+    assert "subscribed 0" in (tmp_path / "store" / "bob" / "Lists" / ".mailbox").read_text()
+    store.delete_mailbox("bob", "Lists/rust")
+    assert store.subscriptions("bob") == ["Lists/rust", "Nowhere", "Work"]
+    store.index.close()
+    shutil.rmtree(tmp_path / "index")
+    fresh = MailStore(tmp_path / "store", tmp_path / "index")
+    reconstruct(fresh)
+    assert fresh.subscriptions("bob") == ["Work"]     # what the existing mailboxes' .mailbox files record
+    fresh.index.close()
+
+
 def test_reconstruct_after_losing_the_whole_index(tmp_path, store, messages):
     store.create_mailbox("bob", "Work/Deep", special_use="\\Archive", subscribed=True)
     for i, m in enumerate(messages):
