@@ -107,7 +107,7 @@ def _fields(raw: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
     """(lower-case name, raw value with its folding) of each field in raw[start:end]."""
     out: list[tuple[bytes, bytes]] = []
     end = min(end, start + MAX_HEADER)
-    for line in re.split(rb"\r?\n(?![ \t])", raw[start:end]):
+    for line in _FIELD_BREAK.split(raw[start:end]):
         name, colon, value = line.partition(b":")
         if colon and name and name[:1] not in (b" ", b"\t"):
             out.append((name.strip().lower(), value))
@@ -115,7 +115,7 @@ def _fields(raw: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
 
 
 def _unfold(value: bytes) -> bytes:
-    return re.sub(rb"\r?\n", b"", value).strip()
+    return _FOLD.sub(b"", value).strip()
 
 
 def _get(fields: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -125,23 +125,23 @@ def _get(fields: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return None
 
 
+_PARAM_ITEM = re.compile(rb'(?:"(?:\\.|[^"\\])*"?|[^;"])*')     # up to a ";" outside quotes
+_QUOTED_PAIR = re.compile(rb"\\(.)")
+_CONTINUATION = re.compile(rb"([^*]+)\*(\d+)(\*?)")
+_TYPE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*/\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
+_FOLD = re.compile(rb"\r?\n")
+_FIELD_BREAK = re.compile(rb"\r?\n(?![ \t])")
+
+
 def _split_params(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The first item of a `type/sub; name=value; ...` field and its raw parameters."""
-    items, cur, quoted, esc = [], bytearray(), False, False
-    for ch in value:
-        c = bytes((ch,))
-        if esc:
-            esc = False
-        elif quoted and c == b"\\":
-            esc = True
-        elif c == b'"':
-            quoted = not quoted
-        elif c == b";" and not quoted:
-            items.append(bytes(cur))
-            cur = bytearray()
-            continue
-        cur += c
-    items.append(bytes(cur))
+    items, pos = [], 0
+    while True:
+        match = _PARAM_ITEM.match(value, pos)
+        items.append(match.group())
+        pos = match.end() + 1            # past the ";"
+        if pos > len(value):
+            break
     params = []
     for item in items[1:]:
         name, eq, val = item.partition(b"=")
@@ -149,7 +149,7 @@ def _split_params(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         if not eq or not name:
             continue
         if len(val) >= 2 and val[:1] == b'"' and val[-1:] == b'"':
-            val = re.sub(rb"\\(.)", rb"\1", val[1:-1])
+            val = _QUOTED_PAIR.sub(rb"\1", val[1:-1])
         params.append((name, val))
     return items[0].strip(), _join_rfc2231(params)
 
@@ -159,7 +159,7 @@ def _join_rfc2231(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     out: list[tuple[bytes, bytes]] = []
     pieces: dict[bytes, list[tuple[int, bool, bytes]]] = {}
     for name, val in params:
-        m = re.fullmatch(rb"([^*]+)\*(\d+)(\*?)", name)
+        m = _CONTINUATION.fullmatch(name)
         if not m:
             out.append((name, val))
             continue
@@ -189,8 +189,7 @@ def _content_type(fields, digest: bool) -> tuple[bytes, bytes, list]:
     value = _get(fields, b"content-type")
     if value is not None:
         first, params = _split_params(value)
-        m = re.fullmatch(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*/\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)",
-                         first)
+        m = _TYPE.fullmatch(first)
         if m:
             return m.group(1), m.group(2), params
     if digest:
@@ -249,13 +248,16 @@ class _Parser:
 
 # ---- IMAP strings ------------------------------------------------------------------------
 
+_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
+
+
 def imap_string(value: bytes | str | None) -> bytes:
     """NIL, a quoted string, or a literal for CR, LF, NUL or 8-bit octets."""
     if value is None:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if re.search(rb"[\x00\r\n\x80-\xff]", value):
+    if _NEEDS_LITERAL.search(value):
         return b"{%d}\r\n" % len(value) + value
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
