@@ -66,6 +66,7 @@ from typing import Awaitable, Callable
 from master import proto
 from master.params import Params
 from store import lmdbcheck
+from workers._compress import DeflatingWriter, deflate_streams
 from workers._limits import STREAM_LIMIT, LineTooLong, read_line
 from workers._log import Log
 from workers._tls import TLSUnavailable, server_context
@@ -207,6 +208,17 @@ class Connection:
         self.reader._buffer.clear()  # noqa: SLF001 - asyncio offers no public way
         await self.send_line(go_ahead)
         await self.writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+
+    @property
+    def compressed(self) -> bool:
+        return isinstance(self.writer, DeflatingWriter)
+
+    def start_deflate(self) -> None:
+        """COMPRESS=DEFLATE: from now on both directions are raw DEFLATE, inside TLS if
+        active; what the client already sent behind the command is inflated first
+        (workers/_compress.py)."""
+        self.reader, self.writer = deflate_streams(
+            self.reader, self.writer, STREAM_LIMIT, lambda text: self.log.info(f"{text}: ip={self.peer_ip}"))
 
     def set_user(self, name: str) -> None:
         """Record the authenticated user for `mailctl connections`."""
@@ -413,9 +425,9 @@ class _InetWorker(_WorkerBase):
         finally:
             # Report first: when the client sees the end, the master's count is already right.
             self._closed(conn_id)
-            writer.close()
+            conn.writer.close()             # a compression layer's too (stops its pump)
             try:
-                await asyncio.wait_for(writer.wait_closed(), 5)
+                await asyncio.wait_for(conn.writer.wait_closed(), 5)
             except (OSError, ssl.SSLError, TimeoutError):
                 pass
 
