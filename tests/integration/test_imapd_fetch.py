@@ -309,6 +309,26 @@ def test_binary_decodes_base64_and_quoted_printable(client):
     assert fetch(client, str(qp), "BINARY.PEEK[9]")[qp]["BINARY[9]"] is None
 
 
+def test_binary_quoted_printable_keeps_stored_line_breaks(system, client):
+    """Soft line breaks and trailing blanks go; hard line breaks stay CRLF when stored so."""
+    source = (CORPUS / "03-quoted-printable.eml").read_bytes()
+    decoded = email.message_from_bytes(source).get_payload(decode=True)
+    body = source.split(b"\n\n", 1)[1]
+    assert b"=\n" in body and b"\r" not in decoded
+    crlf = source.replace(b"\n", b"\r\n")
+    crlf = crlf.replace(b"\r\n\r\n", b"\r\n\r\nline with blanks \t\r\nsoft =  \r\nbreak\r\n", 1)
+    store = system.store()
+    try:
+        store.create_mailbox(USER, "Crlf")
+        store.deliver(USER, "Crlf", crlf)
+    finally:
+        store.index.close()
+    client.select("Crlf")
+    answer = fetch(client, "1", "(BINARY.PEEK[1] BINARY.SIZE[1])")[1]
+    expected = b"line with blanks\r\nsoft break\r\n" + decoded.replace(b"\n", b"\r\n")
+    assert answer["BINARY[1]"] == expected and answer["BINARY.SIZE[1]"] == str(len(expected))
+
+
 def test_uid_fetch_puts_uid_first_and_macros(client):
     client.select(INBOX)
     answers = fetch(client, "2:4", "(FLAGS RFC822.SIZE)", uid=True)

@@ -10,7 +10,20 @@ implement (their CAPABILITIES) instead of the login ones.
 """
 from __future__ import annotations
 
-from workers.imapd import compress, condstore, fetch, folders, general, idle, login, messages, quota, search, sort, thread
+from workers.imapd import (
+    compress,
+    condstore,
+    fetch,
+    folders,
+    general,
+    idle,
+    login,
+    messages,
+    quota,
+    search,
+    sort,
+    thread,
+)
 
 ALWAYS = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
 # each command module lists what it implements in CAPABILITIES

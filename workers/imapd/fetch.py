@@ -2,15 +2,20 @@
 
 fetch(session, command) answers `[UID] FETCH set items`; items are a macro (ALL, FAST, FULL),
 one item, or a parenthesised list of items:
-    UID FLAGS INTERNALDATE RFC822.SIZE               from the index View: no file is read
+    UID FLAGS INTERNALDATE RFC822.SIZE MODSEQ        from the index View: no file is read
     ENVELOPE BODY BODYSTRUCTURE                      from the structure cache (below)
     RFC822 RFC822.HEADER RFC822.TEXT BODY[section]<o.n> BODY.PEEK[...]
     BINARY[part]<o.n> BINARY.PEEK[...] BINARY.SIZE[part]   from the message file
 Each message gets one `* n FETCH (UID u ...)`: UID first (always in UID FETCH), then the
 items in the order asked, each once. Responses are collected and sent in SEND_CHUNK blocks.
+CONDSTORE / QRESYNC (RFC 7162, workers/imapd/condstore.py): MODSEQ and the CHANGEDSINCE
+modifier (only messages whose modseq is above it; implies MODSEQ) turn CONDSTORE on; UID
+FETCH's VANISHED modifier (QRESYNC enabled) first sends `* VANISHED (EARLIER)` of the set's
+UIDs expunged since. Binary items decode base64 and quoted-printable (soft line breaks and
+trailing blanks dropped, hard line breaks as stored).
 \\Seen: a non-PEEK BODY[...] / BINARY[...] / RFC822 / RFC822.TEXT on a read-write mailbox
 sets \\Seen on the messages lacking it (one store write, before any response) and their
-responses then carry FLAGS; selected.own_change keeps the update mechanism from repeating it.
+responses then carry FLAGS (and MODSEQ once CONDSTORE is on); selected.own_change keeps the update mechanism from repeating it.
 Structure cache: one blob per message, MailStore.put_structures (kept with the index entry):
 the rendered ENVELOPE, BODY and BODYSTRUCTURE and mime.Structure.to_bytes() (the offsets
 BODY[section] needs), so each is computed once per message. Messages are worked on in
@@ -33,8 +38,8 @@ import time
 from dataclasses import dataclass
 
 from store.fsio import StorageError
-from store.index import SEEN, NoSuchMailbox, flag_names
-from workers.imapd import mime
+from store.index import SEEN, NoSuchMailbox, flag_names, parse_sequence_set
+from workers.imapd import condstore, mime
 from workers.imapd.parser import Atom, Bad, Section
 
 CAPABILITIES = ("BINARY",)
@@ -43,7 +48,7 @@ SEND_CHUNK = 64 * 1024          # octets of responses per send
 BATCH = 500                     # messages per batch
 BATCH_BYTES = 8 * 1024 * 1024   # octets of message files read per batch
 
-VIEW_ITEMS = ("UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE")
+VIEW_ITEMS = ("UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
 CACHED_ITEMS = ("ENVELOPE", "BODY", "BODYSTRUCTURE")
 FILE_ITEMS = ("RFC822", "RFC822.HEADER", "RFC822.TEXT")
 MACROS = {
@@ -234,16 +239,17 @@ def decode_transfer(body: bytes, mime_header: bytes) -> bytes:
 
 def decode_quoted_printable(body: bytes) -> bytes:
     """RFC 2045 6.7: trailing blanks of a line are padding, `=` at a line's end joins it to
-    the next, `=XX` is an octet (an `=` in anything else stays as it is); line breaks (CRLF
-    or bare LF as stored) become CRLF."""
+    the next, `=XX` is an octet (an `=` in anything else stays as it is); a hard line break
+    stays as stored (CRLF or bare LF)."""
     out = bytearray()
     lines = body.split(b"\n")
     for i, line in enumerate(lines):
+        crlf = line.endswith(b"\r")
         line = line.rstrip(b"\r").rstrip(b" \t")
         soft = line.endswith(b"=")
         out += _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), line[:-1] if soft else line)
         if not soft and i < len(lines) - 1:
-            out += b"\r\n"
+            out += b"\r\n" if crlf else b"\n"
     return bytes(out)
 
 
@@ -295,15 +301,18 @@ def render_item(item: Item, loaded: Loaded) -> bytes:
 class Plan:
     """What a FETCH needs per message, and the per-command caches of rendered flags."""
 
-    def __init__(self, items: list[Item], keywords: tuple[str, ...], is_recent=lambda uid: False):
+    def __init__(self, items: list[Item], keywords: tuple[str, ...], is_recent=lambda uid: False,
+                 condstore_on: bool = False):
         self.items = items
         self.is_recent = is_recent          # uid -> \\Recent in this session
         kinds = {item.kind for item in items}
         self.need_raw = any(k not in VIEW_ITEMS + CACHED_ITEMS for k in kinds)
         self.need_structure = bool(kinds & set(CACHED_ITEMS))     # sections parse the file itself
-        self.need_record = bool(kinds & {"INTERNALDATE", "RFC822.SIZE"})
+        self.need_record = bool(kinds & {"INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
         self.sets_seen = any(item.seen for item in items)
         self.has_flags = "FLAGS" in kinds
+        self.has_modseq = "MODSEQ" in kinds
+        self.condstore_on = condstore_on     # a FETCH that sets \Seen tells the new MODSEQ too
         self.keywords = keywords
         self._flags: dict[int, bytes] = {}
 
@@ -315,39 +324,79 @@ class Plan:
             text = self._flags[key] = b"FLAGS (" + " ".join(names).encode() + b")"
         return text
 
-    def response(self, view, seq: int, loaded: Loaded | None, seen_now: dict[int, bytes]) -> bytes:
+    def response(self, view, seq: int, loaded: Loaded | None, seen_now: dict[int, tuple[bytes, int]]) -> bytes:
         uid = view.uid(seq)
         record = view.record(seq) if self.need_record else None
+        now = seen_now.get(uid)          # (FLAGS item, modseq) when this FETCH set \Seen
         out = []
         for item in self.items:
             kind = item.kind
             if kind == "UID":
                 out.append(b"UID %d" % uid)
             elif kind == "FLAGS":
-                out.append(seen_now.get(uid) or self.flags(view.flag_bits(seq), self.is_recent(uid)))
+                out.append(now[0] if now else self.flags(view.flag_bits(seq), self.is_recent(uid)))
+            elif kind == "MODSEQ":
+                out.append(b"MODSEQ (%d)" % (now[1] if now else record.modseq))
             elif kind == "INTERNALDATE":
                 out.append(b"INTERNALDATE " + internal_date(record.internal_date))
             elif kind == "RFC822.SIZE":
                 out.append(b"RFC822.SIZE %d" % record.size)
             else:
                 out.append(render_item(item, loaded))
-        if not self.has_flags and uid in seen_now:
-            out.append(seen_now[uid])
+        if now and not self.has_flags:
+            out.append(now[0])
+        if now and self.condstore_on and not self.has_modseq:
+            out.append(b"MODSEQ (%d)" % now[1])
         return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"
 
 
 # ---- the command ---------------------------------------------------------------------------
 
+def fetch_modifiers(session, command) -> tuple[int | None, bool]:
+    """FETCH's `(CHANGEDSINCE modseq [VANISHED])` (RFC 7162) -> (modseq or None, VANISHED)."""
+    if len(command.args) == 2:
+        return None, False
+    tokens = command.args[2]
+    if len(command.args) != 3 or not isinstance(tokens, list) or not tokens:
+        raise Bad(f"{command.name} takes a sequence set, fetch items and optional modifiers")
+    changed_since, vanished = None, False
+    i = 0
+    while i < len(tokens):
+        word = tokens[i].upper() if isinstance(tokens[i], Atom) else ""
+        if word == "CHANGEDSINCE" and changed_since is None and i + 1 < len(tokens):
+            changed_since = condstore.modseq_value(tokens[i + 1], "CHANGEDSINCE")
+            i += 2
+        elif word == "VANISHED" and not vanished:
+            vanished = True
+            i += 1
+        else:
+            raise Bad("Unknown or repeated FETCH modifier")
+    if changed_since is None:
+        raise Bad("FETCH modifiers need CHANGEDSINCE")
+    if vanished and (command.name != "UID FETCH" or not condstore.qresync(session)):
+        raise Bad("VANISHED needs UID FETCH and ENABLE QRESYNC")
+    return changed_since, vanished
+
+
 async def fetch(session, command) -> None:
     uid = command.name == "UID FETCH"
-    if len(command.args) != 2:
-        raise Bad(f"{command.name} takes a sequence set and fetch items"
-                  if len(command.args) < 2 else "FETCH modifiers are not supported")
+    if len(command.args) < 2:
+        raise Bad(f"{command.name} takes a sequence set and fetch items")
+    changed_since, vanished = fetch_modifiers(session, command)
     selected = session.selected
     items = parse_items(command.args[1], uid)
+    if changed_since is not None and not any(item.kind == "MODSEQ" for item in items):
+        items.append(Item("MODSEQ", b"MODSEQ"))
     seqs = selected.resolve(command.args[0], uid)
     view = selected.view.view
-    plan = Plan(items, view.keywords, selected.is_recent)
+    if any(item.kind == "MODSEQ" for item in items):
+        await condstore.enable(session)
+    if vanished:
+        await condstore.send_vanished(session, selected, changed_since,
+                                      parse_sequence_set(str(command.args[0]), max(selected.info.uidnext - 1, 1)))
+    if changed_since is not None:
+        seqs = [seq for seq in seqs if view.record(seq).modseq > changed_since]
+    plan = Plan(items, view.keywords, selected.is_recent, condstore.enabled(session))
     seen_now = await mark_seen(session, selected, seqs) if plan.sets_seen and not selected.readonly else {}
     gone, unknown_cte = await answer(session, selected, plan, seqs, seen_now)
     session.counts["fetch"] += len(seqs) - gone
@@ -359,8 +408,9 @@ async def fetch(session, command) -> None:
         await session.ok(f"{command.name} completed")
 
 
-async def mark_seen(session, selected, seqs) -> dict[int, bytes]:
-    """Sets \\Seen where it lacks; uid -> the `FLAGS (...)` item of each message changed."""
+async def mark_seen(session, selected, seqs) -> dict[int, tuple[bytes, int]]:
+    """Sets \\Seen where it lacks; uid -> (the `FLAGS (...)` item, the new modseq) of each
+    message changed."""
     view = selected.view.view
     unseen = [seq for seq in seqs if not view.flag_bits(seq) & SEEN]
     if not unseen:
@@ -371,7 +421,7 @@ async def mark_seen(session, selected, seqs) -> dict[int, bytes]:
     for record in changed:
         selected.own_change(record.uid, record.modseq)
         names = ("\\Recent",) * selected.is_recent(record.uid) + record.flags
-        out[record.uid] = b"FLAGS (" + " ".join(names).encode() + b")"
+        out[record.uid] = (b"FLAGS (" + " ".join(names).encode() + b")", record.modseq)
     return out
 
 
@@ -412,7 +462,8 @@ async def load(session, selected, plan: Plan, batch) -> dict[int, Loaded]:
     return loaded
 
 
-async def answer(session, selected, plan: Plan, seqs, seen_now: dict[int, bytes]) -> tuple[int, bool]:
+async def answer(session, selected, plan: Plan, seqs,
+                 seen_now: dict[int, tuple[bytes, int]]) -> tuple[int, bool]:
     """Sends the FETCH responses; (messages left out as gone, whether one had an unknown CTE)."""
     view = selected.view.view
     out = bytearray()

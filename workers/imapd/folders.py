@@ -39,7 +39,16 @@ from store.index import SEEN, NoSuchMailbox
 from store.mailstore import INBOX, BadMailboxName, MailboxExists, MailboxNotEmpty
 from workers.imapd import condstore
 from workers.imapd.names import (
-    DELIMITER, OTHER_USERS, is_admin, mailbox_name, mailbox_ref, name_text, other_name, reserved, utf8_names, wire_name,
+    DELIMITER,
+    OTHER_USERS,
+    is_admin,
+    mailbox_name,
+    mailbox_ref,
+    name_text,
+    other_name,
+    reserved,
+    utf8_names,
+    wire_name,
 )
 from workers.imapd.parser import Atom, Bad, String, mutf7_decode
 from workers.imapd.selected import Selected

@@ -4,13 +4,15 @@
 NOOP and CHECK only let the mailbox updates out (session.ok sends them). ID answers the
 server's name and logs what the client says of itself (bounded: 30 fields of 1024 octets,
 as RFC 2971 allows). ENABLE turns on what this server has (ENABLABLE) and answers
-`* ENABLED` with those newly enabled; unknown names are ignored, as the RFC says.
+`* ENABLED` with those newly enabled; unknown names are ignored, as the RFC says. QRESYNC
+turns CONDSTORE on too (workers/imapd/condstore.py).
 """
 from __future__ import annotations
 
+from workers.imapd import condstore
 from workers.imapd.parser import NIL, Atom, Bad, astring
 
-ENABLABLE: frozenset[str] = frozenset()    # grows as CONDSTORE, QRESYNC, IMAP4rev2, UTF8=ACCEPT land
+ENABLABLE: frozenset[str] = frozenset({"CONDSTORE", "QRESYNC"})   # IMAP4rev2, UTF8=ACCEPT to come
 ID_MAX_FIELDS = 30
 ID_MAX_VALUE = 1024
 
@@ -60,6 +62,8 @@ async def enable(session, command) -> None:
     newly = []
     for name in (str(a).upper() for a in command.args):
         if name in ENABLABLE and name not in session.enabled:
+            if name in ("CONDSTORE", "QRESYNC"):      # QRESYNC implies CONDSTORE (RFC 7162 3.2.3)
+                await condstore.enable(session)
             session.enabled.add(name)
             newly.append(name)
     await session.untagged(" ".join(["ENABLED", *newly]))

@@ -8,10 +8,16 @@ Every write runs in the store thread (backend.run) through store.mailstore.MailS
                            are recorded with selected.own_change, so the mailbox updates
                            do not repeat them. Refused on a read-only mailbox (NO
                            [READ-ONLY]); \\Recent and unknown system flags are BAD.
+                           CONDSTORE (RFC 7162): `(UNCHANGEDSINCE n)` leaves alone the
+                           messages whose modseq is above n (even when nothing would
+                           change) and ends OK [MODIFIED set]; once CONDSTORE is on the
+                           FETCHes carry MODSEQ, and .SILENT still tells each changed
+                           message's MODSEQ.
     EXPUNGE / UID EXPUNGE  expunge (\\Deleted messages of the snapshot; UID EXPUNGE: of the
                            set too); the EXPUNGE responses are the mailbox updates
                            (selected.send_updates), so own and other sessions' expunges are
-                           each reported once, highest sequence number first.
+                           each reported once, highest sequence number first; once
+                           CONDSTORE is on the tagged OK has [HIGHESTMODSEQ n].
     CLOSE                  expunges without responses when read-write; UNSELECT does not.
     COPY / MOVE (+ UID)    copy(..., move=) -> OK [COPYUID uidvalidity source-uids
                            target-uids]; MOVE sends that code untagged before the EXPUNGEs.
@@ -20,7 +26,9 @@ Every write runs in the store thread (backend.run) through store.mailstore.MailS
     APPEND                 deliver(user, mailbox, message, flags, internal date) -> OK
                            [APPENDUID uidvalidity uid]; NO [TRYCREATE], NO [OVERQUOTA], NO
                            for an empty message (the parser refuses one over
-                           message_size_limit with NO [TOOBIG]).
+                           message_size_limit with NO [TOOBIG]). A literal8 (`~{n}`,
+                           RFC 3516) is stored as given, except that leaf parts holding
+                           NUL are re-encoded as base64 (base64_nul_parts).
 A target mailbox that is the selected one announces its new messages (EXISTS) through the
 mailbox updates before the tagged OK.
 Diagnostics: a StorageError of the store (disk full, I/O) is logged and answered NO
@@ -28,14 +36,16 @@ Diagnostics: a StorageError of the store (disk full, I/O) is logged and answered
 """
 from __future__ import annotations
 
+import binascii
 import calendar
 import re
 
 from store.fsio import StorageError
-from store.index import TooManyKeywords, ranges_from_values
+from store.index import TooManyKeywords
 from store.mailstore import NoSuchMailbox
+from workers.imapd import condstore, mime
 from workers.imapd.names import mailbox_name
-from workers.imapd.parser import Atom, Bad, Literal, String
+from workers.imapd.parser import NIL, Atom, Bad, Literal, String
 
 CAPABILITIES = ("UNSELECT", "UIDPLUS", "MOVE")
 
@@ -44,6 +54,7 @@ STORE_MODES = {"FLAGS": "=", "+FLAGS": "+", "-FLAGS": "-"}
 MONTHS = {name: i + 1 for i, name in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
 _KEYWORD = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]+')   # atom (RFC 3501 9)
+_CTE_FIELD = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:(?:[^\r\n]|\r?\n[ \t])*\r?\n")
 _DATE_TIME = re.compile(r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
 
 
@@ -64,9 +75,9 @@ def _flags(tokens) -> tuple[str, ...]:
     """Flag tokens (already out of their parentheses) -> names, system flags capitalised."""
     names = []
     for token in tokens:
-        if not isinstance(token, Atom):
+        if not isinstance(token, Atom) and token is not NIL:
             raise Bad("Invalid flag")
-        name = str(token)
+        name = "NIL" if token is NIL else str(token)      # the atom NIL is a keyword here
         if name.startswith("\\"):
             if name.lower() not in SYSTEM_FLAGS:
                 raise Bad(f"{name} cannot be set")
@@ -75,10 +86,6 @@ def _flags(tokens) -> tuple[str, ...]:
             raise Bad(f"Invalid keyword {name}")
         names.append(name)
     return tuple(names)
-
-
-def _uid_set(uids) -> str:
-    return ",".join(f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in ranges_from_values(uids))
 
 
 def _require_writable(session) -> None:
@@ -103,45 +110,75 @@ def _target(session, token) -> tuple[str, int]:
 
 # ---------------------------------------------------------------- STORE
 
+def _unchanged_since(token) -> int:
+    """STORE's modifier list: `(UNCHANGEDSINCE modseq)` (RFC 7162)."""
+    if len(token) != 2 or not isinstance(token[0], Atom) or token[0].upper() != "UNCHANGEDSINCE":
+        raise Bad("The only STORE modifier is (UNCHANGEDSINCE modseq)")
+    return condstore.modseq_value(token[1], "UNCHANGEDSINCE")
+
+
 async def store(session, command) -> None:
     uid = command.name.startswith("UID ")
-    if len(command.args) < 3 or not isinstance(command.args[1], Atom):
+    args = list(command.args)
+    unchanged_since = _unchanged_since(args.pop(1)) if len(args) > 1 and isinstance(args[1], list) else None
+    if len(args) < 3 or not isinstance(args[1], Atom):
         raise Bad(f"{command.name} takes a message set, an item and flags")
-    item = str(command.args[1]).upper()
+    item = str(args[1]).upper()
     silent = item.endswith(".SILENT")
     mode = STORE_MODES.get(item.removesuffix(".SILENT"))
     if mode is None:
-        raise Bad(f"Unknown STORE item {command.args[1]}")
-    values = command.args[2:]
+        raise Bad(f"Unknown STORE item {args[1]}")
+    values = args[2:]
     if len(values) == 1 and isinstance(values[0], list):
         values = values[0]
     flags = _flags(values)
     selected = session.selected
-    seqs = selected.resolve(command.args[0], uid)
+    seqs = selected.resolve(args[0], uid)
     _require_writable(session)
+    if unchanged_since is not None:
+        await condstore.enable(session)
     snapshot = selected.view.view
     if not seqs:
         await session.ok(f"{command.name} completed, no messages")
         return
     changes = await _write(session, session.backend.mail.set_flags, session.user, selected.name,
-                           snapshot.uid_ranges(seqs), mode, flags)
+                           snapshot.uid_ranges(seqs), mode, flags, unchanged_since)
     session.counts["store"] += len(changes)
-    if silent:
-        for record in changes:
-            selected.own_change(record.uid, record.modseq)
-    else:
+    changed = {record.uid: record.modseq for record in changes}
+    modified = set(changes.conflicts)
+    with_modseq = condstore.enabled(session)
+    now = None
+    if not silent or unchanged_since is not None:
         now = session.backend.mail.open_mailbox(session.user, selected.name).view
+    if unchanged_since is not None:
+        # a STORE that changes nothing still fails on a message modified since (RFC 7162 3.1.3)
+        modified.update(u for u in map(snapshot.uid, seqs) if u not in changed and now.seq(u)
+                        and now.record(now.seq(u)).modseq > unchanged_since)
+    if silent:
+        for record_uid, modseq in changed.items():
+            selected.own_change(record_uid, modseq)
+            if with_modseq and snapshot.seq(record_uid):    # the client's cache needs it even when silent
+                prefix = f"UID {record_uid} " if uid else ""
+                await session.untagged(f"{snapshot.seq(record_uid)} FETCH ({prefix}MODSEQ ({modseq}))")
+    else:
         await selected.announce_flags(session, now.keywords)
         for seq in seqs:
             message_uid = snapshot.uid(seq)
             current = now.seq(message_uid)
-            if not current:
+            if not current or message_uid in modified:
                 continue          # expunged meanwhile: its EXPUNGE comes with the updates
             record = now.record(current)
             selected.own_change(message_uid, record.modseq)
             prefix = f"UID {message_uid} " if uid else ""
-            await session.untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(selected.flag_names(current, now))}))")
-    await session.ok(f"{command.name} completed")
+            suffix = f" MODSEQ ({record.modseq})" if with_modseq else ""
+            await session.untagged(
+                f"{seq} FETCH ({prefix}FLAGS ({' '.join(selected.flag_names(current, now))}){suffix})")
+    if modified:
+        numbers = sorted(modified) if uid else sorted(snapshot.seq(u) for u in modified)
+        await session.ok(f"Conditional {command.name} failed for some messages",
+                         f"MODIFIED {condstore.number_set(numbers)}")
+    else:
+        await session.ok(f"{command.name} completed")
 
 
 # ---------------------------------------------------------------- EXPUNGE, CLOSE, UNSELECT
@@ -169,7 +206,11 @@ async def expunge(session, command) -> None:
         raise Bad("UID EXPUNGE takes a UID set" if uid else "EXPUNGE takes no arguments")
     _require_writable(session)
     await _expunge_snapshot(session, command.args[0] if uid else None)
-    await session.ok(f"{command.name} completed")
+    if condstore.enabled(session):       # the expunges moved HIGHESTMODSEQ: tell it after them
+        await session.send_updates()
+        await session.ok(f"{command.name} completed", f"HIGHESTMODSEQ {session.selected.info.highestmodseq}")
+    else:
+        await session.ok(f"{command.name} completed")
 
 
 async def close(session, command) -> None:
@@ -198,6 +239,8 @@ async def copy(session, command) -> None:
     selected = session.selected
     seqs = selected.resolve(command.args[0], uid)
     target, uidvalidity = _target(session, command.args[1])
+    if selected.user != session.user:
+        raise Bad("Messages cannot be copied from another user's mailbox", status="NO", code="CANNOT")
     if move:
         _require_writable(session)
     snapshot = selected.view.view
@@ -212,7 +255,8 @@ async def copy(session, command) -> None:
     if not pairs:
         await session.ok(f"{command.name} completed, no messages {verb.lower()}d")
         return
-    code = f"COPYUID {uidvalidity} {_uid_set(s for s, _ in pairs)} {_uid_set(t for _, t in pairs)}"
+    sources, targets = condstore.number_set(s for s, _ in pairs), condstore.number_set(t for _, t in pairs)
+    code = f"COPYUID {uidvalidity} {sources} {targets}"
     if move:
         await session.untagged(f"OK [{code}] Moved")
         await session.ok(f"{command.name} completed")
@@ -240,13 +284,34 @@ def _internal_date(token) -> int:
     return local - offset
 
 
+def base64_nul_parts(raw: bytes) -> bytes:
+    """A literal8 message (RFC 3516 4.2) with each leaf part whose body holds NUL re-encoded
+    as base64, so BODY[...] never carries NUL while BINARY[...] gives the octets back."""
+    leaves = []
+    pending = [mime.Structure.parse(raw).root]
+    while pending:
+        part = pending.pop()
+        pending.extend(part.children)
+        if not part.children and b"\0" in raw[part.body:part.end]:
+            leaves.append(part)
+    for part in sorted(leaves, key=lambda p: p.header, reverse=True):
+        body = raw[part.body:part.end]
+        encoded = b"".join(binascii.b2a_base64(body[i:i + 57]).replace(b"\n", b"\r\n")
+                           for i in range(0, len(body), 57))
+        header = _CTE_FIELD.sub(b"", raw[part.header:part.body])
+        if not header.strip(b"\r\n"):
+            header = b"\r\n"      # a part without header lines: only the blank line
+        raw = raw[:part.header] + b"Content-Transfer-Encoding: base64\r\n" + header + encoded + raw[part.end:]
+    return raw
+
+
 async def append(session, command) -> None:
     args = list(command.args)
     if len(args) < 2 or not isinstance(args[-1], Literal):
         raise Bad("APPEND takes a mailbox name, optional flags and date-time, and a message literal")
-    if args[-1].binary:
-        raise Bad("literal8 needs BINARY, which is not offered")
     message = bytes(args[-1])
+    if args[-1].binary and b"\0" in message:
+        message = base64_nul_parts(message)
     extras = args[1:-1]
     flags: tuple[str, ...] = ()
     if extras and isinstance(extras[0], list):
