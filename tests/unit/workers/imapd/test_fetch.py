@@ -35,7 +35,7 @@ def test_items_that_set_seen():
 
 
 @pytest.mark.parametrize("token", [Atom("FOO"), [], [Atom("ALL")], [[Atom("FLAGS")]], NIL, String("FLAGS"),
-                                   Atom("MODSEQ")])
+                                   Atom("MODSEQS")])
 def test_unknown_items_are_bad(token):
     with pytest.raises(Bad):
         fetch.parse_items(token, False)
