@@ -17,6 +17,8 @@ LMDB layout (one environment under index_directory, one writer / many readers):
   structures  >II mailbox_id,uid       -> opaque bytes the imapd computed from the message
                                         (ENVELOPE/BODYSTRUCTURE), a cache: only for UIDs
                                         in the mailbox, dropped with the message
+  acls        >I mailbox_id + identifier -> rights (RFC 4314 letters): the mailbox's ACL
+                                        entries, dropped with the mailbox, kept by a rename
   meta        b"mailbox_id"            -> last mailbox id handed out
               b"rcnt" >I mailbox_id    -> the first UID no IMAP session has claimed as \\Recent
 Chunks keep appends cheap (only the last chunk is rewritten) and flag updates a C loop per
@@ -32,6 +34,9 @@ subscribe(user, name, on) / subscriptions(user) (a subscription outlives its mai
 a rename moves those of the renamed tree);
 delivered(user, delivery_id); recent_from / claim_recent (IMAP's \\Recent); store_flags over UID ranges; expunge; expunged_since /
 changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge);
+acl(user, mailbox) -> {identifier: rights} / set_acl(user, mailbox, identifier, rights)
+(RFC 4314 ACL entries; empty rights remove the entry); shared_with(identifiers) -> the
+mailboxes whose ACL names one of them;
 structures(user, mailbox, uids) / put_structures(user, mailbox, {uid: blob}), the imapd's
 per-message cache (renames keep mailbox ids, so the blobs follow; reconstruct recomputes none).
 The environment opens lazily in the process that uses it (after exec; a fork reopens it),
@@ -75,7 +80,9 @@ STRUCTURE_KEY = struct.Struct(">II")
 CHUNK = 1024
 INITIAL_MAP_SIZE = 64 << 20
 MAP_GROWTH = 64 << 20  # at least this much more on a full map (address space, not disk)
-DATABASES = ("mailboxes", "messages", "expunged", "deliveries", "usage", "structures", "meta", "subscriptions")
+ACL_KEY = struct.Struct(">I")        # acls: mailbox_id, then the identifier
+DATABASES = ("mailboxes", "messages", "expunged", "deliveries", "usage", "structures", "meta", "subscriptions",
+             "acls")
 
 
 def _mailbox_key(user: str, name: str) -> bytes:
@@ -317,7 +324,7 @@ class Index:
 
     def _drop_messages(self, txn, mailbox_id: int) -> None:
         prefix = struct.pack(">I", mailbox_id)
-        for db in (self._db["messages"], self._db["expunged"], self._db["structures"]):
+        for db in (self._db["messages"], self._db["expunged"], self._db["structures"], self._db["acls"]):
             self._drop_prefix(txn, db, prefix)
 
     @staticmethod
@@ -369,6 +376,51 @@ class Index:
                     break
                 found.append(_decode_mailbox(user, key[len(prefix):].decode(), value))
         return found
+
+    # -- access control lists (RFC 4314)
+    def acl(self, user: str, name: str) -> dict[str, str]:
+        """The mailbox's ACL entries, identifier -> rights; NoSuchMailbox when it does not exist."""
+        def look(txn):
+            prefix = ACL_KEY.pack(self._header(txn, user, name).mailbox_id)
+            cursor = txn.cursor(db=self._db["acls"])
+            found = {}
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        break
+                    found[key[len(prefix):].decode()] = bytes(value).decode()
+            return found
+        return self._read(look)
+
+    def set_acl(self, user: str, name: str, identifier: str, rights: str) -> MailboxInfo:
+        """Give identifier exactly these rights on the mailbox ("" removes its entry)."""
+        def update(txn):
+            info = self._header(txn, user, name)
+            key = ACL_KEY.pack(info.mailbox_id) + identifier.encode()
+            if rights:
+                txn.put(key, rights.encode(), db=self._db["acls"])
+            else:
+                txn.delete(key, db=self._db["acls"])
+            return info
+        return self._write(update)
+
+    def shared_with(self, identifiers: Iterable[str]) -> list[MailboxInfo]:
+        """The mailboxes (any owner) whose ACL has an entry for one of the identifiers."""
+        wanted = {i.encode() for i in identifiers}
+        def collect(txn):
+            ids = {ACL_KEY.unpack_from(bytes(key))[0]
+                   for key in txn.cursor(db=self._db["acls"]).iternext(values=False)
+                   if bytes(key)[ACL_KEY.size:] in wanted}
+            if not ids:
+                return []
+            found = []
+            for key, value in txn.cursor(db=self._db["mailboxes"]):
+                if MAILBOX.unpack_from(value)[0] in ids:
+                    user, _, name = bytes(key).decode().partition("\0")
+                    found.append(_decode_mailbox(user, name, value))
+            return found
+        return self._read(collect)
 
     # -- usage
     def _add_usage(self, txn, user: str, size_delta: int, count_delta: int) -> None:

@@ -4,7 +4,7 @@ Layout (mail_store_directory):
   <user>/<mailbox path...>/       one directory per mailbox, any depth ("Work/2024" is
                                   <user>/Work/2024/); name parts are %-encoded where unsafe
   <mailbox dir>/<uid>.<uidvalidity>.eml   one file per message
-  <mailbox dir>/.mailbox          UIDVALIDITY, subscription, special-use (written durably)
+  <mailbox dir>/.mailbox          UIDVALIDITY, subscription, special-use, ACL (written durably)
   <mailbox dir>/.journal          flag changes and expunges, appended: a recovery hint that
                                   reconstruct reads to keep flags after the index is lost
   .deleted.*                      a mailbox or user directory on its way out
@@ -15,7 +15,8 @@ Interface:
   normalise_mailbox(name) -> name      "/"-separated, INBOX case-insensitive (BadMailboxName)
   encode_component(part) / decode_component(entry)   a name part <-> a directory entry
   message_file_name(uid, uidvalidity) / parse_message_file_name(entry) -> (uid, uidvalidity) | None
-  meta_text(uidvalidity, subscribed, special_use) / read_meta(path) -> {key: value}
+  meta_text(uidvalidity, subscribed, special_use, acl={}) / read_meta(path) -> {key: value};
+  meta_acl(meta) -> {identifier: rights}: the `acl` line (`acl anyone=lr bob=lrs`), for reconstruct
   journal_flags(uid, flags), journal_expunged(uids), journal_next(uidnext): journal lines;
   read_journal(path) -> Journal (last flags per UID, expunged UIDs, highest UID seen)
 Diagnostics: BadMailboxName (a ValueError) for a name the store cannot hold; unreadable
@@ -90,8 +91,17 @@ def parse_message_file_name(name: str) -> tuple[int, int] | None:
 
 # ---------------------------------------------------------------- .mailbox
 
-def meta_text(uidvalidity: int, subscribed: bool, special_use: str) -> str:
-    return f"uidvalidity {uidvalidity}\nsubscribed {int(subscribed)}\nspecial-use {special_use}\n"
+def meta_text(uidvalidity: int, subscribed: bool, special_use: str, acl: dict[str, str] | None = None) -> str:
+    text = f"uidvalidity {uidvalidity}\nsubscribed {int(subscribed)}\nspecial-use {special_use}\n"
+    if acl:
+        text += "acl " + " ".join(f"{identifier}={rights}" for identifier, rights in sorted(acl.items())) + "\n"
+    return text
+
+
+def meta_acl(meta: dict[str, str]) -> dict[str, str]:
+    """The ACL entries of a read_meta() result; malformed words are skipped (a hint only)."""
+    pairs = (word.partition("=") for word in meta.get("acl", "").split())
+    return {identifier: rights for identifier, sep, rights in pairs if identifier and sep and rights}
 
 
 def read_meta(path: str) -> dict[str, str]:

@@ -13,7 +13,8 @@ and subscriptions(user): IMAP subscriptions, apart from the mailboxes (a name ma
 subscribed while it does not exist; DELETE keeps it, RENAME moves those of the renamed tree;
 an existing mailbox's .mailbox file records its subscription for reconstruct);
 open_mailbox(user, mailbox) -> MailboxView (messages with uid, size, flags, path); set_flags;
-expunge; copy (COPY/MOVE); usage(user) (the quota rule is store/directory.py's);
+expunge; copy (COPY/MOVE, also into another user's mailbox); acl / set_acl / shared_with
+(a mailbox's RFC 4314 ACL, kept in the index and its .mailbox file); usage(user) (the quota rule is store/directory.py's);
 delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail);
 structures(user, mailbox, uids) / put_structures(user, mailbox, {uid: blob}): the imapd's
 per-message ENVELOPE/BODYSTRUCTURE cache, kept with the index entry.
@@ -211,8 +212,23 @@ class MailStore:
         return info
 
     def write_meta(self, directory: str, info: MailboxInfo) -> None:
-        text = meta_text(info.uidvalidity, info.subscribed, info.special_use)
+        text = meta_text(info.uidvalidity, info.subscribed, info.special_use, self.index.acl(info.user, info.name))
         fsio.write_durably(directory, META_FILE, text.encode())
+
+    # -- access control lists (RFC 4314; the rules are the imapd's, workers/imapd/acl.py)
+    def acl(self, user: str, mailbox: str) -> dict[str, str]:
+        """identifier -> rights of the mailbox's ACL; NoSuchMailbox when it does not exist."""
+        return self.index.acl(user, normalise_mailbox(mailbox))
+
+    def set_acl(self, user: str, mailbox: str, identifier: str, rights: str) -> None:
+        """Set (rights "" removes) identifier's entry, in the index and the .mailbox file."""
+        mailbox = normalise_mailbox(mailbox)
+        info = self.index.set_acl(user, mailbox, identifier, rights)
+        self.write_meta(self.mailbox_dir(user, mailbox), info)
+
+    def shared_with(self, identifiers) -> list[MailboxInfo]:
+        """Every mailbox whose ACL has an entry for one of the identifiers."""
+        return self.index.shared_with(identifiers)
 
     def ensure_inbox(self, user: str) -> MailboxInfo:
         info = self.index.mailbox(user, INBOX)
@@ -497,23 +513,25 @@ class MailStore:
             return [e] * len(items)
 
     def copy(self, user: str, source: str, uid_ranges: Sequence[tuple[int, int]], target: str,
-             move: bool = False) -> list[tuple[int, int]]:
-        """IMAP COPY / MOVE: the messages of source in uid_ranges into target (which must
-        exist), with their flags and internal dates; returns (source UID, target UID) pairs
-        (UIDPLUS COPYUID). Files are hard-linked (copied where a link is impossible), so a
-        copy costs no space on disk; quota usage counts each copy. MOVE then expunges the
-        originals. A message expunged meanwhile is skipped."""
+             move: bool = False, target_user: str | None = None) -> list[tuple[int, int]]:
+        """IMAP COPY / MOVE: the messages of user's source in uid_ranges into target (which
+        must exist; target_user's, user's by default), with their flags and internal dates;
+        returns (source UID, target UID) pairs (UIDPLUS COPYUID). Files are hard-linked
+        (copied where a link is impossible), so a copy costs no space on disk; quota usage
+        counts each copy (the target owner's). MOVE then expunges the originals. A message
+        expunged meanwhile is skipped."""
+        target_user = target_user or user
         source, target = normalise_mailbox(source), normalise_mailbox(target)
-        if self.index.mailbox(user, target) is None:
+        if self.index.mailbox(target_user, target) is None:
             raise NoSuchMailbox(f"no mailbox {target}")
         view = self.index.open_view(user, source)
         records = [view.record(seq) for seq in view.seqs_in_uid_ranges(normalise_ranges(list(uid_ranges)))]
         if not records:
             return []
-        source_dir, target_dir = self.mailbox_dir(user, source), self.mailbox_dir(user, target)
+        source_dir, target_dir = self.mailbox_dir(user, source), self.mailbox_dir(target_user, target)
         pairs: list[tuple[int, int]] = []
         with self.locked(target_dir):
-            reservation = self.index.reserve_uid(user, target, count=len(records))
+            reservation = self.index.reserve_uid(target_user, target, count=len(records))
             added, created = [], []
             try:
                 for offset, record in enumerate(records):
@@ -526,7 +544,7 @@ class MailStore:
                     added.append((uid, record.size, record.internal_date, record.flags))
                     pairs.append((record.uid, uid))
                 fsio.fsync_dir(target_dir)
-                self.index.append_many(user, target, added)
+                self.index.append_many(target_user, target, added)
                 notify.signal(target_dir)
             except (OSError, fsio.StorageError) as e:
                 for path in created:  # not acknowledged: leave nothing for reconstruct to adopt

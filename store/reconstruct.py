@@ -3,8 +3,8 @@
 reconstruct(store, user=None) -> list[Report], one per user (every user found on disk or in
 the index when user is None). For each mailbox directory, under the mailbox's lock (so
 deliveries, flag changes and expunges wait):
-- a mailbox the index lost is re-created with the UIDVALIDITY, subscription and special-use
-  of its .mailbox file, and UIDNEXT above every UID its files and journal have seen;
+- a mailbox the index lost is re-created with the UIDVALIDITY, subscription, special-use
+  and ACL of its .mailbox file, and UIDNEXT above every UID its files and journal have seen;
 - files named <uid>.<uidvalidity>.eml the index lacks are adopted with that UID, the
   internal date from their mtime and the flags from the journal's last word on them;
   files of UIDs recorded as expunged (a crash between expunge and unlink) are removed;
@@ -47,7 +47,7 @@ from store import fsio, lmdbcheck
 from store.index import NoSuchMailbox, ranges_from_values
 from store.layout import (
     DELETED_PREFIX, JOURNAL_FILE, META_FILE, SEPARATOR, BadMailboxName, Journal, decode_component,
-    message_file_name, normalise_mailbox, parse_message_file_name, read_journal, read_meta,
+    message_file_name, meta_acl, normalise_mailbox, parse_message_file_name, read_journal, read_meta,
 )
 from store.mailstore import MailStore
 
@@ -316,6 +316,8 @@ def _recreate(store: MailStore, user: str, name: str, directory: str, canonical,
     info = store.index.create_mailbox(user, name, uidvalidity=validity or None, uidnext=uidnext,
                                       special_use=meta.get("special-use", ""),
                                       subscribed=meta.get("subscribed") == "1")
+    for identifier, rights in meta_acl(meta).items():
+        store.index.set_acl(user, name, identifier, rights)
     store.write_meta(directory, info)
     return info
 

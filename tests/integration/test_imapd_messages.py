@@ -339,3 +339,21 @@ def test_append_literal8(system):
         assert b"\0" not in b"".join(lines) and lines[-1].startswith(b"D OK")
     finally:
         raw.close()
+
+
+def test_disk_guard_refuses_append_and_copy_not_reading(system):
+    user = new_user(system, "01-plain.eml")
+    raw = session(system, user)
+    flag = system.ms.var / "run" / "lowspace"      # what the master's disk guard writes
+    message = corpus("02-utf8-8bit.eml").replace(b"\n", b"\r\n")
+    try:
+        flag.touch()
+        tagged = raw.command(b"A", b"APPEND Drafts {%d+}\r\n" % len(message) + message)[-1]
+        assert tagged.startswith(b"A NO [UNAVAILABLE]"), tagged
+        assert raw.command(b"C", b"COPY 1 Trash")[-1].startswith(b"C NO [UNAVAILABLE]")
+        assert raw.command(b"F", b"FETCH 1 (BODY.PEEK[])")[-1].startswith(b"F OK")   # reading goes on
+        flag.unlink()
+        assert raw.command(b"A2", b"APPEND Drafts {%d+}\r\n" % len(message) + message)[-1].startswith(b"A2 OK")
+    finally:
+        flag.unlink(missing_ok=True)
+        raw.close()

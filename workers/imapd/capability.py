@@ -2,15 +2,17 @@
 
 text(session) -> the capability list as one string, for the greeting's and the post-login
 OK's response code and for the CAPABILITY command. Only what works is announced.
-Before login: IMAP4rev1, the always-on extensions, STARTTLS while TLS can start, the
-AUTH= mechanisms the session may use now, LOGINDISABLED when the LOGIN command may not
-be used now (imap_pop_tls_security_level=encrypt before TLS, or disable_plaintext_auth
-for a client outside its exceptions). After login: the extensions the command modules
-implement (their CAPABILITIES) instead of the login ones.
+Before login: IMAP4rev1 and IMAP4rev2 (RFC 9051 behaviour after ENABLE IMAP4rev2), the
+always-on extensions, STARTTLS while TLS can start, the AUTH= mechanisms the session may
+use now, LOGINDISABLED when the LOGIN command may not be used now
+(imap_pop_tls_security_level=encrypt before TLS, or disable_plaintext_auth for a client
+outside its exceptions). After login: the extensions the command modules implement (their
+CAPABILITIES) instead of the login ones.
 """
 from __future__ import annotations
 
 from workers.imapd import (
+    acl,
     compress,
     condstore,
     fetch,
@@ -25,9 +27,10 @@ from workers.imapd import (
     thread,
 )
 
-ALWAYS = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
+ALWAYS = ("IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
 # each command module lists what it implements in CAPABILITIES
-AFTER_LOGIN = tuple(word for module in (general, folders, messages, fetch, search, sort, thread, idle, quota, condstore, compress)
+AFTER_LOGIN = tuple(word for module in (general, folders, messages, fetch, search, sort, thread, idle, quota, condstore, compress,
+                                        acl)
                     for word in getattr(module, "CAPABILITIES", ()))
 
 

@@ -14,6 +14,7 @@ FETCH's VANISHED modifier (QRESYNC enabled) first sends `* VANISHED (EARLIER)` o
 UIDs expunged since. Binary items decode base64 and quoted-printable (soft line breaks and
 trailing blanks dropped, hard line breaks as stored).
 \\Seen: a non-PEEK BODY[...] / BINARY[...] / RFC822 / RFC822.TEXT on a read-write mailbox
+(with the ACL's s right: workers/imapd/acl.py)
 sets \\Seen on the messages lacking it (one store write, before any response) and their
 responses then carry FLAGS (and MODSEQ once CONDSTORE is on); selected.own_change keeps the update mechanism from repeating it.
 Structure cache: one blob per message, MailStore.put_structures (kept with the index entry):
@@ -397,7 +398,7 @@ async def fetch(session, command) -> None:
     if changed_since is not None:
         seqs = [seq for seq in seqs if view.record(seq).modseq > changed_since]
     plan = Plan(items, view.keywords, selected.is_recent, condstore.enabled(session))
-    seen_now = await mark_seen(session, selected, seqs) if plan.sets_seen and not selected.readonly else {}
+    seen_now = await mark_seen(session, selected, seqs) if plan.sets_seen and selected.may("s") else {}
     gone, unknown_cte = await answer(session, selected, plan, seqs, seen_now)
     session.counts["fetch"] += len(seqs) - gone
     if unknown_cte:

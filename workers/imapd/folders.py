@@ -6,11 +6,19 @@ SELECT and EXAMINE open a mailbox (workers/imapd/selected.py) and answer FLAGS, 
 RECENT, UNSEEN, PERMANENTFLAGS, UIDVALIDITY, UIDNEXT and READ-WRITE / READ-ONLY; a failed
 SELECT leaves no mailbox selected (RFC 3501 6.3.1). Their CONDSTORE / QRESYNC parameters and
 responses (OK [CLOSED], HIGHESTMODSEQ, VANISHED (EARLIER)) are workers/imapd/condstore.py's;
-STATUS has HIGHESTMODSEQ too.
-Namespaces (workers/imapd/names.py): the personal one, prefix "", delimiter "/"; for
-imap_admins users also "Other Users", prefix "user/" (NAMESPACE says so): they may LIST,
-STATUS, SELECT and EXAMINE other users' mailboxes as `user/NAME/...`, always read-only
-(SELECT answers [READ-ONLY]: no ACLs yet); everyone else finds no mailbox under `user`.
+STATUS has HIGHESTMODSEQ too, and DELETED (RFC 9051: the \\Deleted messages).
+Once IMAP4rev2 is enabled (RFC 9051, workers/imapd/general.py rev2) SELECT sends no RECENT
+and no UNSEEN code but `* LIST (attributes) "/" name` of the mailbox, every LIST says
+\\NonExistent (not \\Noselect) for a name that does not exist, and DELETE of a mailbox with
+children is NO [HASCHILDREN].
+Namespaces (workers/imapd/names.py), delimiter "/": the personal one, prefix ""; "Other
+Users", prefix "user/" (`user/NAME/...`); "Shared", prefix "shared/". Outside the personal
+one the ACL decides (workers/imapd/acl.py): LIST shows what has l, SELECT/EXAMINE/STATUS
+need r (SELECT is READ-ONLY without any of s, t, w, e: an admin's read access), CREATE
+needs k on the parent (admins create anywhere under `shared/`; the new mailbox inherits its
+parent's ACL), DELETE needs x; without l or r a mailbox does not exist (NO [NONEXISTENT]),
+with them a missing right is NO [NOPERM]; LIST-STATUS answers only where r is granted.
+RENAME is for the personal namespace only; (UN)SUBSCRIBE takes any namespace's names.
 Every parent of a mailbox is a mailbox in the store. Subscriptions are names kept apart from the mailboxes (store subscriptions,
 as Dovecot): SUBSCRIBE to a name that does not exist is allowed, DELETE keeps the
 subscription, RENAME moves those of the renamed tree. So \\NonExistent (LIST-EXTENDED;
@@ -37,16 +45,16 @@ import re
 from store.fsio import StorageError
 from store.index import SEEN, NoSuchMailbox
 from store.mailstore import INBOX, BadMailboxName, MailboxExists, MailboxNotEmpty
-from workers.imapd import condstore
+from workers.imapd import acl, condstore, general
 from workers.imapd.names import (
     DELIMITER,
     OTHER_USERS,
-    is_admin,
+    SHARED,
     mailbox_name,
     mailbox_ref,
     name_text,
-    other_name,
     reserved,
+    shown_name,
     utf8_names,
     wire_name,
 )
@@ -57,7 +65,7 @@ CAPABILITIES = ("NAMESPACE", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "L
                 "STATUS=SIZE")
 
 SPECIAL_USES = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive")   # what a mailbox of the store can be
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ")
 SELECT_OPTIONS = ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE")
 RETURN_OPTIONS = ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS")
 
@@ -67,10 +75,11 @@ async def select(session, command) -> None:
         raise Bad(f"{command.name} takes a mailbox name and optional parameters")
     params = condstore.select_parameters(session, command.args[1:])
     owner, name = mailbox_ref(session, command.args[0])
-    readonly = command.name == "EXAMINE" or owner != session.user
     await condstore.close_selected(session)
+    rights = acl.require(session, owner, name, "r")          # after the close: a failed SELECT unselects
+    readonly = command.name == "EXAMINE" or not acl.read_write(rights)
     try:
-        selected = Selected(session, name, readonly, owner)
+        selected = Selected(session, name, readonly, owner, rights)
     except NoSuchMailbox:
         await session.no("Mailbox does not exist", "NONEXISTENT")
         return
@@ -81,16 +90,30 @@ async def select(session, command) -> None:
                            else b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted")
     await session.untagged(f"{len(view)} EXISTS")
     await selected.claim_recent()
-    await session.untagged(f"{selected.recent_count()} RECENT")
-    unseen = next((seq for seq in range(1, len(view) + 1) if not view.flag_bits(seq) & SEEN), 0)
+    rev2 = general.rev2(session)
+    if not rev2:
+        await session.untagged(f"{selected.recent_count()} RECENT")
+    unseen = 0 if rev2 else next((seq for seq in range(1, len(view) + 1) if not view.flag_bits(seq) & SEEN), 0)
     if unseen:
         await session.untagged(f"OK [UNSEEN {unseen}] First unseen")
     info = selected.info
     await session.untagged(f"OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
     await session.untagged(f"OK [UIDNEXT {info.uidnext}] Predicted next UID")
+    if rev2:
+        await _list_selected(session, selected)
     await condstore.report_selected(session, selected, params)
     session.select(selected)
     await session.ok(f"{command.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
+
+
+async def _list_selected(session, selected) -> None:
+    """IMAP4rev2's LIST response for the mailbox SELECT opens (RFC 9051 6.3.2)."""
+    prefix = selected.name + DELIMITER
+    children = any(info.name.startswith(prefix) for info in session.backend.mail.list_mailboxes(selected.user))
+    attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
+    if selected.info.special_use:
+        attrs.append(selected.info.special_use)
+    await _list_line(session, "LIST", attrs, shown_name(session, selected.user, selected.name))
 
 
 # ---------------------------------------------------------------- helpers
@@ -142,6 +165,9 @@ def _status_text(session, info, items) -> str:
               "UNSEEN": info.unseen, "SIZE": info.total_size, "HIGHESTMODSEQ": info.highestmodseq}
     if "RECENT" in items:
         values["RECENT"] = _recent(session.backend.mail, info)
+    if "DELETED" in items:
+        view = session.backend.mail.open_mailbox(info.user, info.name).view
+        values["DELETED"] = len(view.search(has=("\\Deleted",)))
     return " ".join(f"{item} {values[item]}" for item in items)
 
 
@@ -155,8 +181,8 @@ async def _send_status(session, shown: str, info, items) -> None:
 
 async def namespace(session, command) -> None:
     _args(command, 0, "no arguments")
-    others = f'(("{OTHER_USERS}{DELIMITER}" "{DELIMITER}"))' if is_admin(session) else "NIL"
-    await session.untagged(f'NAMESPACE (("" "{DELIMITER}")) {others} NIL')
+    await session.untagged(f'NAMESPACE (("" "{DELIMITER}")) (("{OTHER_USERS}{DELIMITER}" "{DELIMITER}"))'
+                           f' (("{SHARED}{DELIMITER}" "{DELIMITER}"))')
     await session.ok("NAMESPACE completed")
 
 
@@ -166,10 +192,11 @@ async def status(session, command) -> None:
     items = _words(items, STATUS_ITEMS, "status item")
     if not items:
         raise Bad("STATUS needs at least one status item")
+    acl.require(session, owner, name, "r")
     info = session.backend.mail.mailbox(owner, name)
     if info is None:
         raise Bad("Mailbox does not exist", status="NO", code="NONEXISTENT")
-    await _send_status(session, name if owner == session.user else other_name(owner, name), info, items)
+    await _send_status(session, shown_name(session, owner, name), info, items)
     await session.ok("STATUS completed")
 
 
@@ -195,24 +222,31 @@ async def create(session, command) -> None:
     text = name_text(command.args[0])
     if text.endswith(DELIMITER):                 # RFC 3501 6.3.3: a trailing delimiter is dropped
         text = text[:-1]
-    name = mailbox_name(session, String(text))
+    owner, name = mailbox_ref(session, String(text))
     use = _special_use(command.args[1]) if len(command.args) == 2 else ""
+    acl.require_create(session, owner, name)     # Other Users, Shared: by the ACL (workers/imapd/acl.py)
     if name == INBOX:
         raise Bad("INBOX always exists", status="NO", code="ALREADYEXISTS")
-    await _write(session, session.backend.mail.create_mailbox, session.user, name, use)
+    mail = session.backend.mail
+    if owner == session.user:
+        await _write(session, mail.create_mailbox, owner, name, use)
+    else:
+        await _write(session, acl.create_inheriting, mail, owner, name, use)
     await session.ok("CREATE completed")
 
 
 async def delete(session, command) -> None:
     [token] = _args(command, 1, "a mailbox name")
-    name = mailbox_name(session, token)
+    owner, name = mailbox_ref(session, token)
     if name == INBOX:
         raise Bad("INBOX cannot be deleted", status="NO", code="CANNOT")
+    acl.require(session, owner, name, "x")
     try:
-        await _write(session, session.backend.mail.delete_mailbox, session.user, name)
+        await _write(session, session.backend.mail.delete_mailbox, owner, name)
     except MailboxNotEmpty:
-        raise Bad("Mailbox has children, delete them first", status="NO", code="ALREADYEXISTS") from None
-    if _selected_own(session) and session.selected.name == name:
+        raise Bad("Mailbox has children, delete them first", status="NO",
+                  code="HASCHILDREN" if general.rev2(session) else "ALREADYEXISTS") from None
+    if session.selected is not None and (session.selected.user, session.selected.name) == (owner, name):
         session.unselect()
     await session.ok("DELETE completed")
 
@@ -255,7 +289,7 @@ def _follow_rename(session, old: str, new: str) -> None:
 
 async def subscribe(session, command) -> None:
     [token] = _args(command, 1, "a mailbox name")
-    name = mailbox_name(session, token)
+    name = shown_name(session, *mailbox_ref(session, token))     # `shared/...` and `user/...` names too
     await _write(session, session.backend.mail.subscribe, session.user, name, command.name == "SUBSCRIBE")
     await session.ok(f"{command.name} completed")
 
@@ -300,11 +334,10 @@ def _matchers(reference: str | None, patterns: list[str | None]) -> list:
 
 
 def _may_reach_others(pattern: str) -> bool:
-    """The pattern may match a name of the Other Users namespace (what precedes its first
-    wildcard is a prefix of `user/` or starts with it)."""
+    """The pattern may match a name of the Other Users or Shared namespace (what precedes
+    its first wildcard is a prefix of `user/` or `shared/` or starts with one)."""
     literal = re.split(r"[*%]", pattern, maxsplit=1)[0]
-    prefix = OTHER_USERS + DELIMITER
-    return prefix.startswith(literal[:len(prefix)])
+    return any((head + DELIMITER).startswith(literal[:len(head) + 1]) for head in (OTHER_USERS, SHARED))
 
 
 def _ancestors(names) -> set[str]:
@@ -319,15 +352,15 @@ def _ancestors(names) -> set[str]:
 class _Tree:
     """The user's mailboxes with the parents they imply, and the subscribed names; names in
     LIST's order (INBOX first): the mailboxes, their parents and, with_subscribed, the
-    subscribed names and their parents, existing or not; with others, every other user's
-    mailboxes under the names an admin sees (boxes: listed name -> the owner's MailboxInfo)."""
+    subscribed names and their parents, existing or not; with others, the other users' and
+    Shared mailboxes the user may list (acl.visible_others), under their namespace names
+    (boxes: listed name -> the owner's MailboxInfo)."""
 
     def __init__(self, session, with_subscribed: bool, others: bool = False):
         mail = session.backend.mail
         self.boxes = {info.name: info for info in mail.list_mailboxes(session.user) if not reserved(info.name)}
-        for owner in mail.users() if others else ():
-            if owner != session.user:
-                self.boxes.update((other_name(owner, info.name), info) for info in mail.list_mailboxes(owner))
+        if others:
+            self.boxes.update(acl.visible_others(session))
         self.subscribed = set(mail.subscriptions(session.user))
         self.parents = _ancestors(self.boxes)            # the names with existing children
         names = self.boxes.keys() | self.parents
@@ -345,7 +378,7 @@ class _ListRequest:
 
     def __init__(self, session, args: list):
         args = list(args)
-        self.extended = False
+        self.extended = general.rev2(session)      # RFC 9051 has LIST-EXTENDED's attributes
         self.select: list[str] = []
         if args and isinstance(args[0], list):
             self.extended = True
@@ -372,7 +405,7 @@ class _ListRequest:
             raise Bad("RECURSIVEMATCH needs another selection option")
         self.root = "" in patterns                      # LIST "" "": the delimiter
         self.matchers = _matchers(reference, patterns)
-        self.others = is_admin(session) and reference is not None and any(
+        self.others = reference is not None and any(
             _may_reach_others(_full_pattern(reference, p)) for p in patterns if p)
         self.criteria = [o for o in self.select if o in ("SUBSCRIBED", "SPECIAL-USE")]
         self.show_subscribed = "SUBSCRIBED" in self.select or "SUBSCRIBED" in self.returns
@@ -440,7 +473,7 @@ async def list_(session, command) -> None:
             if child_info else b""
         await _list_line(session, "LIST", attrs, name, extra)
         info = tree.boxes.get(name)
-        if request.status_items and info is not None:
+        if request.status_items and info is not None and acl.may_read(session, info):
             await _send_status(session, name, info, request.status_items)
     await session.ok("LIST completed")
 

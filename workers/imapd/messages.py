@@ -1,5 +1,6 @@
 """Commands that change messages: STORE, EXPUNGE, CLOSE, UNSELECT, COPY, MOVE, APPEND
-(RFC 3501 6.3.11, 6.4; UIDPLUS RFC 4315; MOVE RFC 6851; UNSELECT RFC 3691).
+(RFC 3501 6.3.11, 6.4; UIDPLUS RFC 4315; MOVE RFC 6851; UNSELECT RFC 3691; MULTIAPPEND
+RFC 3502; UTF8=ACCEPT's APPEND, RFC 6855 4).
 
 Every write runs in the store thread (backend.run) through store.mailstore.MailStore:
     STORE / UID STORE      set_flags over the UID ranges of the client's snapshot; each
@@ -23,12 +24,21 @@ Every write runs in the store thread (backend.run) through store.mailstore.MailS
                            target-uids]; MOVE sends that code untagged before the EXPUNGEs.
                            A missing target is NO [TRYCREATE]; a COPY past the user's quota
                            is NO [OVERQUOTA] (a MOVE adds no usage).
-    APPEND                 deliver(user, mailbox, message, flags, internal date) -> OK
-                           [APPENDUID uidvalidity uid]; NO [TRYCREATE], NO [OVERQUOTA], NO
-                           for an empty message (the parser refuses one over
-                           message_size_limit with NO [TOOBIG]). A literal8 (`~{n}`,
-                           RFC 3516) is stored as given, except that leaf parts holding
-                           NUL are re-encoded as base64 (base64_nul_parts).
+    APPEND                 one or more messages (MULTIAPPEND), each `[(flags)] [date-time]
+                           {n}` or, once UTF8=ACCEPT is enabled, `... UTF8 (~{n})`; all
+                           checked before any is stored, then one deliver_many batch, all
+                           or nothing (when one fails the others stored are expunged
+                           again) -> OK [APPENDUID uidvalidity uid-set]; NO [TRYCREATE], NO
+                           [OVERQUOTA] (for them together), NO for an empty message (the
+                           parser refuses one over message_size_limit with NO [TOOBIG]). A
+                           literal8 (`~{n}`, RFC 3516) is stored as given, except that
+                           leaf parts holding NUL are re-encoded as base64
+                           (base64_nul_parts).
+ACL (workers/imapd/acl.py) on a mailbox of another user or the Shared namespace: STORE
+needs s for \\Seen, t for \\Deleted, w for the rest; EXPUNGE e (CLOSE skips its expunge
+without it); MOVE t and e on the source; COPY, MOVE and APPEND i on the target (across
+owners too: the store links the files into the target owner's mailbox, whose quota
+counts them); a missing right is NO [NOPERM].
 A target mailbox that is the selected one announces its new messages (EXISTS) through the
 mailbox updates before the tagged OK.
 Diagnostics: a StorageError of the store (disk full, I/O) is logged and answered NO
@@ -40,14 +50,15 @@ import binascii
 import calendar
 import re
 
+from master.proto import is_low
 from store.fsio import StorageError
 from store.index import TooManyKeywords
-from store.mailstore import NoSuchMailbox
-from workers.imapd import condstore, mime
-from workers.imapd.names import mailbox_name
+from store.mailstore import DeliveryRequest, NoSuchMailbox
+from workers.imapd import acl, condstore, general, mime
+from workers.imapd.names import mailbox_ref
 from workers.imapd.parser import NIL, Atom, Bad, Literal, String
 
-CAPABILITIES = ("UNSELECT", "UIDPLUS", "MOVE")
+CAPABILITIES = ("UNSELECT", "UIDPLUS", "MOVE", "MULTIAPPEND")
 
 SYSTEM_FLAGS = {name.lower(): name for name in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 STORE_MODES = {"FLAGS": "=", "+FLAGS": "+", "-FLAGS": "-"}
@@ -88,24 +99,33 @@ def _flags(tokens) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _require_writable(session) -> None:
+def _require_writable(session, needed: str = "") -> None:
+    """Selected read-write, and the ACL grants the needed rights (NO [NOPERM] otherwise)."""
     if session.selected.readonly:
         raise Bad("The mailbox is selected read-only", status="NO", code="READ-ONLY")
+    if any(r not in session.selected.rights for r in needed):
+        raise Bad("Permission denied", status="NO", code="NOPERM")
 
 
-async def _check_quota(session, adding: int) -> None:
-    limit = session.backend.quota(session.user)
-    if limit and session.backend.mail.usage(session.user) + adding > limit:
+async def _check_quota(session, owner: str, adding: int) -> None:
+    """Room for `adding` more bytes of owner's: the disk guard's flag (NO [UNAVAILABLE]: try
+    later) and the owner's quota (NO [OVERQUOTA])."""
+    if is_low(session.params):
+        raise Bad("Disk space is low on the server, try again later", status="NO", code="UNAVAILABLE")
+    limit = session.backend.quota(owner)
+    if limit and session.backend.mail.usage(owner) + adding > limit:
         raise Bad("Quota exceeded", status="NO", code="OVERQUOTA")
 
 
-def _target(session, token) -> tuple[str, int]:
-    """A COPY/MOVE/APPEND target: its name and UIDVALIDITY; NO [TRYCREATE] when missing."""
-    name = mailbox_name(session, token)
-    info = session.backend.mail.mailbox(session.user, name)
+def _target(session, token) -> tuple[str, str, int]:
+    """A COPY/MOVE/APPEND target: its owner, name and UIDVALIDITY; NO [TRYCREATE] when
+    missing; another owner's needs the i right (workers/imapd/acl.py)."""
+    owner, name = mailbox_ref(session, token)
+    info = session.backend.mail.mailbox(owner, name)
     if info is None:
         raise Bad("No such mailbox", status="NO", code="TRYCREATE")
-    return name, info.uidvalidity
+    acl.require(session, owner, name, "i")
+    return owner, name, info.uidvalidity
 
 
 # ---------------------------------------------------------------- STORE
@@ -134,14 +154,14 @@ async def store(session, command) -> None:
     flags = _flags(values)
     selected = session.selected
     seqs = selected.resolve(args[0], uid)
-    _require_writable(session)
+    _require_writable(session, acl.flag_rights(mode, flags))
     if unchanged_since is not None:
         await condstore.enable(session)
     snapshot = selected.view.view
     if not seqs:
         await session.ok(f"{command.name} completed, no messages")
         return
-    changes = await _write(session, session.backend.mail.set_flags, session.user, selected.name,
+    changes = await _write(session, session.backend.mail.set_flags, selected.user, selected.name,
                            snapshot.uid_ranges(seqs), mode, flags, unchanged_since)
     session.counts["store"] += len(changes)
     changed = {record.uid: record.modseq for record in changes}
@@ -149,7 +169,7 @@ async def store(session, command) -> None:
     with_modseq = condstore.enabled(session)
     now = None
     if not silent or unchanged_since is not None:
-        now = session.backend.mail.open_mailbox(session.user, selected.name).view
+        now = session.backend.mail.open_mailbox(selected.user, selected.name).view
     if unchanged_since is not None:
         # a STORE that changes nothing still fails on a message modified since (RFC 7162 3.1.3)
         modified.update(u for u in map(snapshot.uid, seqs) if u not in changed and now.seq(u)
@@ -194,7 +214,7 @@ async def _expunge_snapshot(session, uid_token=None) -> None:
     if not ranges or ranges[0][1] < 1:
         return
     try:
-        removed = await _write(session, session.backend.mail.expunge, session.user, selected.name, ranges)
+        removed = await _write(session, session.backend.mail.expunge, selected.user, selected.name, ranges)
     except NoSuchMailbox:
         return                # deleted meanwhile: the updates end the session
     session.counts["expunge"] += len(removed)
@@ -204,7 +224,7 @@ async def expunge(session, command) -> None:
     uid = command.name == "UID EXPUNGE"
     if len(command.args) != (1 if uid else 0):
         raise Bad("UID EXPUNGE takes a UID set" if uid else "EXPUNGE takes no arguments")
-    _require_writable(session)
+    _require_writable(session, "e")
     await _expunge_snapshot(session, command.args[0] if uid else None)
     if condstore.enabled(session):       # the expunges moved HIGHESTMODSEQ: tell it after them
         await session.send_updates()
@@ -216,7 +236,7 @@ async def expunge(session, command) -> None:
 async def close(session, command) -> None:
     if command.args:
         raise Bad("CLOSE takes no arguments")
-    if not session.selected.readonly:
+    if session.selected.may("e"):
         await _expunge_snapshot(session)
     session.unselect()
     await session.ok("CLOSE completed")
@@ -238,17 +258,15 @@ async def copy(session, command) -> None:
         raise Bad(f"{command.name} takes a message set and a mailbox name")
     selected = session.selected
     seqs = selected.resolve(command.args[0], uid)
-    target, uidvalidity = _target(session, command.args[1])
-    if selected.user != session.user:
-        raise Bad("Messages cannot be copied from another user's mailbox", status="NO", code="CANNOT")
+    owner, target, uidvalidity = _target(session, command.args[1])
     if move:
-        _require_writable(session)
+        _require_writable(session, "te")
     snapshot = selected.view.view
-    if not move:
-        await _check_quota(session, sum(snapshot.record(seq).size for seq in seqs))
+    if not move or owner != selected.user:
+        await _check_quota(session, owner, sum(snapshot.record(seq).size for seq in seqs))
     try:
-        pairs = await _write(session, session.backend.mail.copy, session.user, selected.name,
-                             snapshot.uid_ranges(seqs), target, move)
+        pairs = await _write(session, session.backend.mail.copy, selected.user, selected.name,
+                             snapshot.uid_ranges(seqs), target, move, owner)
     except NoSuchMailbox:
         raise Bad("No such mailbox", status="NO", code="TRYCREATE") from None
     verb = "MOVE" if move else "COPY"
@@ -305,27 +323,73 @@ def base64_nul_parts(raw: bytes) -> bytes:
     return raw
 
 
+def _utf8_literal(session, tokens: list, i: int) -> Literal | None:
+    """RFC 6855's `UTF8 (literal8)` at tokens[i], if that is what is there."""
+    if not (isinstance(tokens[i], Atom) and tokens[i].upper() == "UTF8"):
+        return None
+    if not general.utf8_accept(session):
+        raise Bad("APPEND UTF8 needs ENABLE UTF8=ACCEPT")
+    inner = tokens[i + 1] if i + 1 < len(tokens) else None
+    if not isinstance(inner, list) or len(inner) != 1 or not isinstance(inner[0], Literal):
+        raise Bad("APPEND UTF8 takes a message literal in parentheses")
+    return inner[0]
+
+
+def _messages(session, tokens: list) -> list[DeliveryRequest]:
+    """APPEND's arguments after the mailbox name: one or more `[(flags)] [date-time] message`
+    (RFC 3502), as requests with user and mailbox left empty."""
+    messages = []
+    i = 0
+    while i < len(tokens):
+        flags: tuple[str, ...] = ()
+        if isinstance(tokens[i], list):
+            flags = _flags(tokens[i])
+            i += 1
+        date = None
+        if i < len(tokens) and isinstance(tokens[i], String):
+            date = _internal_date(tokens[i])
+            i += 1
+        if i < len(tokens) and isinstance(tokens[i], Literal):
+            literal = tokens[i]
+            i += 1
+        elif i < len(tokens) and (literal := _utf8_literal(session, tokens, i)) is not None:
+            i += 2
+        else:
+            raise Bad("APPEND takes a mailbox name and messages, each with optional flags and date-time"
+                      " (CATENATE is not offered)")
+        message = bytes(literal)
+        if literal.binary and b"\0" in message:
+            message = base64_nul_parts(message)
+        if not message:
+            raise Bad("An empty message cannot be appended", status="NO")
+        messages.append(DeliveryRequest("", "", message, None, flags, date))
+    return messages
+
+
+def _deliver_all(mail, owner: str, target: str, messages: list[DeliveryRequest]) -> list[int]:
+    """The messages into owner's target in one batch, all or none: when one fails, those
+    stored are expunged again and its error is raised. Their UIDs, in order."""
+    results = mail.deliver_many([DeliveryRequest(owner, target, m.source, None, m.flags, m.internal_date)
+                                 for m in messages])
+    failure = next((r for r in results if isinstance(r, Exception)), None)
+    if failure is None:
+        return results
+    stored = sorted(r for r in results if not isinstance(r, Exception))
+    if stored:
+        mail.expunge(owner, target, [(uid, uid) for uid in stored], deleted_only=False)
+    raise failure
+
+
 async def append(session, command) -> None:
     args = list(command.args)
-    if len(args) < 2 or not isinstance(args[-1], Literal):
+    if len(args) < 2:
         raise Bad("APPEND takes a mailbox name, optional flags and date-time, and a message literal")
-    message = bytes(args[-1])
-    if args[-1].binary and b"\0" in message:
-        message = base64_nul_parts(message)
-    extras = args[1:-1]
-    flags: tuple[str, ...] = ()
-    if extras and isinstance(extras[0], list):
-        flags = _flags(extras.pop(0))
-    date = _internal_date(extras.pop(0)) if extras else None
-    if extras:
-        raise Bad("APPEND: unexpected arguments (MULTIAPPEND and CATENATE are not offered)")
-    target, uidvalidity = _target(session, args[0])
-    if not message:
-        raise Bad("An empty message cannot be appended", status="NO")
-    await _check_quota(session, len(message))
+    messages = _messages(session, args[1:])
+    owner, target, uidvalidity = _target(session, args[0])
+    await _check_quota(session, owner, sum(len(m.source) for m in messages))
     try:
-        uid = await _write(session, session.backend.mail.deliver, session.user, target, message, None, flags, date)
+        uids = await _write(session, _deliver_all, session.backend.mail, owner, target, messages)
     except NoSuchMailbox:
         raise Bad("No such mailbox", status="NO", code="TRYCREATE") from None
-    session.counts["append"] += 1
-    await session.ok("APPEND completed", f"APPENDUID {uidvalidity} {uid}")
+    session.counts["append"] += len(uids)
+    await session.ok("APPEND completed", f"APPENDUID {uidvalidity} {condstore.number_set(uids)}")

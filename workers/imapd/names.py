@@ -1,23 +1,27 @@
 """Mailbox names between the wire and the store, and the namespaces (RFC 2342).
 
-Namespaces: the personal one, prefix "" (the user's own mailboxes), and for users named in
-imap_admins the "Other Users" one, prefix "user/": `user/NAME` is user NAME's INBOX and
-`user/NAME/rest` NAME's mailbox `rest`. Names under `user` are reserved for it: for anyone
-else (and where another user's mailbox cannot be used) they do not exist.
+Namespaces: the personal one, prefix "" (the user's own mailboxes); "Other Users", prefix
+"user/": `user/NAME` is user NAME's INBOX and `user/NAME/rest` NAME's mailbox `rest`; and
+"Shared", prefix "shared/": `shared/rest` is the mailbox `rest` of the store's pseudo-user
+SHARED_OWNER ("_shared", which no user name can be: store/users.py NAME). Names under `user`
+and `shared` are reserved for them; who may use a mailbox there is workers/imapd/acl.py's
+question (a user's own `user/SELF/...` is not theirs to use that way unless an admin).
 mailbox_name(session, token) -> str   an astring argument as the name of one of the user's
     own mailboxes: modified UTF-7 decoded (RFC 3501 5.1.3) unless UTF8=ACCEPT or IMAP4rev2
     is enabled (then UTF-8), INBOX in any case folded to INBOX. Bad(status="NO"): code
     CANNOT for a name the store cannot hold (empty part, control characters, too deep) or
     that is not valid modified UTF-7 (a mailbox that cannot exist, not a syntax error, as
     Dovecot); NONEXISTENT for a name under `user`.
-mailbox_ref(session, token) -> (owner, name)   the same, but an admin's `user/NAME/...`
-    names user NAME's mailbox (SELECT, EXAMINE, STATUS).
-other_name(owner, name) -> str        the name an admin sees for another user's mailbox.
+mailbox_ref(session, token) -> (owner, name)   the same, but `user/NAME/...` names user
+    NAME's mailbox and `shared/...` SHARED_OWNER's (rights are checked by the caller).
+other_name(owner, name) -> str        the name others see for a user's mailbox.
+shown_name(session, owner, name) -> str   the name the session sees for owner's mailbox.
 is_admin(session) -> bool             the user is in imap_admins.
 name_text(token) -> str               the argument as sent (NIL is the name "NIL").
 wire_name(session, name) -> bytes     a name as a quoted string or literal for a response,
     encoded the same way back.
-DELIMITER is the hierarchy delimiter of every namespace: "/"; OTHER_USERS the prefix "user".
+DELIMITER is the hierarchy delimiter of every namespace: "/"; OTHER_USERS the prefix "user",
+SHARED the prefix "shared".
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from workers.imapd.parser import NIL, Bad, astring, mutf7_decode, mutf7_encode
 
 DELIMITER = SEPARATOR
 OTHER_USERS = "user"
+SHARED = "shared"
+SHARED_OWNER = "_shared"       # the store user holding the Shared namespace's mailboxes
 
 
 def utf8_names(session) -> bool:
@@ -38,8 +44,8 @@ def is_admin(session) -> bool:
 
 
 def reserved(name: str) -> bool:
-    """The name belongs to the Other Users namespace, not to the user's own mailboxes."""
-    return name == OTHER_USERS or name.startswith(OTHER_USERS + DELIMITER)
+    """The name belongs to the Other Users or Shared namespace, not to the user's own mailboxes."""
+    return name.partition(DELIMITER)[0] in (OTHER_USERS, SHARED)
 
 
 def _normalised(text: str) -> str:
@@ -77,15 +83,27 @@ def mailbox_name(session, token) -> str:
 
 def mailbox_ref(session, token) -> tuple[str, str]:
     text = _text(session, token)
-    if is_admin(session) and text.startswith(OTHER_USERS + DELIMITER):
-        owner, _, rest = text[len(OTHER_USERS) + 1:].partition(DELIMITER)
-        if owner:
+    head, _, rest = text.partition(DELIMITER)
+    if head == OTHER_USERS:
+        owner, _, rest = rest.partition(DELIMITER)
+        owner = owner.lower()
+        if owner and owner != SHARED_OWNER and (owner != session.user or is_admin(session)):
             return owner, _normalised(rest or INBOX)
+    elif head == SHARED and rest:
+        return SHARED_OWNER, _normalised(rest)
     return session.user, _own(text)
 
 
 def other_name(owner: str, name: str) -> str:
     return f"{OTHER_USERS}{DELIMITER}{owner}" + ("" if name == INBOX else DELIMITER + name)
+
+
+def shown_name(session, owner: str, name: str) -> str:
+    if owner == session.user:
+        return name
+    if owner == SHARED_OWNER:
+        return SHARED + DELIMITER + name
+    return other_name(owner, name)
 
 
 def wire_name(session, name: str) -> bytes:

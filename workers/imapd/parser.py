@@ -14,7 +14,8 @@ Command(tag, name, args): name upper case, "UID FETCH" etc. for UID commands; ar
     (DATE)]<0.2048>` as one token) and lists of these (nested).
 Limits: line length, literal size (APPEND's and the others'), whole command size, list
     depth, token count.
-    Literals are held in memory (an APPEND message too: at most append_literal octets).
+    Literals are held in memory (an APPEND message too: at most append_literal octets; the
+    messages of one MULTIAPPEND, RFC 3502, at most append_total together).
 Errors: Bad (status BAD, or NO [TOOBIG] for an APPEND message over its limit; optional
     response code, text, tag when known, else untagged; close: the session must
     end after answering, because a non-synchronising literal it will not read follows and
@@ -48,7 +49,8 @@ class Limits:
     line: int = 64 * 1024              # one line, line end included (Dovecot imap_max_line_length)
     literal: int = 64 * 1024           # a literal of any command but APPEND
     append_literal: int = 10_240_000   # a message of APPEND (message_size_limit)
-    command: int = 1024 * 1024         # lines and literals of one command; APPEND: + append_literal
+    command: int = 1024 * 1024         # lines and literals of one command; APPEND: + append_total
+    append_total: int = 0              # the messages of one APPEND together (at least append_literal)
     depth: int = 16                    # nested parentheses
     tokens: int = 10_000               # tokens of one command, list openings included
     literal_plus: bool = True          # LITERAL+ (False: LITERAL-)
@@ -167,7 +169,7 @@ class _Builder:
         return self.limits.append_literal if self.name == "APPEND" else self.limits.literal
 
     def command_limit(self) -> int:
-        extra = self.limits.append_literal if self.name == "APPEND" else 0
+        extra = max(self.limits.append_literal, self.limits.append_total) if self.name == "APPEND" else 0
         return self.limits.command + extra
 
     def count(self, size: int) -> None:

@@ -12,7 +12,9 @@ Shared with SORT and THREAD (workers/imapd/sort.py, thread.py): return_options, 
 forget_on_failure, esearch_line, compact_set (keeps a sort order), and
     parse_program(tokens) -> Node    the search keys (every key of RFC 3501/9051); Bad for
         an unknown key or a malformed argument, more than MAX_KEYS keys or MAX_DEPTH nesting
-    check_charset(name)              UTF-8 and US-ASCII; else NO [BADCHARSET (UTF-8 US-ASCII)]
+    check_charset(session, name)     UTF-8 and US-ASCII; else NO [BADCHARSET (UTF-8 US-ASCII)];
+        once UTF8=ACCEPT is enabled only UTF-8, another is BAD (RFC 6855 3, errata 4029:
+        the strings are UTF-8 whatever the label says)
     await matching(session, program) -> ascending sequence numbers of the selected mailbox
     Content(path, budget)            one message file read lazily: decoded header values,
         the decoded text of its parts; Budget bounds the work of one command
@@ -51,7 +53,7 @@ from email.policy import compat32
 
 from store._index_view import known_flag_mask
 from store.index import parse_sequence_set, ranges_from_values
-from workers.imapd import condstore
+from workers.imapd import condstore, general
 from workers.imapd.mime import MAX_HEADER
 from workers.imapd.parser import NIL, Atom, Bad, astring
 
@@ -667,8 +669,10 @@ def parse_program(tokens: list) -> Node:
     return nodes[0] if len(nodes) == 1 else And(nodes)
 
 
-def check_charset(token) -> None:
+def check_charset(session, token) -> None:
     name = astring(token)
+    if general.utf8_accept(session) and name.upper() != "UTF-8":
+        raise Bad("After ENABLE UTF8=ACCEPT the only charset is UTF-8")
     if name.upper() not in CHARSETS:
         raise Bad(f"Unsupported charset {name[:40]}", status="NO", code=f"BADCHARSET ({' '.join(CHARSETS)})")
 
@@ -807,13 +811,13 @@ async def answer(session, command, uid: bool, seqs: list[int], options: list[str
     await session.ok(f"{command.name} completed")
 
 
-def take_charset(args: list) -> None:
+def take_charset(session, args: list) -> None:
     """Pops CHARSET name from the front of args, refusing an unsupported one."""
     if args and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
         args.pop(0)
         if not args:
             raise Bad("CHARSET needs a name")
-        check_charset(args.pop(0))
+        check_charset(session, args.pop(0))
 
 
 async def search(session, command) -> None:
@@ -823,7 +827,7 @@ async def search(session, command) -> None:
     if options is None and "IMAP4REV2" in session.enabled:
         options = ["ALL"]
     try:
-        take_charset(args)
+        take_charset(session, args)
         program = parse_program(args)
         seqs = await matching(session, program)
     except Bad:

@@ -1,8 +1,9 @@
 """The selected mailbox of one IMAP session: what the client has been told, and what changed.
 
-Selected(session, name, readonly, owner=None) holds the snapshot the client's sequence numbers refer
-to: `view` (a store MailboxView: .view is the index View, .path(seq) the message file) and
-`info` (its MailboxInfo). The snapshot only moves forward in send_updates(), which the
+Selected(session, name, readonly, owner=None, rights=ALL) holds the snapshot the client's
+sequence numbers refer to: `view` (a store MailboxView: .view is the index View, .path(seq)
+the message file), `info` (its MailboxInfo), `rights` (the user's ACL rights on it,
+workers/imapd/acl.py; may(right): selected read-write and granted). The snapshot only moves forward in send_updates(), which the
 session calls before every tagged OK/NO and IDLE calls when the store signals a change:
     gone, changed = old.diff(new)    messages expunged elsewhere, flags changed elsewhere
     `* n EXPUNGE` for each gone one (highest first, so no number shifts under the client),
@@ -21,7 +22,8 @@ recreated (UIDVALIDITY changed) meanwhile ends the session with `* BYE`.
 \\Recent: a message is recent in the one read-write session that first claims it
 (claim_recent(): at SELECT and when new messages arrive; the store keeps the first
 unclaimed UID per mailbox); EXAMINE sees the unclaimed ones as recent without claiming.
-`* n RECENT` follows every `* n EXISTS`; flag_names(seq) includes \\Recent.
+`* n RECENT` follows every `* n EXISTS`; flag_names(seq) includes \\Recent. Once IMAP4rev2 is
+enabled (RFC 9051) neither is sent: no message is recent to that session (is_recent).
 Helpers for the commands: resolve(token, uid) -> array of sequence numbers (parser
 Bad for a malformed set, BAD for a sequence number beyond the snapshot; `$` is the saved
 search result, `saved`, which lives as long as this selection);
@@ -36,19 +38,21 @@ from store._index_view import RECORD
 from store.index import View, flag_names
 from store.mailstore import MailboxView
 from workers._session import Close
-from workers.imapd import condstore
+from workers.imapd import condstore, general
+from workers.imapd.acl import ALL as ALL_RIGHTS
 from workers.imapd.parser import Atom, Bad
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 class Selected:
-    def __init__(self, session, name: str, readonly: bool, owner: str | None = None):
+    def __init__(self, session, name: str, readonly: bool, owner: str | None = None, rights: str = ALL_RIGHTS):
         self.session = session
         self.mail = session.backend.mail
-        self.user = owner or session.user     # whose mailbox: another user's for an admin (read-only)
+        self.user = owner or session.user     # whose mailbox: another user's or the Shared namespace's
         self.name = name
         self.readonly = readonly
+        self.rights = rights                  # the user's ACL rights on it (workers/imapd/acl.py)
         self.view = self.mail.open_mailbox(self.user, name)
         self.info = self.view.info
         self._own: dict[int, int] = {}        # uid -> modseq of this session's reported flag changes
@@ -60,6 +64,10 @@ class Selected:
 
     def __len__(self) -> int:
         return len(self.view)
+
+    def may(self, right: str) -> bool:
+        """Selected read-write and the ACL grants the right (e.g. "s": FETCH may set \\Seen)."""
+        return not self.readonly and right in self.rights
 
     @property
     def directory(self) -> str:
@@ -97,7 +105,7 @@ class Selected:
             self._recent.append((first, end))
 
     def is_recent(self, uid: int) -> bool:
-        return any(first <= uid < end for first, end in self._recent)
+        return not general.rev2(self.session) and any(first <= uid < end for first, end in self._recent)
 
     def recent_count(self, view: View | None = None) -> int:
         view = view or self.view.view
@@ -142,7 +150,8 @@ class Selected:
         await self.announce_flags(session, newer.view.keywords)
         if len(newer) != before:
             await session.untagged(f"{len(newer)} EXISTS")
-            await session.untagged(f"{self.recent_count(newer.view)} RECENT")
+            if not general.rev2(session):
+                await session.untagged(f"{self.recent_count(newer.view)} RECENT")
         for seq in changed:
             record = newer.view.record(seq)
             if self._own.get(record.uid) == record.modseq:

@@ -18,7 +18,8 @@ for a malformed argument. Mailbox updates (new messages, flag changes, expunges 
 other sessions, qmgr or POP3) are sent before every tagged OK and NO while a mailbox is
 selected, except that EXPUNGE responses wait while the command is FETCH, STORE or SEARCH
 (RFC 3501 7.4.1): they wait for a later command; the rest of the update goes out (selected.py).
-Limits: the parser's (line, literal, APPEND size = message_size_limit, nesting, tokens),
+Limits: the parser's (line, literal, APPEND size = message_size_limit, a MULTIAPPEND's
+together MULTIAPPEND_TOTAL or one message's, nesting, tokens),
 MAX_BAD_COMMANDS errors, imapd_timeout for every command read (RFC 9051: at least 30
 minutes), the master's graceful stop (`* BYE Server shutting down`).
 Diagnostics: imap.log (conn.log) has logins, failures, logouts, timeouts and dropped sessions.
@@ -32,13 +33,14 @@ import time
 from workers import _session
 from workers._limits import STREAM_LIMIT, LineTooLong
 from workers._session import Close, Command, Connection
-from workers.imapd import capability, compress, fetch, folders, general, idle, login, messages, quota, search, sort, thread
+from workers.imapd import acl, capability, compress, fetch, folders, general, idle, login, messages, quota, search, sort, thread
 from workers.imapd.parser import Bad, Limits, read_command
 from workers.imapd import parser
 
 MAX_BAD_COMMANDS = 20        # then `* BYE Too many invalid commands`
 WRITE_TIMEOUT = 300.0        # seconds a client may take to read one response
 FAREWELL_TIMEOUT = 5.0
+MULTIAPPEND_TOTAL = 64 * 1024 * 1024     # the messages of one APPEND together (each <= message_size_limit)
 
 
 class State(enum.Enum):
@@ -79,6 +81,11 @@ COMMANDS: dict[str, Command] = {
     "GETQUOTA":     Command(quota.getquota,             A_S),
     "SETQUOTA":     Command(quota.setquota,             A_S),
     "APPEND":       Command(messages.append,            A_S),
+    "SETACL":       Command(acl.setacl,                 A_S),
+    "DELETEACL":    Command(acl.deleteacl,              A_S),
+    "GETACL":       Command(acl.getacl,                 A_S),
+    "LISTRIGHTS":   Command(acl.listrights,             A_S),
+    "MYRIGHTS":     Command(acl.myrights,               A_S),
     "IDLE":         Command(idle.idle,                  A_S),
     "COMPRESS":     Command(compress.compress,          A_S),
     "CHECK":        Command(general.check,              S),
@@ -114,6 +121,7 @@ class Session(_session.Session):
     def __init__(self, conn: Connection, backend):
         super().__init__(conn, backend, State.NOT_AUTHENTICATED, MAX_BAD_COMMANDS, conn.params.imapd_timeout)
         self.limits = Limits(line=self.line_limit, append_literal=conn.params.message_size_limit or 2**31,
+                             append_total=max(conn.params.message_size_limit or 2**31, MULTIAPPEND_TOTAL),
                              command=1024 * 1024 + (conn.params.message_size_limit or 2**31))
         self.user: str | None = None
         self.selected = None                  # workers.imapd.selected.Selected while SELECTED

@@ -216,7 +216,7 @@ async def sort(session, command) -> None:
         keys = sort_keys(args.pop(0))
         if not args:
             raise Bad("SORT needs a charset")
-        check_charset(args.pop(0))
+        check_charset(session, args.pop(0))
         program = parse_program(args)
         seqs = await matching(session, program)
         ordered = await off_loop(session, "Sort", order, session.selected.view, seqs, keys, Budget())

@@ -286,7 +286,7 @@ async def thread(session, command) -> None:
         raise Bad("THREAD needs an algorithm: " + " or ".join(ALGORITHMS))
     if not args:
         raise Bad("THREAD needs a charset")
-    check_charset(args.pop(0))
+    check_charset(session, args.pop(0))
     seqs = await matching(session, parse_program(args))
     mailbox = session.selected.view
     roots = await off_loop(session, "Thread", _threads, mailbox, seqs, algorithm, Budget())

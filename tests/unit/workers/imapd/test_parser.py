@@ -256,6 +256,15 @@ def test_oversize_append_is_no_toobig():
     assert (error.status, error.code, error.close) == ("NO", "TOOBIG", True)
 
 
+def test_multiappend_messages_count_against_append_total():
+    limits = Limits(append_literal=10, append_total=25, command=100)
+    three = b"a APPEND box {10}\r\n" + b"m" * 10 + b" (\\Seen) {10}\r\n" + b"n" * 10 + b" {%d}\r\n"
+    command = read(three % 5 + b"o" * 5 + b" UTF8 (~{3}\r\nabc)\r\n", limits)
+    assert command.args == ["box", b"m" * 10, ["\\Seen"], b"n" * 10, b"o" * 5, "UTF8", [b"abc"]]
+    error = bad(three % 10 + b"o" * 10 + b"\r\n", Limits(append_literal=10, append_total=25, command=40))
+    assert (error.status, error.code) == ("NO", "TOOBIG")
+
+
 def test_oversize_non_synchronising_literal_closes():
     error = bad(b"a LOGIN {70000+}\r\n" + b"x" * 70000 + b"\r\n")
     assert (error.status, error.close, error.tag) == ("BAD", True, "a")

@@ -3,6 +3,7 @@ View with corpus files, decoding, base subjects, SORT keys (DISPLAY too), ESORT'
 from __future__ import annotations
 
 import calendar
+from types import SimpleNamespace
 
 import pytest
 
@@ -111,11 +112,16 @@ def test_parse_refuses(tokens):
 
 
 def test_charset():
-    check_charset(Atom("utf-8"))
-    check_charset(String("US-ASCII"))
+    rev1, utf8 = SimpleNamespace(enabled=set()), SimpleNamespace(enabled={"UTF8=ACCEPT"})
+    check_charset(rev1, Atom("utf-8"))
+    check_charset(rev1, String("US-ASCII"))
     with pytest.raises(Bad) as info:
-        check_charset(Atom("ISO-8859-1"))
+        check_charset(rev1, Atom("ISO-8859-1"))
     assert info.value.status == "NO" and info.value.code == "BADCHARSET (UTF-8 US-ASCII)"
+    check_charset(utf8, Atom("utf-8"))
+    with pytest.raises(Bad) as info:
+        check_charset(utf8, Atom("US-ASCII"))      # RFC 6855 3: conflicting labels
+    assert info.value.status == "BAD"
 
 
 # ---------------------------------------------------------------- evaluation
