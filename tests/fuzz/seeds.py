@@ -9,6 +9,8 @@ smuggling(fake_end) -> a DATA stream that hides a second transaction behind a fa
 SMTP_SESSIONS: whole client streams: pipelined transactions, STARTTLS with commands pipelined
 behind it in the same packet (CVE-2011-0411), AUTH exchanges, over-long and 8-bit lines.
 POP3_SESSIONS: command lines of a POP3 client after login.
+IMAP_SESSIONS: streams of a logged-in IMAP client: selection, FETCH of every item, SEARCH,
+STORE/EXPUNGE, folders with modified UTF-7 names, literals of both kinds, broken lines.
 """
 from __future__ import annotations
 
@@ -64,4 +66,19 @@ POP3_SESSIONS = [
     b"STAT\r\nLIST\r\nUIDL\r\nLIST 1\r\nRETR 1\r\nTOP 1 0\r\nDELE 1\r\nRETR 1\r\nRSET\r\nNOOP\r\n",
     b"list 2\r\nuidl 99\r\nretr 0\r\ntop 1 -1\r\ntop 2 3 4\r\ndele 01\r\nCAPA\r\nUSER bob\r\n",
     b"RETR \xd9\xa1\r\nLIST 99999999999\r\nTOP 1 00000000001\r\nX\r\n\r\n \r\nAPOP a b\r\nSTLS\r\n",
+]
+
+IMAP_SESSIONS = [
+    b"a SELECT INBOX\r\nb FETCH 1:* (FLAGS UID ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SUBJECT)]<0.20>)\r\n"
+    b"c UID FETCH 1:* (BODY.PEEK[1.MIME] BINARY.PEEK[1] BINARY.SIZE[1] RFC822.SIZE INTERNALDATE)\r\n"
+    b"d SEARCH CHARSET UTF-8 OR SUBJECT {3+}\r\n123 NOT SEEN\r\ne STORE 1:2 +FLAGS.SILENT (\\Deleted $Junk)\r\n"
+    b"f UID SEARCH RETURN (MIN MAX COUNT SAVE) UNDELETED\r\ng FETCH $ FLAGS\r\nh EXPUNGE\r\ni CLOSE\r\n",
+    b"a CREATE \"caf&AOk-/sub\"\r\nb LIST \"\" *\r\nc RENAME caf&AOk- {4}\r\nthe\xe9\r\n"
+    b"d APPEND INBOX (\\Seen) \"22-Nov-2008 15:04:59 +1100\" {23+}\r\nSubject: x\r\n\r\nhello\r\n\r\n"
+    b"e STATUS INBOX (MESSAGES UIDNEXT UNSEEN SIZE)\r\nf DELETE &AOk\r\ng SUBSCRIBE \"\"\r\nh NAMESPACE\r\n",
+    b"a ENABLE CONDSTORE QRESYNC\r\nb EXAMINE INBOX (QRESYNC (1 1))\r\nc FETCH 1:* FLAGS (CHANGEDSINCE 1)\r\n"
+    b"d UID SORT (REVERSE DATE SUBJECT) UTF-8 ALL\r\ne THREAD REFERENCES UTF-8 ALL\r\nf IDLE\r\nDONE\r\n"
+    b"g MOVE 1 Trash\r\nh UNSELECT\r\n",
+    b"a SELECT INBOX\r\nb FETCH 0:4294967296 (BODY[\r\nc FETCH * ((FLAGS))\r\n\xff\x00 NOOP\r\n"
+    b"d SEARCH HEADER {2}\r\nX-\r\ne STORE 1 FLAGS (\\Recent\r\nf COPY 1:* \"\"\r\n* NOOP\r\n+ x\r\ng LOGOUT\r\n",
 ]
