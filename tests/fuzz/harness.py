@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 
 from tests.fuzz.seeds import REPO
 
-TARGETS = ["data", "smtp", "sasl", "pop3"]
+TARGETS = ["data", "smtp", "sasl", "pop3", "imap"]
 MAX_LEN = 16 * 1024
 INPUT_TIMEOUT = 10
 DEFAULT_SECONDS = 20

@@ -172,6 +172,8 @@ def sort_keys(tokens) -> list[tuple[str, bool]]:
 def order(mailbox, seqs: list[int], keys: list[tuple[str, bool]], budget: Budget) -> list[int]:
     """seqs (ascending) sorted by keys; reads the header of each message when a key needs it.
     Python's sorts are stable (also reversed), so ties keep sequence order under REVERSE too."""
+    if not seqs:
+        return []
     view = mailbox.view
     records = {seq: view.record(seq) for seq in seqs}
     values: dict[str, dict[int, object]] = {}
