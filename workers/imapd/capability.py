@@ -21,6 +21,7 @@ from workers.imapd import (
     idle,
     login,
     messages,
+    notify,
     quota,
     search,
     sort,
@@ -30,7 +31,7 @@ from workers.imapd import (
 ALWAYS = ("IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
 # each command module lists what it implements in CAPABILITIES
 AFTER_LOGIN = tuple(word for module in (general, folders, messages, fetch, search, sort, thread, idle, quota, condstore, compress,
-                                        acl)
+                                        acl, notify)
                     for word in getattr(module, "CAPABILITIES", ()))
 
 

@@ -18,6 +18,8 @@ for a malformed argument. Mailbox updates (new messages, flag changes, expunges 
 other sessions, qmgr or POP3) are sent before every tagged OK and NO while a mailbox is
 selected, except that EXPUNGE responses wait while the command is FETCH, STORE or SEARCH
 (RFC 3501 7.4.1): they wait for a later command; the rest of the update goes out (selected.py).
+After NOTIFY SET (workers/imapd/notify.py) the updates it asks for are also pushed while the
+session waits for the next command line (idle.read_pushing), never inside a command's responses.
 Limits: the parser's (line, literal, APPEND size = message_size_limit, a MULTIAPPEND's
 together MULTIAPPEND_TOTAL or one message's, nesting, tokens),
 MAX_BAD_COMMANDS errors, imapd_timeout for every command read (RFC 9051: at least 30
@@ -33,7 +35,7 @@ import time
 from workers import _session
 from workers._limits import STREAM_LIMIT, LineTooLong
 from workers._session import Close, Command, Connection
-from workers.imapd import acl, capability, compress, fetch, folders, general, idle, login, messages, quota, search, sort, thread
+from workers.imapd import acl, capability, compress, fetch, folders, general, idle, login, messages, notify, quota, search, sort, thread
 from workers.imapd.parser import Bad, Limits, read_command
 from workers.imapd import parser
 
@@ -88,6 +90,7 @@ COMMANDS: dict[str, Command] = {
     "MYRIGHTS":     Command(acl.myrights,               A_S),
     "IDLE":         Command(idle.idle,                  A_S),
     "COMPRESS":     Command(compress.compress,          A_S),
+    "NOTIFY":       Command(notify.notify,              A_S),
     "CHECK":        Command(general.check,              S),
     "CLOSE":        Command(messages.close,             S),
     "UNSELECT":     Command(messages.unselect,          S),
@@ -127,6 +130,7 @@ class Session(_session.Session):
         self.selected = None                  # workers.imapd.selected.Selected while SELECTED
         self.enabled: set[str] = set()        # ENABLEd extensions (CONDSTORE, QRESYNC, IMAP4rev2, UTF8=ACCEPT)
         self.command: parser.Command | None = None    # the one being answered
+        self.notifier = None                  # workers.imapd.notify.Notifier after NOTIFY SET
         self.auth_failures = 0
         self.started = time.monotonic()
         self.counts = {"fetch": 0, "store": 0, "append": 0, "expunge": 0}
@@ -183,7 +187,8 @@ class Session(_session.Session):
     async def serve(self) -> None:
         while not self.closing:
             try:
-                line = await self.conn.read_command(STREAM_LIMIT, self.timeout)
+                line = await (self.conn.read_command(STREAM_LIMIT, self.timeout) if self.notifier is None
+                              else idle.read_pushing(self, self.notifier))   # NOTIFY: updates between commands
             except LineTooLong:
                 self.command = None
                 await self.bad("Line too long")
@@ -292,6 +297,8 @@ class Session(_session.Session):
         self.closing = True
 
     def end(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
         if self.selected is not None:
             self.selected.close()
             self.selected = None

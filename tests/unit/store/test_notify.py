@@ -181,3 +181,16 @@ def test_a_directory_that_is_not_there_is_woken_already(store):
         assert sub.polled and await sub.wait(0.1)
         sub.close()
     run(scenario())
+
+
+def test_the_user_directory_wakes_on_mailbox_list_and_subscription_changes(store):
+    async def scenario():
+        user = Watcher.for_loop().watch(store.user_dir("bob"))
+        later(store.deliver, "bob", "INBOX", MESSAGE)       # messages: not the list of mailboxes
+        assert not await user.wait(0.5)
+        for change in ((store.create_mailbox, "bob", "Lists"), (store.subscribe, "bob", "Lists", True),
+                       (store.rename_mailbox, "bob", "Lists", "Lists2"), (store.delete_mailbox, "bob", "Lists2")):
+            later(*change)
+            assert await user.wait(WOKEN_WITHIN), change[0].__name__
+        user.close()
+    run(scenario())
