@@ -32,7 +32,10 @@ append_batch, the same for many deliveries (any users and mailboxes) in one tran
 each (group commit); append_many;
 subscribe(user, name, on) / subscriptions(user) (a subscription outlives its mailbox;
 a rename moves those of the renamed tree);
-delivered(user, delivery_id); recent_from / claim_recent (IMAP's \\Recent); store_flags over UID ranges; expunge; expunged_since /
+delivered(user, delivery_id); recent_from / claim_recent (IMAP's \\Recent); store_flags over UID ranges; expunge;
+write_many: store_flags, expunge, claim_recent and put_structures requests of any users and
+mailboxes in one transaction, a result or error per request (group commit for the imapd);
+expunged_since /
 changes_since(modseq); usage(user), recount_usage; prune_deliveries; remove_user (purge);
 acl(user, mailbox) -> {identifier: rights} / set_acl(user, mailbox, identifier, rights)
 (RFC 4314 ACL entries; empty rights remove the entry); shared_with(identifiers) -> the
@@ -59,7 +62,7 @@ import lmdb
 from store import lmdbcheck
 from store._index_view import (  # the reference's whole interface, re-exported below
     DELETED, MAX_KEYWORDS, MAX_UID, RECORD, RECORD_SIZE, SEEN, SYSTEM_FLAGS, Kernels, MailboxExists,
-    MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation, TooManyKeywords, View, normalise_ranges,
+    MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation, TooManyKeywords, View, normalise_ranges, only,
     flag_mask, flag_names, known_flag_mask, parse_sequence_set, ranges_from_values,
 )
 from store.fsio import StorageError
@@ -191,6 +194,35 @@ class Index:
                 env.set_mapsize(size + max(size, MAP_GROWTH))
             except lmdb.Error as e:
                 raise StorageError(f"index write failed: {e}") from e
+
+    def write_many(self, requests: Iterable[tuple[str, tuple]]) -> list:
+        """Many writes of any users and mailboxes in one write transaction, in the order given
+        (group commit: the imapd's sessions share it). A request is (kind, arguments):
+        ("flags", store_flags'), ("expunge", expunge's), ("recent", claim_recent's) or
+        ("structures", put_structures'). Per request its result, or the error that stops it
+        alone (NoSuchMailbox; for flags also TooManyKeywords and the ValueError of a bad mode),
+        raised before that request wrote anything."""
+        steps = []
+        for kind, args in requests:
+            prepare, step, errors = _WRITE_STEPS[kind]
+            try:
+                steps.append((step, errors, prepare(*args)))
+            except (ValueError, TypeError) as e:  # malformed arguments (UID ranges): this request alone
+                steps.append(e)
+
+        def each(txn):
+            results = []
+            for entry in steps:
+                if isinstance(entry, Exception):
+                    results.append(entry)
+                    continue
+                step, errors, args = entry
+                try:
+                    results.append(step(self, txn, *args))
+                except errors as e:
+                    results.append(e)
+            return results
+        return self._write(each, buffers=True)
 
     # -- mailboxes
     def _header(self, txn, user: str, name: str) -> MailboxInfo:
@@ -660,73 +692,72 @@ class Index:
         """+FLAGS ("+"), -FLAGS ("-") or FLAGS ("=") on the messages in uid_ranges (sorted,
         merged). CONDSTORE: with unchanged_since, messages modified after it are left alone
         and reported in .conflicts."""
+        return only(self.write_many([("flags", (user, name, uid_ranges, mode, flags, unchanged_since))]))
+
+    def _store_flags_in(self, txn, user: str, name: str, ranges: list[tuple[int, int]], mode: str,
+                        flags: tuple[str, ...], unchanged_since: int | None) -> "Records":
         if mode not in ("+", "-", "="):
             raise ValueError(f"bad flag mode {mode!r}")
-        flags = list(flags)
-        ranges = normalise_ranges(list(uid_ranges))
-
-        def store(txn):
-            info = self._header(txn, user, name)
-            if mode == "-":
-                mask, keywords = known_flag_mask(flags, info.keywords, strict=False), info.keywords
-            else:
-                mask, keywords = flag_mask(flags, info.keywords)
-            modseq = info.highestmodseq + 1
-            changed, conflicts, unseen_delta = [], [], 0
-            prefix = struct.pack(">I", info.mailbox_id)
-            cursor = txn.cursor(db=self._db["messages"])
-            found = cursor.set_range(prefix)
-            while found and bytes(cursor.key()[:4]) == prefix:
-                # the chunk is read in place; the kernel's copy is what gets written back
-                new_chunk, chunk_changed, delta, chunk_conflicts = self.kernels.apply_flags(
-                    cursor.value(), ranges, mode, mask, modseq, -1 if unchanged_since is None else unchanged_since)
-                if chunk_changed:
-                    cursor.put(bytes(cursor.key()), new_chunk)
-                    changed.append((new_chunk, chunk_changed))
-                    unseen_delta += delta
-                if chunk_conflicts:
-                    conflicts.append(chunk_conflicts)
-                found = cursor.next()
-            if changed or keywords != info.keywords:
-                self._put_header(txn, replace(info, highestmodseq=modseq if changed else info.highestmodseq,
-                                               unseen=info.unseen + unseen_delta, keywords=keywords))
-            return Records(changed, keywords, conflicts)
-        return self._write(store, buffers=True)
+        info = self._header(txn, user, name)
+        if mode == "-":
+            mask, keywords = known_flag_mask(flags, info.keywords, strict=False), info.keywords
+        else:
+            mask, keywords = flag_mask(flags, info.keywords)
+        modseq = info.highestmodseq + 1
+        changed, conflicts, unseen_delta = [], [], 0
+        prefix = struct.pack(">I", info.mailbox_id)
+        cursor = txn.cursor(db=self._db["messages"])
+        found = cursor.set_range(prefix)
+        while found and bytes(cursor.key()[:4]) == prefix:
+            # the chunk is read in place; the kernel's copy is what gets written back
+            new_chunk, chunk_changed, delta, chunk_conflicts = self.kernels.apply_flags(
+                cursor.value(), ranges, mode, mask, modseq, -1 if unchanged_since is None else unchanged_since)
+            if chunk_changed:
+                cursor.put(bytes(cursor.key()), new_chunk)
+                changed.append((new_chunk, chunk_changed))
+                unseen_delta += delta
+            if chunk_conflicts:
+                conflicts.append(chunk_conflicts)
+            found = cursor.next()
+        if changed or keywords != info.keywords:
+            self._put_header(txn, replace(info, highestmodseq=modseq if changed else info.highestmodseq,
+                                           unseen=info.unseen + unseen_delta, keywords=keywords))
+        return Records(changed, keywords, conflicts)
 
     def expunge(self, user: str, name: str, uid_ranges: Sequence[tuple[int, int]] | None = None,
                 deleted_only: bool = True) -> "Records":
         """Remove messages flagged \\Deleted (within uid_ranges if given; deleted_only=False:
         every message in uid_ranges). Returns the removed records; the caller unlinks their
         files afterwards (reconstruct removes files of expunged UIDs it finds)."""
-        ranges = None if uid_ranges is None else normalise_ranges(list(uid_ranges))
+        return only(self.write_many([("expunge", (user, name, uid_ranges, deleted_only))]))
 
-        def expunge(txn):
-            info = self._header(txn, user, name)
-            db = self._db["messages"]
-            removed = []
-            for key, chunk in list(self._chunks(txn, info.mailbox_id)):
-                kept, gone = self.kernels.remove_records(chunk, ranges, DELETED if deleted_only else 0)
-                if not gone:
-                    continue
-                removed.append((gone, None))
-                txn.delete(key, db=db)
-                if kept:
-                    txn.put(CHUNK_KEY.pack(info.mailbox_id, RECORD.unpack_from(kept)[0]), kept, db=db)
-            result = Records(removed, info.keywords, [])
-            if not removed:
-                return result
-            modseq = info.highestmodseq + 1
-            txn.put(EXPUNGE_KEY.pack(info.mailbox_id, modseq),
-                    struct.pack(f"<{len(result)}I", *result.uids()), db=self._db["expunged"])
-            size = result.total_size()
-            unseen = sum(1 for r in result if "\\Seen" not in r.flags)
-            self._put_header(txn, replace(info, highestmodseq=modseq, count=info.count - len(result),
-                                           unseen=info.unseen - unseen, total_size=info.total_size - size))
-            self._add_usage(txn, user, -size, -len(result))
-            for uid in result.uids():
-                txn.delete(STRUCTURE_KEY.pack(info.mailbox_id, uid), db=self._db["structures"])
+    def _expunge_in(self, txn, user: str, name: str, ranges: list[tuple[int, int]] | None,
+                    deleted_only: bool) -> "Records":
+        info = self._header(txn, user, name)
+        db = self._db["messages"]
+        removed = []
+        for key, chunk in [(key, bytes(chunk)) for key, chunk in self._chunks(txn, info.mailbox_id)]:
+            kept, gone = self.kernels.remove_records(chunk, ranges, DELETED if deleted_only else 0)
+            if not gone:
+                continue
+            removed.append((gone, None))
+            txn.delete(key, db=db)
+            if kept:
+                txn.put(CHUNK_KEY.pack(info.mailbox_id, RECORD.unpack_from(kept)[0]), kept, db=db)
+        result = Records(removed, info.keywords, [])
+        if not removed:
             return result
-        return self._write(expunge)
+        modseq = info.highestmodseq + 1
+        txn.put(EXPUNGE_KEY.pack(info.mailbox_id, modseq),
+                struct.pack(f"<{len(result)}I", *result.uids()), db=self._db["expunged"])
+        size = result.total_size()
+        unseen = sum(1 for r in result if "\\Seen" not in r.flags)
+        self._put_header(txn, replace(info, highestmodseq=modseq, count=info.count - len(result),
+                                       unseen=info.unseen - unseen, total_size=info.total_size - size))
+        self._add_usage(txn, user, -size, -len(result))
+        for uid in result.uids():
+            txn.delete(STRUCTURE_KEY.pack(info.mailbox_id, uid), db=self._db["structures"])
+        return result
 
     def expunged_since(self, user: str, name: str, modseq: int) -> list[int]:
         """UIDs expunged after modseq, ascending (QRESYNC VANISHED; reconstruct)."""
@@ -769,15 +800,16 @@ class Index:
     def claim_recent(self, user: str, name: str) -> tuple[int, int]:
         """IMAP's \\Recent: the UIDs from the first unclaimed one up to UIDNEXT are recent in the
         session that claims them, and in no other. Returns that (first, uidnext) range."""
-        def claim(txn):
-            info = self._header(txn, user, name)
-            key = RECENT_KEY.pack(b"rcnt", info.mailbox_id)
-            value = txn.get(key, db=self._db["meta"])
-            first = struct.unpack("<I", value)[0] if value is not None else 1
-            if first < info.uidnext:
-                txn.put(key, struct.pack("<I", info.uidnext), db=self._db["meta"])
-            return first, info.uidnext
-        return self._write(claim)
+        return only(self.write_many([("recent", (user, name))]))
+
+    def _claim_recent_in(self, txn, user: str, name: str) -> tuple[int, int]:
+        info = self._header(txn, user, name)
+        key = RECENT_KEY.pack(b"rcnt", info.mailbox_id)
+        value = txn.get(key, db=self._db["meta"])
+        first = struct.unpack("<I", value)[0] if value is not None else 1
+        if first < info.uidnext:
+            txn.put(key, struct.pack("<I", info.uidnext), db=self._db["meta"])
+        return first, info.uidnext
 
     def structures(self, user: str, name: str, uids: Iterable[int]) -> dict[int, bytes]:
         """The blobs stored for uids (one read transaction); a UID without one is absent."""
@@ -798,13 +830,14 @@ class Index:
         """Store {uid: blob} in one write transaction, replacing older blobs; UIDs no longer in
         the mailbox (expunged meanwhile) are skipped, so no blob outlives its message.
         Returns how many were stored."""
-        def put(txn):
-            info = self._header(txn, user, name)
-            present = self._present(txn, info.mailbox_id, sorted(u for u in blobs if 0 < u <= MAX_UID))
-            for uid in present:
-                txn.put(STRUCTURE_KEY.pack(info.mailbox_id, uid), bytes(blobs[uid]), db=self._db["structures"])
-            return len(present)
-        return self._write(put)
+        return only(self.write_many([("structures", (user, name, blobs))]))
+
+    def _put_structures_in(self, txn, user: str, name: str, blobs: dict[int, bytes]) -> int:
+        info = self._header(txn, user, name)
+        present = self._present(txn, info.mailbox_id, sorted(u for u in blobs if 0 < u <= MAX_UID))
+        for uid in present:
+            txn.put(STRUCTURE_KEY.pack(info.mailbox_id, uid), bytes(blobs[uid]), db=self._db["structures"])
+        return len(present)
 
     def _present(self, txn, mailbox_id: int, uids: list[int]) -> list[int]:
         """The UIDs of uids (ascending) that the mailbox holds; each chunk is read once."""
@@ -828,6 +861,20 @@ class Index:
                 txn.delete(key, db=self._db["deliveries"])
             return len(stale)
         return self._write(prune)
+
+
+# write_many's kinds: (arguments -> the step's arguments, materialised once so a retried
+# transaction sees the same; the step; the errors that stop one request alone)
+_WRITE_STEPS = {
+    "flags": (lambda user, name, ranges, mode, flags, since=None:
+              (user, name, normalise_ranges(list(ranges)), mode, tuple(flags), since),
+              Index._store_flags_in, (NoSuchMailbox, ValueError)),
+    "expunge": (lambda user, name, ranges=None, deleted_only=True:
+                (user, name, None if ranges is None else normalise_ranges(list(ranges)), deleted_only),
+                Index._expunge_in, NoSuchMailbox),
+    "recent": (lambda user, name: (user, name), Index._claim_recent_in, NoSuchMailbox),
+    "structures": (lambda user, name, blobs: (user, name, blobs), Index._put_structures_in, NoSuchMailbox),
+}
 
 
 def _delivery_key(user: str, delivery_id: str) -> bytes:

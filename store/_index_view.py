@@ -10,7 +10,8 @@ Interface: flag_mask / known_flag_mask / flag_names (names <-> bits); parse_sequ
 Kernels.remove_records (one chunk of records at a time); View (a snapshot of one mailbox:
 UID<->sequence mapping, sequence sets resolved to an array("I") of sequence numbers, search,
 sort, diff); Records (changed or removed
-records, decoded on demand); the data classes and errors shared by both implementations.
+records, decoded on demand); only(results) (the one result of a batch call made for a single
+request); the data classes and errors shared by both implementations.
 store/_index.pyx replaces parse_sequence_set, Kernels and View with C loops over the same
 bytes; store/_index_py.py is the LMDB side that both use.
 Diagnostics: ValueError for a malformed or overlong sequence set (IMAP BAD) or an unknown
@@ -404,6 +405,15 @@ class View:
 
 
 # ---------------------------------------------------------------- the index
+
+
+def only(results: list):
+    """The one result of a batch call (write_many, deliver_many, ...) made for a single
+    request: its value, or its error raised."""
+    [result] = results
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 class Records:

@@ -7,7 +7,8 @@ Interface, the same in both (details in store/_index_py.py and store/_index_view
   Index(path): open_view, mailbox, mailboxes, users, create_mailbox, delete_mailbox,
     rename_mailbox, set_mailbox_attributes, reserve_uid, append, reserve_uids, append_batch
     (group commit: many deliveries in one transaction each), append_many, store_flags,
-    delivered, expunge, expunged_since, changes_since, usage, recount_usage, prune_deliveries,
+    write_many (flags, expunge, \\Recent and structure requests in one transaction: group
+    commit), delivered, expunge, expunged_since, changes_since, usage, recount_usage, prune_deliveries,
     remove_user, structures, put_structures (the imapd's per-message blobs), close
   View (a snapshot): len, uid, seq, uids, record, flag_bits, total_size, resolve,
     seqs_in_uid_ranges, uid_ranges, search, sort, changed_since, diff
@@ -22,7 +23,7 @@ import os
 
 from store._index_view import (  # noqa: F401  (the shared data types and errors)
     ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, SYSTEM_FLAGS, MailboxExists, MailboxInfo, MessageRecord, NoSuchMailbox, Records, Reservation,
-    TooManyKeywords, flag_names, normalise_ranges, ranges_from_values,
+    TooManyKeywords, flag_names, normalise_ranges, only, ranges_from_values,
 )
 
 if os.environ.get("MAILHOUSE_PURE_PYTHON"):
@@ -40,5 +41,5 @@ IMPL = Index.__module__
 __all__ = [
     "IMPL", "Index", "View", "parse_sequence_set", "SEEN", "ANSWERED", "FLAGGED", "DELETED", "DRAFT", "SYSTEM_FLAGS", "MailboxExists", "MailboxInfo",
     "MessageRecord", "NoSuchMailbox", "Records", "Reservation", "TooManyKeywords", "flag_names",
-    "normalise_ranges", "ranges_from_values",
+    "normalise_ranges", "only", "ranges_from_values",
 ]

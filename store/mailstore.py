@@ -18,9 +18,14 @@ expunge; copy (COPY/MOVE, also into another user's mailbox); acl / set_acl / sha
 delivered(user, delivery_id) -> bool; remove_user(user) (all of a user's mail);
 structures(user, mailbox, uids) / put_structures(user, mailbox, {uid: blob}): the imapd's
 per-message ENVELOPE/BODYSTRUCTURE cache, kept with the index entry.
+Group commit for the imapd (workers/imapd/writer.py): write_many takes flag, expunge,
+\\Recent and structure requests of many sessions (any users and mailboxes) into one index
+transaction; each request gets its own result or error.
 Change notification: after every index commit that changes a mailbox (delivery, once per
 mailbox and batch; flags; expunge; copy target; create, rename, delete) its directory is
 signalled (store.notify.signal), which IDLE sessions watch; a failed signal fails nothing.
+The user's top directory (user_dir) is signalled after create, delete, rename and
+(un)subscribe: NOTIFY sessions (workers/imapd/notify.py) watch it for their LIST updates.
 remove_user needs no signal: its directories are removed after the index commit.
 Ordering that keeps crashes safe: message file durable -> index entry (with the delivery id
 in the same transaction); expunge: index first, then unlink (reconstruct removes the files of
@@ -45,7 +50,7 @@ from typing import Iterable, Iterator, Sequence
 from store import fsio, notify
 from store.index import (
     Index, MailboxExists, MailboxInfo, NoSuchMailbox, Records, Reservation, View, flag_names, normalise_ranges,
-    ranges_from_values,
+    only, ranges_from_values,
 )
 from store.layout import (
     DELETED_PREFIX, INBOX, JOURNAL_FILE, META_FILE, SEPARATOR, BadMailboxName, decode_component,
@@ -108,6 +113,18 @@ class _Delivery:
         if self.temp is not None:
             _unlink_quietly(self.temp)
             self.temp = None
+
+
+_LOCKED_KINDS = ("flags", "expunge")  # write_many's kinds that journal under the directory lock
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The mailbox of a write_many request (position: its index)."""
+    position: int
+    user: str
+    mailbox: str
+    directory: str
 
 
 # ---------------------------------------------------------------- mailbox view
@@ -209,6 +226,7 @@ class MailStore:
                                          subscribed=subscribed)
         self.write_meta(directory, info)
         notify.signal(directory)
+        notify.signal(self.user_dir(user))  # the user's list of mailboxes changed
         return info
 
     def write_meta(self, directory: str, info: MailboxInfo) -> None:
@@ -258,6 +276,7 @@ class MailStore:
         info = self.index.subscribe(user, mailbox, on)
         if info is not None:
             self.write_meta(self.mailbox_dir(user, mailbox), info)
+        notify.signal(self.user_dir(user))
 
     def subscriptions(self, user: str) -> list[str]:
         return self.index.subscriptions(user)
@@ -288,6 +307,7 @@ class MailStore:
                 raise fsio.StorageError(f"cannot delete {directory}: {e.strerror}", e.errno) from e
             info = self.index.delete_mailbox(user, mailbox)
             notify.signal(doomed)  # the watch followed the directory to its doomed name
+            notify.signal(self.user_dir(user))
         shutil.rmtree(doomed, ignore_errors=True)
         return info
 
@@ -340,6 +360,7 @@ class MailStore:
             raise fsio.StorageError(f"cannot rename {source}: {e.strerror}", e.errno) from e
         for _, renamed in self.index.rename_mailbox(user, old, new, SEPARATOR):
             notify.signal(self.mailbox_dir(user, renamed))  # watches follow the directories
+        notify.signal(self.user_dir(user))
 
     # -- delivery
     def deliver(self, user: str, mailbox: str, source, delivery_id: str | None = None,
@@ -347,10 +368,7 @@ class MailStore:
         """Store one message durably and index it; returns its UID. The same delivery_id
         again returns the first UID and stores nothing. INBOX is created on first use; any
         other mailbox must exist (NoSuchMailbox: IMAP's [TRYCREATE])."""
-        [result] = self.deliver_many([DeliveryRequest(user, mailbox, source, delivery_id, tuple(flags), internal_date)])
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return only(self.deliver_many([DeliveryRequest(user, mailbox, source, delivery_id, tuple(flags), internal_date)]))
 
     def deliver_many(self, requests: Sequence[DeliveryRequest]) -> list[int | Exception]:
         """Store a batch of messages (any users and mailboxes) as deliver() stores one; returns
@@ -366,14 +384,8 @@ class MailStore:
             for item in batch:
                 self._write_temp(item, results)
             with ExitStack() as locks:
-                for directory in sorted({item.directory for item in batch if results[item.position] is None}):
-                    try:
-                        locks.enter_context(self.locked(directory))
-                    except fsio.StorageError as e:
-                        for item in batch:
-                            if item.directory == directory:
-                                results[item.position] = e
-                self._commit([item for item in batch if results[item.position] is None], results)
+                self._commit(self._lock_all(locks, [item for item in batch if results[item.position] is None], results),
+                             results)
         finally:
             for item in batch:
                 item.discard_temp()  # of a request that failed or needed no new file
@@ -572,7 +584,7 @@ class MailStore:
 
     def claim_recent(self, user: str, mailbox: str) -> tuple[int, int]:
         """The (first, uidnext) UID range that is \\Recent for the IMAP session asking (index commit)."""
-        return self.index.claim_recent(user, normalise_mailbox(mailbox))
+        return only(self.write_many([("recent", (user, mailbox))]))
 
     def structures(self, user: str, mailbox: str, uids: Iterable[int]) -> dict[int, bytes]:
         """{uid: blob} stored by put_structures for those of uids that have one."""
@@ -581,40 +593,103 @@ class MailStore:
     def put_structures(self, user: str, mailbox: str, blobs: dict[int, bytes]) -> int:
         """Keep a blob with each message's index entry (UIDs expunged meanwhile are skipped);
         returns how many were kept. NoSuchMailbox if the mailbox is gone."""
-        return self.index.put_structures(user, normalise_mailbox(mailbox), blobs)
+        return only(self.write_many([("structures", (user, mailbox, blobs))]))
 
     # -- flags and expunge
     def set_flags(self, user: str, mailbox: str, uid_ranges: Sequence[tuple[int, int]], mode: str,
                   flags: Iterable[str], unchanged_since: int | None = None) -> Records:
         """mode "+", "-" or "=" over UID ranges; returns the changed records (.conflicts:
         UIDs left alone because of unchanged_since)."""
-        mailbox = normalise_mailbox(mailbox)
-        directory = self.mailbox_dir(user, mailbox)
-        with self.locked(directory):
-            changes = self.index.store_flags(user, mailbox, uid_ranges, mode, flags, unchanged_since)
-            if len(changes):
-                notify.signal(directory)
-                self._journal(directory, "".join(journal_flags(r.uid, r.flags) for r in changes))
-        return changes
+        return only(self.write_many([("flags", (user, mailbox, uid_ranges, mode, flags, unchanged_since))]))
 
     def expunge(self, user: str, mailbox: str, uid_ranges: Sequence[tuple[int, int]] | None = None,
                 deleted_only: bool = True) -> Records:
         """Remove \\Deleted messages (within uid_ranges if given; deleted_only=False: all of
         uid_ranges, e.g. POP3 DELE). Index first, then the files; returns what went."""
-        mailbox = normalise_mailbox(mailbox)
-        directory = self.mailbox_dir(user, mailbox)
-        with self.locked(directory):
-            removed = self.index.expunge(user, mailbox, uid_ranges, deleted_only)
-            if not len(removed):
-                return removed
-            notify.signal(directory)
-            uids = removed.uids()
-            self._journal(directory, journal_expunged(uids))
-            validity = self.index.mailbox(user, mailbox).uidvalidity
-            for uid in uids:
-                _unlink_quietly(os.path.join(directory, message_file_name(uid, validity)))
-            fsio.fsync_dir(directory)
-        return removed
+        return only(self.write_many([("expunge", (user, mailbox, uid_ranges, deleted_only))]))
+
+    def write_many(self, requests: Sequence[tuple[str, tuple]]) -> list:
+        """Many writes of any users and mailboxes at once, in the order given (group commit: the
+        imapd's sessions share it). A request is (kind, arguments): ("flags", set_flags'),
+        ("expunge", expunge's), ("recent", claim_recent's), ("structures", put_structures').
+        Under the locks of the flag and expunge requests' directories, one index transaction
+        (Index.write_many); then per changed mailbox its journal lines and signal, the
+        expunged files' unlinks and one fsync of its directory. Per request its result, or
+        the error that stopped it alone (NoSuchMailbox, BadMailboxName, TooManyKeywords,
+        ValueError; StorageError for a directory that cannot be locked or fsynced, or for
+        every request when the index write fails)."""
+        results: list = [None] * len(requests)
+        targets = self._targets([args for _, args in requests], results)
+        with ExitStack() as locks:
+            locked = self._lock_all(locks, [t for t in targets if requests[t.position][0] in _LOCKED_KINDS], results)
+            ready = sorted([*locked, *(t for t in targets if requests[t.position][0] not in _LOCKED_KINDS)],
+                           key=lambda t: t.position)
+            try:
+                outcomes = self.index.write_many([
+                    (requests[t.position][0], (t.user, t.mailbox, *requests[t.position][1][2:])) for t in ready])
+            except fsio.StorageError as e:
+                outcomes = [e] * len(ready)
+            journal: dict[str, str] = {}
+            gone: dict[str, list[_Target]] = {}
+            for target, outcome in zip(ready, outcomes):
+                results[target.position] = outcome
+                kind = requests[target.position][0]
+                if kind not in _LOCKED_KINDS or isinstance(outcome, Exception) or not len(outcome):
+                    continue
+                if kind == "flags":
+                    text = "".join(journal_flags(r.uid, r.flags) for r in outcome)
+                    journal[target.directory] = journal.get(target.directory, "") + text
+                else:
+                    gone.setdefault(target.directory, []).append(target)
+            for directory, text in journal.items():  # before any expunge line: the index's order
+                notify.signal(directory)
+                self._journal(directory, text)
+            for expunged in gone.values():
+                try:
+                    self._remove_files(expunged[0], [uid for t in expunged for uid in results[t.position].uids()])
+                except fsio.StorageError as e:
+                    for target in expunged:
+                        results[target.position] = e
+        return results
+
+    def _remove_files(self, target: _Target, uids: list[int]) -> None:
+        """After the index commit that expunged uids from target's mailbox (its lock held):
+        signal, journal, unlink, fsync the directory."""
+        notify.signal(target.directory)
+        self._journal(target.directory, journal_expunged(uids))
+        validity = self.index.mailbox(target.user, target.mailbox).uidvalidity
+        for uid in uids:
+            _unlink_quietly(os.path.join(target.directory, message_file_name(uid, validity)))
+        try:
+            fsio.fsync_dir(target.directory)
+        except OSError as e:
+            raise fsio.StorageError(f"cannot expunge in {target.directory}: {e.strerror}", e.errno) from e
+
+    def _targets(self, requests: Sequence[tuple], results: list) -> list[_Target]:
+        """The mailboxes of requests' arguments (user, mailbox, ...); a bad name is answered in results."""
+        targets = []
+        for position, (user, mailbox, *_) in enumerate(requests):
+            try:
+                mailbox = normalise_mailbox(mailbox)
+                targets.append(_Target(position, user, mailbox, self.mailbox_dir(user, mailbox)))
+            except BadMailboxName as e:
+                results[position] = e
+        return targets
+
+    def _lock_all(self, locks: ExitStack, items: list, results: list) -> list:
+        """Lock the directories of items (each with .position and .directory) on locks, in sorted
+        path order; an item whose directory cannot be locked gets the StorageError in results.
+        Returns the items locked."""
+        failed = set()
+        for directory in sorted({item.directory for item in items}):
+            try:
+                locks.enter_context(self.locked(directory))
+            except fsio.StorageError as e:
+                failed.add(directory)
+                for item in items:
+                    if item.directory == directory:
+                        results[item.position] = e
+        return [item for item in items if item.directory not in failed]
 
     def _journal(self, directory: str, text: str) -> None:
         """Append to the flag journal (caller holds the directory lock). Not fsynced: it is a

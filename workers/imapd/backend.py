@@ -9,6 +9,8 @@ sasl_server (the auth service when master.cf has one); it adds
                                  store (and the index commits' fsyncs) runs there, one at a
                                  time, never on the event loop; reads of the index (a
                                  mailbox's header or view) are quick and stay on the loop
+    writer                       workers/imapd/writer.py's Writer: the sessions' flag changes,
+                                 expunges and appends, group-committed on that thread
     await prepare_user(user)     INBOX and the special-use folders (DEFAULT_FOLDERS), made
                                  and subscribed on the user's first login
     quota(user) -> int           the user's quota in bytes (0: none), store/directory.py
@@ -25,6 +27,7 @@ from workers import _tls
 from workers._auth import Authenticator
 from workers._authremote import verifier_from_params
 from workers._log import Log
+from workers.imapd.writer import Writer
 
 DEFAULT_FOLDERS = (("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
                    ("Junk", "\\Junk"), ("Archive", "\\Archive"))
@@ -37,6 +40,7 @@ class Backend(Authenticator):
         super().__init__(users.canonical, params.myhostname, verifier_from_params(params, users, Log("imap")), "imap")
         self.params = params
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.writer = Writer(self)
 
     @property
     def mail(self):

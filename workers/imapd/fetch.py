@@ -416,8 +416,8 @@ async def mark_seen(session, selected, seqs) -> dict[int, tuple[bytes, int]]:
     unseen = [seq for seq in seqs if not view.flag_bits(seq) & SEEN]
     if not unseen:
         return {}
-    changed = await session.backend.run(selected.mail.set_flags, selected.user, selected.name,
-                                        view.uid_ranges(unseen), "+", ("\\Seen",))
+    changed = await session.backend.writer.set_flags(session, selected.user, selected.name,
+                                                     view.uid_ranges(unseen), "+", ("\\Seen",))
     out = {}
     for record in changed:
         selected.own_change(record.uid, record.modseq)
@@ -457,7 +457,7 @@ async def load(session, selected, plan: Plan, batch) -> dict[int, Loaded]:
     loaded, fresh = await asyncio.to_thread(read_messages, paths, cached, plan.need_raw, plan.need_structure)
     if fresh:
         try:
-            await session.backend.run(selected.mail.put_structures, selected.user, selected.name, fresh)
+            await session.backend.writer.put_structures(session, selected.user, selected.name, fresh)
         except (NoSuchMailbox, StorageError):
             pass
     return loaded

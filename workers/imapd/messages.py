@@ -2,7 +2,9 @@
 (RFC 3501 6.3.11, 6.4; UIDPLUS RFC 4315; MOVE RFC 6851; UNSELECT RFC 3691; MULTIAPPEND
 RFC 3502; UTF8=ACCEPT's APPEND, RFC 6855 4).
 
-Every write runs in the store thread (backend.run) through store.mailstore.MailStore:
+Every write runs in the store thread through store.mailstore.MailStore: STORE, EXPUNGE and
+APPEND through backend.writer (workers/imapd/writer.py: group commit with the other
+sessions' writes), COPY / MOVE through backend.run:
     STORE / UID STORE      set_flags over the UID ranges of the client's snapshot; each
                            message named is answered `* n FETCH (FLAGS (...))` (with UID for
                            UID STORE) as the index has it now, unless .SILENT; the changes
@@ -26,8 +28,8 @@ Every write runs in the store thread (backend.run) through store.mailstore.MailS
                            is NO [OVERQUOTA] (a MOVE adds no usage).
     APPEND                 one or more messages (MULTIAPPEND), each `[(flags)] [date-time]
                            {n}` or, once UTF8=ACCEPT is enabled, `... UTF8 (~{n})`; all
-                           checked before any is stored, then one deliver_many batch, all
-                           or nothing (when one fails the others stored are expunged
+                           checked before any is stored, then stored together (one
+                           deliver_many batch with other sessions' appends), all or nothing (when one fails the others stored are expunged
                            again) -> OK [APPENDUID uidvalidity uid-set]; NO [TRYCREATE], NO
                            [OVERQUOTA] (for them together), NO for an empty message (the
                            parser refuses one over message_size_limit with NO [TOOBIG]). A
@@ -71,10 +73,11 @@ _DATE_TIME = re.compile(r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) 
 
 # ---------------------------------------------------------------- shared helpers
 
-async def _write(session, fn, *args):
-    """fn(*args) in the store thread; a temporary store failure becomes NO [UNAVAILABLE]."""
+async def _write(session, pending):
+    """Await a store write (the writer's, or backend.run's); a temporary store failure
+    becomes NO [UNAVAILABLE]."""
     try:
-        return await session.backend.run(fn, *args)
+        return await pending
     except StorageError as e:
         session.log.error(f"store failure: user={session.user} command={session.command.name}: {e}")
         raise Bad("The mail store failed; try again later", status="NO", code="UNAVAILABLE") from None
@@ -161,8 +164,8 @@ async def store(session, command) -> None:
     if not seqs:
         await session.ok(f"{command.name} completed, no messages")
         return
-    changes = await _write(session, session.backend.mail.set_flags, selected.user, selected.name,
-                           snapshot.uid_ranges(seqs), mode, flags, unchanged_since)
+    changes = await _write(session, session.backend.writer.set_flags(session, selected.user, selected.name,
+                           snapshot.uid_ranges(seqs), mode, flags, unchanged_since))
     session.counts["store"] += len(changes)
     changed = {record.uid: record.modseq for record in changes}
     modified = set(changes.conflicts)
@@ -214,7 +217,7 @@ async def _expunge_snapshot(session, uid_token=None) -> None:
     if not ranges or ranges[0][1] < 1:
         return
     try:
-        removed = await _write(session, session.backend.mail.expunge, selected.user, selected.name, ranges)
+        removed = await _write(session, session.backend.writer.expunge(session, selected.user, selected.name, ranges))
     except NoSuchMailbox:
         return                # deleted meanwhile: the updates end the session
     session.counts["expunge"] += len(removed)
@@ -265,8 +268,8 @@ async def copy(session, command) -> None:
     if not move or owner != selected.user:
         await _check_quota(session, owner, sum(snapshot.record(seq).size for seq in seqs))
     try:
-        pairs = await _write(session, session.backend.mail.copy, selected.user, selected.name,
-                             snapshot.uid_ranges(seqs), target, move, owner)
+        pairs = await _write(session, session.backend.run(session.backend.mail.copy, selected.user, selected.name,
+                             snapshot.uid_ranges(seqs), target, move, owner))
     except NoSuchMailbox:
         raise Bad("No such mailbox", status="NO", code="TRYCREATE") from None
     verb = "MOVE" if move else "COPY"
@@ -366,20 +369,6 @@ def _messages(session, tokens: list) -> list[DeliveryRequest]:
     return messages
 
 
-def _deliver_all(mail, owner: str, target: str, messages: list[DeliveryRequest]) -> list[int]:
-    """The messages into owner's target in one batch, all or none: when one fails, those
-    stored are expunged again and its error is raised. Their UIDs, in order."""
-    results = mail.deliver_many([DeliveryRequest(owner, target, m.source, None, m.flags, m.internal_date)
-                                 for m in messages])
-    failure = next((r for r in results if isinstance(r, Exception)), None)
-    if failure is None:
-        return results
-    stored = sorted(r for r in results if not isinstance(r, Exception))
-    if stored:
-        mail.expunge(owner, target, [(uid, uid) for uid in stored], deleted_only=False)
-    raise failure
-
-
 async def append(session, command) -> None:
     args = list(command.args)
     if len(args) < 2:
@@ -388,7 +377,7 @@ async def append(session, command) -> None:
     owner, target, uidvalidity = _target(session, args[0])
     await _check_quota(session, owner, sum(len(m.source) for m in messages))
     try:
-        uids = await _write(session, _deliver_all, session.backend.mail, owner, target, messages)
+        uids = await _write(session, session.backend.writer.append(session, owner, target, messages))
     except NoSuchMailbox:
         raise Bad("No such mailbox", status="NO", code="TRYCREATE") from None
     session.counts["append"] += len(uids)

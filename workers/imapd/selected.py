@@ -100,7 +100,7 @@ class Selected:
             first, end = self.mail.recent_from(self.user, self.name)
             self._recent = [(first, end)] if first < end else []
             return
-        first, end = await self.session.backend.run(self.mail.claim_recent, self.user, self.name)
+        first, end = await self.session.backend.writer.claim_recent(self.session, self.user, self.name)
         if first < end:
             self._recent.append((first, end))
 

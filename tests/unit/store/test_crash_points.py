@@ -1,5 +1,5 @@
 """A child process is killed (SIGKILL) at each step of a delivery, a batch of deliveries into
-two users' mailboxes, an expunge or a purge of a user's mail; afterwards the store holds the old or the new state, never half a message nor an
+two users' mailboxes, a batch of flag changes, an expunge or a purge of a user's mail; afterwards the store holds the old or the new state, never half a message nor an
 index entry without its file, a retried delivery with the same delivery id stores the message
 exactly once, and purged mail never comes back."""
 from __future__ import annotations
@@ -32,7 +32,7 @@ CHILD = textwrap.dedent("""
     calls = {}
     real_write, real_fsync, real_rename, real_unlink = os.write, os.fsync, os.rename, os.unlink
     real_reserve, real_append = Index.reserve_uids, Index.append_batch
-    real_expunge, real_remove_user = Index.expunge, Index.remove_user
+    real_write_many, real_remove_user = Index.write_many, Index.remove_user
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -63,7 +63,7 @@ CHILD = textwrap.dedent("""
     os.rename = lambda a, b: around("rename", lambda: real_rename(a, b))
     Index.reserve_uids = lambda self, *a, **k: around("reserve", lambda: real_reserve(self, *a, **k))
     Index.append_batch = lambda self, *a, **k: around("index", lambda: real_append(self, *a, **k))
-    Index.expunge = lambda self, *a, **k: around("index-expunge", lambda: real_expunge(self, *a, **k))
+    Index.write_many = lambda self, *a, **k: around("index-write", lambda: real_write_many(self, *a, **k))
     Index.remove_user = lambda self, *a, **k: around("index-purge", lambda: real_remove_user(self, *a, **k))
     store = MailStore(os.path.join(root, "store"), os.path.join(root, "index"))
     if action == "deliver":
@@ -75,6 +75,11 @@ CHILD = textwrap.dedent("""
         assert all(isinstance(uid, int) for uid in results), results
     elif action == "purge":
         store.remove_user("bob")
+    elif action == "flags-many":
+        results = store.write_many([("flags", ("bob", "INBOX", [(1, 2)], "+", ["\\\\Seen"], None)),
+                                    ("flags", ("carol", "INBOX", [(1, 1)], "+", ["\\\\Flagged"], None)),
+                                    ("flags", ("bob", "INBOX", [(2, 3)], "+", ["\\\\Flagged"], None))])
+        assert not any(isinstance(r, Exception) for r in results), results
     else:
         store.set_flags("bob", "INBOX", [(1, 3)], "+", ["\\\\Deleted"])
         store.expunge("bob", "INBOX")
@@ -175,7 +180,7 @@ def test_batch_delivery_killed_at_each_step(root, point):
     store.index.close()
 
 
-@pytest.mark.parametrize("point", ["after-index-expunge", "mid-unlink", "none"])
+@pytest.mark.parametrize("point", ["after-index-write:2", "mid-unlink", "none"])  # 1: the flags, 2: the expunge
 def test_expunge_killed_at_each_step(root, point):
     run_child(root, point, "expunge")
     store = MailStore(root / "store", root / "index")
@@ -185,6 +190,20 @@ def test_expunge_killed_at_each_step(root, point):
     assert store.open_mailbox("bob", "INBOX").view.uids() == []
     assert [n for n in os.listdir(view.directory) if n.endswith(".eml")] == []
     assert store.usage("bob") == 0
+    store.index.close()
+
+
+@pytest.mark.parametrize("point", ["before-index-write", "after-index-write", "none"])
+def test_flag_batch_killed_at_each_step(root, point):
+    killed = run_child(root, point, "flags-many") != 0
+    assert killed == (point != "none")
+    store = MailStore(root / "store", root / "index")
+    bob = [m.flags for m in check_no_entry_without_file(store).messages()]
+    carol = [m.flags for m in check_no_entry_without_file(store, "carol").messages()]
+    # one transaction: every request of the batch applied, or none
+    assert [bob, carol] in ([[(), (), ()], [()]],
+                            [[("\\Seen",), ("\\Seen", "\\Flagged"), ("\\Flagged",)], [("\\Flagged",)]])
+    assert (bob[0] == ()) == (point == "before-index-write")
     store.index.close()
 
 
