@@ -404,7 +404,7 @@ async def fetch(session, command) -> None:
     if unknown_cte:
         await session.no("Unknown Content-Transfer-Encoding in a requested part", "UNKNOWN-CTE")
     elif gone:
-        await session.no("Some messages were expunged", "EXPUNGEISSUED")
+        await session.no("Some of the requested messages no longer exist", "EXPUNGEISSUED")
     else:
         await session.ok(f"{command.name} completed")
 
