@@ -105,7 +105,12 @@ class Selected:
             self._recent.append((first, end))
 
     def is_recent(self, uid: int) -> bool:
-        return not general.rev2(self.session) and any(first <= uid < end for first, end in self._recent)
+        if not self._recent or general.rev2(self.session):
+            return False
+        for first, end in self._recent:      # a plain loop: this runs once per message of a FETCH
+            if first <= uid < end:
+                return True
+        return False
 
     def recent_count(self, view: View | None = None) -> int:
         view = view or self.view.view
