@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -52,10 +53,22 @@ def shared_corpus() -> list[tuple[Path, set[str]]]:
             for row in rows if row["path"].startswith("messages/")]
 
 
+# Ports for the servers of the tests: below the kernel's ephemeral range (32768-60999 on
+# Linux), so a client socket of a parallel test cannot take one between the pick and the
+# master's bind; the pick is random, so parallel tests rarely try the same one.
+SERVER_PORTS = range(20000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = random.choice(SERVER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} in {SERVER_PORTS}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import CORPUS
 from tests.integration.imapd_support import ImapSystem, login
 
+pytestmark = pytest.mark.integration
 PASSWORD = "acl pass phrase"
 ADMIN = "aclboss"
 OWNER = "owner1"
@@ -228,40 +229,45 @@ def test_user_shares_a_folder_with_a_colleague(system, session):
 
 
 def test_acls_survive_restart_and_reconstruct_then_deleteacl_removes_access(system, session):
-    assert session(OWNER).cmd("MYRIGHTS Work")[1].startswith("OK")      # made by the test before
+    owner, admin = session(OWNER), session(ADMIN)
+    assert owner.cmd("CREATE Kept")[1].startswith("OK")
+    assert owner.cmd(f"SETACL Kept {COLLEAGUE} lrs")[1].startswith("OK")
+    assert admin.cmd("CREATE shared/Notices")[1].startswith("OK")
+    assert admin.cmd("SETACL shared/Notices anyone lr")[1].startswith("OK")
     system.ms.stop()
     system.ms.start()
-    lines, _ = session(COLLEAGUE).cmd(f"MYRIGHTS user/{OWNER}/Work")
-    assert lines == [f'* MYRIGHTS "user/{OWNER}/Work" "lrs"']
+    lines, _ = session(COLLEAGUE).cmd(f"MYRIGHTS user/{OWNER}/Kept")
+    assert lines == [f'* MYRIGHTS "user/{OWNER}/Kept" "lrs"']
 
     system.ms.stop()
     shutil.rmtree(system.ms.var / "index")                              # the index is lost
     system.ms.start()
     report = system.ms.mailctl("reconstruct")
     assert report.returncode == 0, report.stderr
-    lines, _ = session(COLLEAGUE).cmd(f"MYRIGHTS user/{OWNER}/Work")
-    assert lines == [f'* MYRIGHTS "user/{OWNER}/Work" "lrs"']
-    lines, _ = session(STRANGER).cmd("MYRIGHTS shared/Announcements")
-    assert lines == ['* MYRIGHTS "shared/Announcements" "lr"']
+    lines, _ = session(COLLEAGUE).cmd(f"MYRIGHTS user/{OWNER}/Kept")
+    assert lines == [f'* MYRIGHTS "user/{OWNER}/Kept" "lrs"']
+    lines, _ = session(STRANGER).cmd("MYRIGHTS shared/Notices")
+    assert lines == ['* MYRIGHTS "shared/Notices" "lr"']
 
     owner = session(OWNER)
-    assert owner.cmd("DELETEACL Work colleague")[1].startswith("OK")
-    lines, _ = owner.cmd("GETACL Work")
-    assert lines == [f'* ACL "Work" "{OWNER}" "lrswipkxtea"']
+    assert owner.cmd("DELETEACL Kept colleague")[1].startswith("OK")
+    lines, _ = owner.cmd("GETACL Kept")
+    assert lines == [f'* ACL "Kept" "{OWNER}" "lrswipkxtea"']
     colleague = session(COLLEAGUE)
-    assert colleague.cmd(f"SELECT user/{OWNER}/Work")[1].startswith("NO [NONEXISTENT]")
+    assert colleague.cmd(f"SELECT user/{OWNER}/Kept")[1].startswith("NO [NONEXISTENT]")
     lines, _ = colleague.cmd('LIST "" "user/*"')
-    assert names_listed(lines) == {}
+    assert f"user/{OWNER}/Kept" not in names_listed(lines)
 
 
 def test_admin_reads_every_user_and_manages_shared(session):
+    assert session(OWNER).cmd("CREATE Ledger")[1].startswith("OK")
     admin = session(ADMIN)
-    lines, done = admin.cmd(f"SELECT user/{OWNER}/Work")
+    lines, done = admin.cmd(f"SELECT user/{OWNER}/Ledger")
     assert done.startswith("OK [READ-ONLY]"), done
-    lines, _ = admin.cmd(f"MYRIGHTS user/{OWNER}/Work")
-    assert lines == [f'* MYRIGHTS "user/{OWNER}/Work" "lr"']
-    assert admin.cmd(f"SETACL user/{OWNER}/Work {ADMIN} lrswi")[1].startswith("NO [NOPERM]")
-    assert admin.cmd(f"DELETE user/{OWNER}/Work")[1].startswith("NO [NOPERM]")
+    lines, _ = admin.cmd(f"MYRIGHTS user/{OWNER}/Ledger")
+    assert lines == [f'* MYRIGHTS "user/{OWNER}/Ledger" "lr"']
+    assert admin.cmd(f"SETACL user/{OWNER}/Ledger {ADMIN} lrswi")[1].startswith("NO [NOPERM]")
+    assert admin.cmd(f"DELETE user/{OWNER}/Ledger")[1].startswith("NO [NOPERM]")
     assert admin.cmd("CREATE shared/Old/Archive")[1].startswith("OK")
     admin.cmd("SETACL shared/Old anyone lrk")
     user = session(STRANGER)
