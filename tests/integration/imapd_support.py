@@ -8,7 +8,8 @@ and a self-signed certificate; deliveries go through the store directly (deliver
 through a real qmgr when `with_qmgr` (smtp service "smtp" then too).
 add_user(name, password, **profile) writes the user database directly.
 imap(port) / imap_ssl(port) are imaplib clients; login(port, user, password) one logged in;
-Raw(port) a line-level client on a plain (or TLS) socket that keeps every octet.
+Raw(port) a line-level client on a plain (or TLS) socket that keeps every octet;
+Client(port, user, password) a logged-in Raw whose cmd(text) tags and splits the answer.
 """
 from __future__ import annotations
 
@@ -110,3 +111,24 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Client(Raw):
+    """A logged-in line-level client with tags of its own: cmd(text, literal=None) ->
+    (untagged lines, the tagged line after its tag), as text; a literal goes as `{n+}`."""
+
+    def __init__(self, port: int, user: str, password: str):
+        super().__init__(port)
+        self.count = 0
+        _, done = self.cmd(f'LOGIN {user} "{password}"')
+        assert done.startswith("OK"), done
+
+    def cmd(self, text: str, literal: bytes | None = None) -> tuple[list[str], str]:
+        self.count += 1
+        tag = f"c{self.count}"
+        data = f"{tag} {text}".encode()
+        if literal is not None:
+            data += b" {%d+}\r\n" % len(literal) + literal
+        lines = [line.decode(errors="replace").rstrip("\r\n")
+                 for line in self.command(tag.encode(), data[len(tag) + 1:])]
+        return lines[:-1], lines[-1][len(tag) + 1:]

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 
 import pytest
 
 from tests.conftest import CORPUS
-from tests.integration.imapd_support import ImapSystem, login
+from tests.integration.imapd_support import Client, ImapSystem, login
 
 pytestmark = pytest.mark.integration
 PASSWORD = "acl pass phrase"
@@ -30,43 +29,12 @@ def system(tmp_path_factory):
     running.stop()
 
 
-class Raw:
-    """A logged-in line-level client: cmd(text) -> (untagged lines, tagged line)."""
-
-    def __init__(self, system, user: str):
-        self.sock = socket.create_connection(("127.0.0.1", system.port()), timeout=15)
-        self.file = self.sock.makefile("rb")
-        self.count = 0
-        self.file.readline()
-        _, done = self.cmd(f'LOGIN {user} "{PASSWORD}"')
-        assert done.startswith("OK"), done
-
-    def cmd(self, text: str, literal: bytes | None = None) -> tuple[list[str], str]:
-        self.count += 1
-        tag = f"a{self.count}"
-        if literal is None:
-            self.sock.sendall(f"{tag} {text}\r\n".encode())
-        else:
-            self.sock.sendall(f"{tag} {text} {{{len(literal)}+}}\r\n".encode() + literal + b"\r\n")
-        lines = []
-        while True:
-            raw = self.file.readline()
-            assert raw, "connection closed"
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            if line.startswith(tag + " "):
-                return lines, line[len(tag) + 1:]
-            lines.append(line)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def session(system):
     opened = []
 
-    def open_as(user: str) -> Raw:
-        opened.append(Raw(system, user))
+    def open_as(user: str) -> Client:
+        opened.append(Client(system.port(), user, PASSWORD))
         return opened[-1]
     yield open_as
     for raw in opened:

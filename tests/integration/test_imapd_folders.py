@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import imaplib
 import re
-import socket
 
 import pytest
 
 from tests.conftest import CORPUS
-from tests.integration.imapd_support import ImapSystem, login
+from tests.integration.imapd_support import Client, ImapSystem, login
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Folder pass 1"
@@ -37,36 +36,9 @@ def user(system, request):
     return name
 
 
-class Raw:
-    """A logged-in line-level client: cmd(text) -> (untagged lines, tagged line)."""
-
-    def __init__(self, system, user: str):
-        self.sock = socket.create_connection(("127.0.0.1", system.port()), timeout=15)
-        self.file = self.sock.makefile("rb")
-        self.count = 0
-        self.file.readline()
-        _, done = self.cmd(f'LOGIN {user} "{PASSWORD}"')
-        assert done.startswith("OK"), done
-
-    def cmd(self, text: str) -> tuple[list[str], str]:
-        self.count += 1
-        tag = f"r{self.count}"
-        self.sock.sendall(f"{tag} {text}\r\n".encode())
-        lines = []
-        while True:
-            line = self.file.readline().decode().rstrip("\r\n")
-            assert line, "connection closed"
-            if line.startswith(tag + " "):
-                return lines, line[len(tag) + 1:]
-            lines.append(line)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def raw(system, user):
-    client = Raw(system, user)
+    client = Client(system.port(), user, PASSWORD)
     yield client
     client.close()
 
@@ -387,7 +359,7 @@ def test_quota_roots(system, user, raw):
     system.deliver(other, "05-mixed-attachment.eml", "06-nested-multipart.eml")
     with system.store() as store:
         used = store.usage(other) // 1024
-    limited = Raw(system, other)
+    limited = Client(system.port(), other, PASSWORD)
     try:
         lines, done = limited.cmd("GETQUOTAROOT Sent")
         assert lines == ['* QUOTAROOT "Sent" ""', f'* QUOTA "" (STORAGE {used} 2048)'] and done.startswith("OK")
@@ -405,7 +377,7 @@ def test_quota_roots(system, user, raw):
             assert done.startswith("BAD"), bad
     finally:
         limited.close()
-    admin = Raw(system, ADMIN)
+    admin = Client(system.port(), ADMIN, PASSWORD)
     try:
         lines, done = admin.cmd(f'SETQUOTA "{other}" (STORAGE 4096)')
         assert lines == [f'* QUOTA "{other}" (STORAGE {used} 4096)'] and done.startswith("OK"), done
@@ -417,7 +389,7 @@ def test_quota_roots(system, user, raw):
         assert lines == [f'* QUOTA "{user}" ()']
     finally:
         admin.close()
-    limited = Raw(system, other)
+    limited = Client(system.port(), other, PASSWORD)
     try:
         lines, _ = limited.cmd('GETQUOTA ""')
         assert lines == [f'* QUOTA "" (STORAGE {used} 4096)']   # the new limit, read anew
@@ -435,7 +407,7 @@ def test_admins_see_other_users_read_only(system, user, raw):
                     f"STATUS user/{user} (MESSAGES)"):
         _, done = raw.cmd(command)
         assert done.startswith("NO [NONEXISTENT]"), (command, done)   # no such namespace for them
-    admin = Raw(system, ADMIN)
+    admin = Client(system.port(), ADMIN, PASSWORD)
     try:
         lines, _ = admin.cmd("NAMESPACE")
         assert lines == ['* NAMESPACE (("" "/")) (("user/" "/")) (("shared/" "/"))']
@@ -444,7 +416,7 @@ def test_admins_see_other_users_read_only(system, user, raw):
         assert {f"user/{user}/Work", f"user/{user}/Work/2024", f"user/{user}/Sent"} <= set(boxes)
         lines, _ = admin.cmd('LIST "" "%"')
         assert listed(lines)["user"] == {"\\Noselect", "\\HasChildren"} and "INBOX" in listed(lines)
-        lines, _ = admin.cmd(f'LIST "user/" "%"')
+        lines, _ = admin.cmd('LIST "user/" "%"')
         assert listed(lines)[f"user/{user}"] == {"\\HasChildren"}              # the user's INBOX
         lines, _ = admin.cmd(f"STATUS user/{user}/Work/2024 (MESSAGES)")
         assert status_of(lines, f"user/{user}/Work/2024") == {"MESSAGES": 2}

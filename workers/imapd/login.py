@@ -16,19 +16,18 @@ Diagnostics: imap.log lines `login: ...`, `login failed: ...`, `login refused: .
 """
 from __future__ import annotations
 
-import base64
 
 from store.fsio import StorageError
 from workers import _loginpolicy as policy
 from workers._auth import decode_response, login_failed
 from workers._authpool import AuthUnavailable
-from workers._limits import LineTooLong, refusal_text
+from workers._limits import refusal_text
+from workers._saslexchange import Abort, exchange
 from workers._session import Close
 from workers.imapd.parser import Bad, astring
 
 MAX_AUTH_FAILURES = 3
 AUTH_LINE_MAX = 8 * 1024
-AUTH_MAX_ROUNDS = 10
 FAILED = "Authentication failed"
 
 
@@ -100,30 +99,21 @@ async def authenticate(session, command) -> None:
         if response is None:
             raise Bad("Invalid base64 in the initial response")
     server = session.backend.sasl_server(mechanism)
+    async def prompt(challenge: bytes) -> None:
+        await session.continuation(challenge.decode("ascii"))
     try:
-        for _ in range(AUTH_MAX_ROUNDS):
-            step = await server.step(response)
-            if step.failed or step.user is not None:
-                proved = step.user if step.refused or not step.failed else None
-                await finish(session, proved, step.user or "-", mechanism, step.refused)
-                return
-            await session.continuation(base64.b64encode(step.challenge or b"").decode("ascii"))
-            try:
-                line = await session.conn.read_line(AUTH_LINE_MAX, session.timeout)
-            except LineTooLong:
-                raise Bad("Line too long") from None
-            if not line:
-                raise ConnectionResetError("client closed the connection during AUTHENTICATE")
-            text = line.rstrip(b"\r\n").decode("latin-1").strip()
-            if text == "*":
-                raise Bad("Authentication cancelled")
-            response = decode_response(text)
-            if response is None:
-                raise Bad("Invalid base64 in the response")
+        result = await exchange(server, response, prompt, session.conn, AUTH_LINE_MAX, session.timeout)
     except AuthUnavailable as e:
         await _unavailable(session, e)
         return
-    await finish(session, None, "-", mechanism)
+    if result is Abort.ROUNDS:
+        await finish(session, None, "-", mechanism)
+    elif isinstance(result, Abort):
+        raise Bad({Abort.TOO_LONG: "Line too long", Abort.CANCELLED: "Authentication cancelled",
+                   Abort.BAD_BASE64: "Invalid base64 in the response"}[result])
+    else:
+        proved = result.user if result.refused or not result.failed else None
+        await finish(session, proved, result.user or "-", mechanism, result.refused)
 
 
 async def _unavailable(session, error: Exception) -> None:

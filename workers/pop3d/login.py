@@ -20,7 +20,6 @@ Diagnostics: pop.log lines `login: ...`, `login failed: ...`, `login refused: ..
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import re
 from typing import Awaitable, Callable
@@ -29,12 +28,12 @@ from store.fsio import StorageError
 from workers import _loginpolicy as policy
 from workers._auth import decode_response, login_failed
 from workers._authpool import AuthUnavailable
-from workers._limits import LineTooLong, refusal_text
+from workers._limits import refusal_text
+from workers._saslexchange import Abort, exchange
 from workers.pop3d.maildrop import MaildropBusy
 
 MAX_AUTH_FAILURES = 3          # then the connection is closed
 AUTH_LINE_MAX = 8 * 1024       # a SASL response line (base64)
-AUTH_MAX_ROUNDS = 10
 APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 TLS_REQUIRED = "[AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first"
 FAILED = "[AUTH] Authentication failed"
@@ -170,29 +169,19 @@ async def auth(session, args: list[str]) -> None:
     if len(args) > 1 and response is None:
         await session.bad_command("Invalid base64 in initial response")
         return
-    for _ in range(AUTH_MAX_ROUNDS):
-        step = await server.step(response)
-        if step.failed or step.user is not None:
-            proved = step.user if step.refused or not step.failed else None
-            await finish(session, proved, step.user or "-", mechanism, step.refused)
-            return
-        await session.send(b"+ " + base64.b64encode(step.challenge or b"") + b"\r\n")
-        try:
-            line = await session.conn.read_line(AUTH_LINE_MAX, session.params.pop3d_timeout)
-        except LineTooLong:
-            await session.bad_command("Line too long")
-            return
-        if not line:
-            raise ConnectionResetError("client closed the connection during AUTH")
-        text = line.rstrip(b"\r\n").decode("latin-1").strip()
-        if text == "*":
-            await session.err("Authentication cancelled")
-            return
-        response = decode_response(text)
-        if response is None:
-            await session.bad_command("Invalid base64 in response")
-            return
-    await finish(session, None, "-", mechanism)
+
+    async def prompt(challenge: bytes) -> None:
+        await session.send(b"+ " + challenge + b"\r\n")
+    result = await exchange(server, response, prompt, session.conn, AUTH_LINE_MAX, session.params.pop3d_timeout)
+    if result is Abort.CANCELLED:
+        await session.err("Authentication cancelled")
+    elif result is Abort.ROUNDS:
+        await finish(session, None, "-", mechanism)
+    elif isinstance(result, Abort):
+        await session.bad_command("Line too long" if result is Abort.TOO_LONG else "Invalid base64 in response")
+    else:
+        proved = result.user if result.refused or not result.failed else None
+        await finish(session, proved, result.user or "-", mechanism, result.refused)
 
 
 

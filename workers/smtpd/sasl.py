@@ -1,4 +1,4 @@
-"""The SMTP side of AUTH (RFC 4954): base64 lines between the client and a SASL mechanism.
+"""The SMTP side of AUTH (RFC 4954): the SASL rounds (workers/_saslexchange.py) in SMTP's replies.
 
 AuthExchange(conn, backend, mechanism, timeout, max_line).run(initial) -> AuthOutcome.
 backend.sasl_server(mechanism) gives a workers._auth.SaslServer with
@@ -16,15 +16,15 @@ session sends that reply (after 535 only, it reports the failed login: workers._
 """
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 from workers._auth import decode_response
 from workers._authpool import AuthUnavailable
-from workers._limits import LineTooLong
+from workers._saslexchange import Abort, exchange
 from workers.smtpd import replies as R
 
-MAX_ROUNDS = 10                 # no mechanism here needs more than three
+ABORT_REPLIES = {Abort.TOO_LONG: R.LINE_TOO_LONG, Abort.CANCELLED: R.AUTH_CANCELLED,
+                 Abort.BAD_BASE64: R.AUTH_BAD_ENCODING, Abort.ROUNDS: R.AUTH_FAILED}
 
 
 @dataclass
@@ -48,26 +48,15 @@ class AuthExchange:
             response = decode_response(initial)
             if response is None:
                 return AuthOutcome(reply=R.AUTH_BAD_ENCODING)
-        for _ in range(MAX_ROUNDS):
-            try:
-                step = await self.mechanism.step(response)
-            except AuthUnavailable as e:
-                return AuthOutcome(reply=R.AUTH_UNAVAILABLE, reason=str(e))
-            if step.failed:
-                return AuthOutcome(reply=R.AUTH_FAILED, attempted_user=step.user, reason=step.reason)
-            if step.user is not None:
-                return AuthOutcome(user=step.user)
-            await self.conn.send_line(b"334 " + base64.b64encode(step.challenge or b""))
-            try:
-                line = await self.conn.read_line(self.max_line, self.timeout)
-            except LineTooLong:
-                return AuthOutcome(reply=R.LINE_TOO_LONG)
-            if not line:
-                raise ConnectionResetError("client closed the connection during AUTH")
-            text = line.rstrip(b"\r\n").decode("latin-1").strip()
-            if text == "*":
-                return AuthOutcome(reply=R.AUTH_CANCELLED)
-            response = decode_response(text)
-            if response is None:
-                return AuthOutcome(reply=R.AUTH_BAD_ENCODING)
-        return AuthOutcome(reply=R.AUTH_FAILED)
+        try:
+            result = await exchange(self.mechanism, response, self._prompt, self.conn, self.max_line, self.timeout)
+        except AuthUnavailable as e:
+            return AuthOutcome(reply=R.AUTH_UNAVAILABLE, reason=str(e))
+        if isinstance(result, Abort):
+            return AuthOutcome(reply=ABORT_REPLIES[result])
+        if result.failed:
+            return AuthOutcome(reply=R.AUTH_FAILED, attempted_user=result.user, reason=result.reason)
+        return AuthOutcome(user=result.user)
+
+    async def _prompt(self, challenge: bytes) -> None:
+        await self.conn.send_line(b"334 " + challenge)
