@@ -26,9 +26,10 @@ own on writes and inner reads), when the master stops while the session waits fo
 (shutting_down(); a command in progress is finished first), after a command that set
 `closing`, or at once when a handler raises Close (after its last reply). end() runs always.
 Counts of the verbs dispatched are kept in `verbs` ("unknown" for the rest), for the logs.
-IMAP (workers/imapd/session.py) reuses run(), the error budget, Close and the Command
-table with its legal states, and has its own serve() and dispatch(): its commands are read
-by its parser (tags, literals), not split into words.
+IMAP (workers/imapd/session.py) reuses run(), serve(), the error budget, Close and the
+Command table with its legal states; its next_line() and request() read a command with its
+literals through its parser instead of splitting a line into words, and its dispatch()
+answers with tags.
 Diagnostics: none here; the protocol's hooks log and answer.
 """
 from __future__ import annotations
@@ -139,7 +140,7 @@ class Session:
     async def serve(self) -> None:
         while not self.closing:
             try:
-                line = await self.conn.read_command(self.read_limit, self.timeout)
+                line = await self.next_line()
             except LineTooLong:
                 await self.too_long()
                 continue
@@ -148,7 +149,17 @@ class Session:
                 return
             if not line:
                 return
-            await self.dispatch(self.parse(line))
+            request = await self.request(line)
+            if request is not None:
+                await self.dispatch(request)
+
+    async def next_line(self) -> bytes | None:
+        """The first line of the next command (None: the master stops; b"": the client left)."""
+        return await self.conn.read_command(self.read_limit, self.timeout)
+
+    async def request(self, line: bytes):
+        """What dispatch() takes for a command that starts with line (None: nothing to run)."""
+        return self.parse(line)
 
     def parse(self, line: bytes) -> Request:
         text = line.rstrip(b"\r\n").decode(self.encoding, "replace")

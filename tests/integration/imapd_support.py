@@ -9,11 +9,14 @@ through a real qmgr when `with_qmgr` (smtp service "smtp" then too).
 add_user(name, password, **profile) writes the user database directly.
 imap(port) / imap_ssl(port) are imaplib clients; login(port, user, password) one logged in;
 Raw(port) a line-level client on a plain (or TLS) socket that keeps every octet;
-Client(port, user, password) a logged-in Raw whose cmd(text) tags and splits the answer.
+Client(port, user, password) a logged-in Raw whose cmd(text) tags and splits the answer;
+run(raw, text) / ok(raw, text) one command's lines (ok: it must succeed); connect(port,
+user, password, *setup) a Raw logged in with setup commands done.
 """
 from __future__ import annotations
 
 import imaplib
+import itertools
 import socket
 import ssl
 from pathlib import Path
@@ -132,3 +135,27 @@ class Client(Raw):
         lines = [line.decode(errors="replace").rstrip("\r\n")
                  for line in self.command(tag.encode(), data[len(tag) + 1:])]
         return lines[:-1], lines[-1][len(tag) + 1:]
+
+
+_tags = itertools.count(1)
+
+
+def run(raw: Raw, text: str) -> list[bytes]:
+    """One command (a fresh tag added): every line of its answer, the tagged one last."""
+    return raw.command(b"t%d" % next(_tags), text.encode())
+
+
+def ok(raw: Raw, text: str) -> list[bytes]:
+    """run() for a command that must succeed."""
+    lines = run(raw, text)
+    assert lines[-1].split(b" ")[1] == b"OK", (text, lines)
+    return lines
+
+
+def connect(port: int, user: str, password: str, *setup: str) -> Raw:
+    """A Raw logged in as user, with the setup commands done (each must succeed)."""
+    raw = Raw(port)
+    ok(raw, f'LOGIN {user} "{password}"')
+    for text in setup:
+        ok(raw, text)
+    return raw

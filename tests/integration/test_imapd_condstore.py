@@ -19,14 +19,13 @@ import re
 import pytest
 
 from store.mailstore import INBOX
-from tests.integration.imapd_support import ImapSystem, Raw
+from tests.integration.imapd_support import ImapSystem, connect, ok, run
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Condstore pass 1"
 MESSAGES = ("01-plain.eml", "02-utf8-8bit.eml", "03-quoted-printable.eml", "04-alternative.eml",
             "05-mixed-attachment.eml")
 _names = itertools.count(1)
-_tags = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -41,26 +40,6 @@ def new_user(system) -> str:
     system.add_user(name, PASSWORD)
     system.deliver(name, *MESSAGES)
     return name
-
-
-def connect(system, user: str, *setup: str) -> Raw:
-    raw = Raw(system.port())
-    ok(raw, f'LOGIN {user} "{PASSWORD}"')
-    for text in setup:
-        ok(raw, text)
-    return raw
-
-
-def run(raw: Raw, text: str) -> list[bytes]:
-    tag = f"t{next(_tags)}".encode()
-    return raw.command(tag, text.encode())
-
-
-def ok(raw: Raw, text: str) -> list[bytes]:
-    """All lines of a command that must succeed (the tagged OK last)."""
-    lines = run(raw, text)
-    assert lines[-1].split(b" ")[1] == b"OK", (text, lines)
-    return lines
 
 
 def status_of(lines: list[bytes]) -> bytes:
@@ -114,7 +93,7 @@ def highest(lines: list[bytes]) -> int | None:
 
 def test_announced_and_enabled(system):
     user = new_user(system)
-    raw = connect(system, user)
+    raw = connect(system.port(), user, PASSWORD)
     caps = ok(raw, "CAPABILITY")[0].split()
     assert b"CONDSTORE" in caps and b"QRESYNC" in caps
     assert ok(raw, "ENABLE CONDSTORE")[0] == b"* ENABLED CONDSTORE\r\n"
@@ -126,12 +105,12 @@ def test_announced_and_enabled(system):
 def test_highestmodseq_at_select(system):
     user = new_user(system)
     _, top = store_records(system, user)
-    raw = connect(system, user)
+    raw = connect(system.port(), user, PASSWORD)
     assert highest(ok(raw, "SELECT INBOX")) is None          # CONDSTORE not used yet
     assert highest(ok(raw, "SELECT INBOX (CONDSTORE)")) == top
     assert highest(ok(raw, "EXAMINE INBOX")) == top         # from now on in every SELECT
     raw.close()
-    raw = connect(system, user, "ENABLE CONDSTORE")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE CONDSTORE")
     assert highest(ok(raw, "EXAMINE INBOX")) == top
     raw.close()
 
@@ -139,7 +118,7 @@ def test_highestmodseq_at_select(system):
 def test_first_enabling_command_reports_highestmodseq(system):
     user = new_user(system)
     records, top = store_records(system, user)
-    raw = connect(system, user, "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "SELECT INBOX")
     lines = ok(raw, "FETCH 1 (MODSEQ)")
     assert highest(lines) == top
     first_uid = min(records)
@@ -150,7 +129,7 @@ def test_first_enabling_command_reports_highestmodseq(system):
 
 def test_select_closes_the_previous_mailbox(system):
     user = new_user(system)
-    raw = connect(system, user, "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "SELECT INBOX")
     lines = ok(raw, "EXAMINE INBOX")
     assert lines[0].startswith(b"* OK [CLOSED]")            # before the new mailbox's responses
     assert not any(b"[CLOSED]" in line for line in ok(raw, "UNSELECT"))
@@ -161,7 +140,7 @@ def test_select_closes_the_previous_mailbox(system):
 def test_status_highestmodseq(system):
     user = new_user(system)
     _, top = store_records(system, user)
-    raw = connect(system, user)
+    raw = connect(system.port(), user, PASSWORD)
     assert ok(raw, "STATUS INBOX (MESSAGES HIGHESTMODSEQ)")[0] == \
         b'* STATUS "INBOX" (MESSAGES %d HIGHESTMODSEQ %d)\r\n' % (len(MESSAGES), top)
     raw.close()
@@ -171,7 +150,7 @@ def test_status_highestmodseq(system):
 
 def test_fetch_modseq_and_changedsince(system):
     user = new_user(system)
-    raw = connect(system, user, "ENABLE CONDSTORE", "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE CONDSTORE", "SELECT INBOX")
     records, top = store_records(system, user)
     uids = sorted(records)
     answer = fetches(ok(raw, "UID FETCH 1:* (MODSEQ)"))
@@ -189,7 +168,7 @@ def test_fetch_modseq_and_changedsince(system):
 
 def test_fetch_that_sets_seen_tells_modseq(system):
     user = new_user(system)
-    raw = connect(system, user, "ENABLE CONDSTORE", "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE CONDSTORE", "SELECT INBOX")
     answer = fetches(ok(raw, "FETCH 1 (BODY[]<0.4>)"))[1]
     records, _ = store_records(system, user)
     assert b"\\Seen" in answer and modseq_of(answer) == records[min(records)][0]
@@ -200,7 +179,7 @@ def test_fetch_that_sets_seen_tells_modseq(system):
 
 def test_store_unchangedsince(system):
     user = new_user(system)
-    raw = connect(system, user, "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "SELECT INBOX")
     records, top = store_records(system, user)
     uids = sorted(records)
     old = records[uids[0]][0]
@@ -224,7 +203,7 @@ def test_store_unchangedsince(system):
 
 def test_store_silent_tells_modseq(system):
     user = new_user(system)
-    raw = connect(system, user, "ENABLE CONDSTORE", "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE CONDSTORE", "SELECT INBOX")
     records, _ = store_records(system, user)
     uids = sorted(records)
     lines = ok(raw, "UID STORE 1:* +FLAGS.SILENT (\\Seen)")
@@ -241,7 +220,7 @@ def test_store_silent_tells_modseq(system):
 
 def test_search_modseq(system):
     user = new_user(system)
-    raw = connect(system, user, "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "SELECT INBOX")
     records, top = store_records(system, user)
     uids = sorted(records)
     ok(raw, "STORE 4 +FLAGS (\\Seen)")
@@ -266,7 +245,7 @@ def test_search_modseq(system):
 
 def test_unsolicited_fetch_carries_modseq(system):
     user = new_user(system)
-    raw = connect(system, user, "ENABLE CONDSTORE", "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE CONDSTORE", "SELECT INBOX")
     records, _ = store_records(system, user)
     uids = sorted(records)
     store_flags(system, user, [uids[2]], "+", ["\\Flagged"])
@@ -278,7 +257,7 @@ def test_unsolicited_fetch_carries_modseq(system):
 
 def test_expunge_with_qresync_is_vanished(system):
     user = new_user(system)
-    raw = connect(system, user, "ENABLE QRESYNC", "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE QRESYNC", "SELECT INBOX")
     records, _ = store_records(system, user)
     uids = sorted(records)
     ok(raw, "STORE 2,4 +FLAGS.SILENT (\\Deleted)")
@@ -306,7 +285,7 @@ def test_qresync_select(system):
     expunge(system, user, [uids[1], uids[3]])
     store_flags(system, user, [uids[2]], "+", ["\\Answered"])
     now, now_top = store_records(system, user)
-    raw = connect(system, user, "ENABLE QRESYNC")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE QRESYNC")
     lines = ok(raw, f"SELECT INBOX (QRESYNC ({validity} {top}))")
     assert highest(lines) == now_top
     assert b"* VANISHED (EARLIER) %d,%d\r\n" % (uids[1], uids[3]) in lines
@@ -328,7 +307,7 @@ def test_uid_fetch_vanished(system):
     user = new_user(system)
     records, top = store_records(system, user)
     uids = sorted(records)
-    raw = connect(system, user, "ENABLE QRESYNC", "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "ENABLE QRESYNC", "SELECT INBOX")
     store_flags(system, user, [uids[4]], "+", ["\\Flagged"])
     expunge(system, user, [uids[0]])
     ok(raw, "NOOP")
@@ -343,7 +322,7 @@ def test_uid_fetch_vanished(system):
 
 def test_malformed_parameters(system):
     user = new_user(system)
-    raw = connect(system, user)
+    raw = connect(system.port(), user, PASSWORD)
     assert status_of(run(raw, "SELECT INBOX (QRESYNC (1 1))")) == b"BAD"   # not enabled
     assert status_of(run(raw, "SELECT INBOX (FOO)")) == b"BAD"
     ok(raw, "ENABLE QRESYNC")

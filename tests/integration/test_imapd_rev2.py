@@ -22,7 +22,7 @@ import re
 import pytest
 
 from tests.conftest import CORPUS
-from tests.integration.imapd_support import ImapSystem, Raw
+from tests.integration.imapd_support import ImapSystem, Raw, connect, ok, run
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Rev two pass 9"
@@ -48,29 +48,11 @@ def new_user(system, *messages: str, **profile) -> str:
     return name
 
 
-def connect(system, user: str, *setup: str) -> Raw:
-    raw = Raw(system.port())
-    ok(raw, f'LOGIN {user} "{PASSWORD}"')
-    for text in setup:
-        ok(raw, text)
-    return raw
-
-
 def send(raw: Raw, data: bytes) -> list[bytes]:
     """One command (tag added) whose literals are all non-synchronising or sent after `+`."""
     tag = f"t{next(_tags)}".encode()
     raw.send(tag + b" " + data + b"\r\n")
     return raw.until_tagged(tag)
-
-
-def run(raw: Raw, text: str) -> list[bytes]:
-    return send(raw, text.encode())
-
-
-def ok(raw: Raw, text: str) -> list[bytes]:
-    lines = run(raw, text)
-    assert b" OK " in lines[-1], lines
-    return lines
 
 
 def untagged(lines: list[bytes]) -> list[bytes]:
@@ -122,7 +104,7 @@ def test_rev2_select_has_list_and_no_recent_or_unseen(system):
         validity = store.mailbox(user, "INBOX").uidvalidity
     finally:
         store.index.close()
-    rev1 = connect(system, user)
+    rev1 = connect(system.port(), user, PASSWORD)
     assert untagged(run(rev1, "EXAMINE INBOX")) == [
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
         b"* OK [PERMANENTFLAGS ()] Limited",
@@ -132,7 +114,7 @@ def test_rev2_select_has_list_and_no_recent_or_unseen(system):
         b"* OK [UIDVALIDITY %d] UIDs valid" % validity,
         b"* OK [UIDNEXT 3] Predicted next UID",
     ]
-    rev2 = connect(system, user, "ENABLE IMAP4rev2")
+    rev2 = connect(system.port(), user, PASSWORD, "ENABLE IMAP4rev2")
     lines = run(rev2, "SELECT INBOX")
     assert untagged(lines) == [
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
@@ -165,8 +147,8 @@ def test_rev2_select_has_list_and_no_recent_or_unseen(system):
 
 def test_rev2_updates_search_status_and_delete(system):
     user = new_user(system, "01-plain.eml", "03-quoted-printable.eml")
-    rev1 = connect(system, user, "SELECT INBOX")
-    rev2 = connect(system, user, "ENABLE IMAP4rev2", "EXAMINE INBOX")
+    rev1 = connect(system.port(), user, PASSWORD, "SELECT INBOX")
+    rev2 = connect(system.port(), user, PASSWORD, "ENABLE IMAP4rev2", "EXAMINE INBOX")
     system.deliver(user, "04-alternative.eml")
     assert untagged(run(rev1, "NOOP")) == [b"* 3 EXISTS", b"* 3 RECENT"]
     assert untagged(run(rev2, "NOOP")) == [b"* 3 EXISTS"]
@@ -191,8 +173,8 @@ def test_rev2_updates_search_status_and_delete(system):
 @pytest.mark.parametrize("enable", ["IMAP4rev2", "UTF8=ACCEPT"])
 def test_utf8_mailbox_names(system, enable):
     user = new_user(system)
-    utf8 = connect(system, user, f"ENABLE {enable}")
-    rev1 = connect(system, user)
+    utf8 = connect(system.port(), user, PASSWORD, f"ENABLE {enable}")
+    rev1 = connect(system.port(), user, PASSWORD)
     ok(utf8, 'CREATE "Entwürfe/Grüße"')
     # 8-bit names go out as literals
     assert untagged(run(utf8, 'LIST "" "Entw*"')) == [
@@ -214,7 +196,7 @@ def test_utf8_mailbox_names(system, enable):
 
 def test_utf8_append_and_charset(system):
     user = new_user(system)
-    raw = connect(system, user)
+    raw = connect(system.port(), user, PASSWORD)
     tag = f"t{next(_tags)}".encode()
     raw.send(tag + b" APPEND INBOX UTF8 (~{%d+}\r\n" % len(UTF8) + UTF8 + b")\r\n")
     lines = raw.until_tagged(tag)
@@ -243,7 +225,7 @@ def test_utf8_append_and_charset(system):
 @pytest.mark.parametrize("plus", [False, True])
 def test_multiappend_stores_all_with_appenduid(system, plus):
     user = new_user(system, "01-plain.eml")
-    raw = connect(system, user, "SELECT INBOX")
+    raw = connect(system.port(), user, PASSWORD, "SELECT INBOX")
     lines = appended(raw, b"INBOX", [(b'(\\Seen) "05-Jan-2026 10:11:12 +0100" ', PLAIN),
                                       (b"(\\Flagged $Work) ", UTF8),
                                       (b"", QP)], plus)
@@ -265,7 +247,7 @@ def test_multiappend_stores_all_with_appenduid(system, plus):
 
 def test_multiappend_is_all_or_nothing(system):
     user = new_user(system, quota=len(PLAIN) + len(UTF8) + len(QP) + 100)
-    raw = connect(system, user)
+    raw = connect(system.port(), user, PASSWORD)
     assert tagged(appended(raw, b"INBOX", [(b"", PLAIN), (b"(\\Bogus) ", QP)])) == b"BAD \\Bogus cannot be set"
     assert tagged(appended(raw, b"INBOX", [(b"", PLAIN), (b"", b"")], plus=True)) == \
         b"NO An empty message cannot be appended"

@@ -33,7 +33,7 @@ import enum
 import time
 
 from workers import _session
-from workers._limits import STREAM_LIMIT, LineTooLong
+from workers._limits import STREAM_LIMIT
 from workers._session import Close, Command, Connection
 from workers.imapd import acl, capability, compress, fetch, folders, general, idle, login, messages, notify, quota, search, sort, thread
 from workers.imapd.parser import Bad, Limits, read_command
@@ -184,28 +184,21 @@ class Session(_session.Session):
             pass
 
     # -- reading and dispatching commands
-    async def serve(self) -> None:
-        while not self.closing:
-            try:
-                line = await (self.conn.read_command(STREAM_LIMIT, self.timeout) if self.notifier is None
-                              else idle.read_pushing(self, self.notifier))   # NOTIFY: updates between commands
-            except LineTooLong:
-                self.command = None
-                await self.bad("Line too long")
-                continue
-            if line is None:
-                await self.shutting_down()
-                return
-            if not line:
-                return
-            try:
-                command = await read_command(self.conn.reader, self.literal_limits(), self.literal_go_ahead, line)
-            except Bad as error:
-                await self.refuse_command(error)
-                continue
-            if command is None:
-                return
-            await self.dispatch(command)
+    async def next_line(self) -> bytes | None:
+        if self.notifier is not None:                # NOTIFY: updates pushed between commands
+            return await idle.read_pushing(self, self.notifier)
+        return await self.conn.read_command(STREAM_LIMIT, self.timeout)
+
+    async def too_long(self) -> None:
+        self.command = None
+        await self.bad("Line too long")
+
+    async def request(self, line: bytes) -> parser.Command | None:
+        try:
+            return await read_command(self.conn.reader, self.literal_limits(), self.literal_go_ahead, line)
+        except Bad as error:
+            await self.refuse_command(error)
+            return None
 
     def literal_limits(self) -> Limits:
         return self.limits
