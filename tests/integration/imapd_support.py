@@ -18,19 +18,12 @@ from __future__ import annotations
 import imaplib
 import itertools
 import socket
-import ssl
 from pathlib import Path
 
 from store.mailstore import INBOX, MailStore
 from store.users import User, UserDB
 from tests.conftest import CORPUS, MailSystem
-
-
-def client_tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+from tests.integration.pop3d_support import client_tls
 
 
 class ImapSystem:
@@ -94,6 +87,14 @@ class Raw:
 
     def line(self) -> bytes:
         return self.file.readline()
+
+    def pushed(self, wait: float) -> bytes:
+        """The next line the server sends on its own, within `wait` seconds."""
+        self.sock.settimeout(wait)
+        try:
+            return self.line()
+        finally:
+            self.sock.settimeout(15)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

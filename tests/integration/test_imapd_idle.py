@@ -42,15 +42,6 @@ def start_idle(raw: Raw) -> None:
     assert raw.line() == b"+ idling\r\n"
 
 
-def pushed(raw: Raw) -> bytes:
-    """The next line the server sends while the client idles (within WAIT seconds)."""
-    raw.sock.settimeout(WAIT)
-    try:
-        return raw.line()
-    finally:
-        raw.sock.settimeout(15)
-
-
 def done(raw: Raw) -> list[bytes]:
     raw.send(b"DONE\r\n")
     return raw.until_tagged(b"I")
@@ -62,21 +53,21 @@ def test_idle_hears_delivery_flags_and_expunge(system):
     try:
         start_idle(idler)
         system.deliver("carol", "04-alternative.eml")
-        assert pushed(idler) == b"* 2 EXISTS\r\n"
-        assert pushed(idler) == b"* 2 RECENT\r\n"     # the idler selected first: both are its recent ones
+        assert idler.pushed(WAIT) == b"* 2 EXISTS\r\n"
+        assert idler.pushed(WAIT) == b"* 2 RECENT\r\n"     # the idler selected first: both are its recent ones
         assert other.command(b"A", b"STORE 1 +FLAGS.SILENT (\\Flagged)")[-1].startswith(b"A OK")
-        assert pushed(idler) == b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Flagged))\r\n"
+        assert idler.pushed(WAIT) == b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Flagged))\r\n"
         assert other.command(b"B", b"STORE 1 +FLAGS.SILENT (\\Deleted)")[-1].startswith(b"B OK")
-        assert pushed(idler) == b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Flagged \\Deleted))\r\n"
+        assert idler.pushed(WAIT) == b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Flagged \\Deleted))\r\n"
         assert other.command(b"C", b"EXPUNGE")[-1].startswith(b"C OK")
-        assert pushed(idler) == b"* 1 EXPUNGE\r\n"
+        assert idler.pushed(WAIT) == b"* 1 EXPUNGE\r\n"
         assert done(idler) == [b"I OK IDLE terminated\r\n"]
         assert idler.command(b"N", b"NOOP") == [b"N OK NOOP completed\r\n"]
         # a change between two IDLEs comes at the start of the next one
         system.deliver("carol", "02-utf8-8bit.eml")
         start_idle(idler)
-        assert pushed(idler) == b"* 2 EXISTS\r\n"
-        assert pushed(idler) == b"* 2 RECENT\r\n"
+        assert idler.pushed(WAIT) == b"* 2 EXISTS\r\n"
+        assert idler.pushed(WAIT) == b"* 2 RECENT\r\n"
         assert done(idler) == [b"I OK IDLE terminated\r\n"]
     finally:
         idler.close()

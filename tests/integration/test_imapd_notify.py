@@ -34,15 +34,6 @@ def logged_in(system, user: str) -> Raw:
     return raw
 
 
-def pushed(raw: Raw) -> bytes:
-    """The next line the server sends on its own (within WAIT seconds)."""
-    raw.sock.settimeout(WAIT)
-    try:
-        return raw.line()
-    finally:
-        raw.sock.settimeout(15)
-
-
 def test_notify_is_announced_and_checks_its_arguments(system):
     raw = logged_in(system, "nina")
     try:
@@ -77,12 +68,12 @@ def test_status_of_other_mailboxes_is_pushed(system):
         assert lines[1].startswith(b'* STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY ')
         assert lines[2] == b"N OK NOTIFY completed\r\n"
         system.deliver("omar", "04-alternative.eml")
-        assert pushed(watcher).startswith(b'* STATUS "INBOX" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d ' % validity)
+        assert watcher.pushed(WAIT).startswith(b'* STATUS "INBOX" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d ' % validity)
         system.deliver("omar", "02-utf8-8bit.eml", mailbox="Lists")
-        assert pushed(watcher).startswith(b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY ')
+        assert watcher.pushed(WAIT).startswith(b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY ')
         assert other.command(b"S", b"SELECT INBOX")[-1].startswith(b"S OK")
         assert other.command(b"F", b"STORE 1 +FLAGS.SILENT (\\Flagged)")[-1].startswith(b"F OK")
-        line = pushed(watcher)          # FlagChange: the same STATUS, HIGHESTMODSEQ moved on
+        line = watcher.pushed(WAIT)          # FlagChange: the same STATUS, HIGHESTMODSEQ moved on
         assert line.startswith(b'* STATUS "INBOX" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d HIGHESTMODSEQ ' % validity)
         assert watcher.command(b"X", b"NOTIFY NONE") == [b"X OK NOTIFY completed\r\n"]
         system.deliver("omar", "03-quoted-printable.eml")
@@ -100,17 +91,17 @@ def test_selected_mailbox_gets_exists_and_fetch_items(system):
         assert raw.command(b"N", b"NOTIFY SET (selected (MessageNew (UID RFC822.SIZE) MessageExpunge)) "
                                  b"(personal NONE)")[-1] == b"N OK NOTIFY completed\r\n"
         system.deliver("pia", "04-alternative.eml")
-        assert pushed(raw) == b"* 2 EXISTS\r\n"
-        assert pushed(raw) == b"* 2 RECENT\r\n"
-        line = pushed(raw)
+        assert raw.pushed(WAIT) == b"* 2 EXISTS\r\n"
+        assert raw.pushed(WAIT) == b"* 2 RECENT\r\n"
+        line = raw.pushed(WAIT)
         assert line.startswith(b"* 2 FETCH (UID 2 RFC822.SIZE ") and line.endswith(b")\r\n")
         # IDLE with NOTIFY hears the same
         raw.send(b"I IDLE\r\n")
         assert raw.line() == b"+ idling\r\n"
         system.deliver("pia", "02-utf8-8bit.eml")
-        assert pushed(raw) == b"* 3 EXISTS\r\n"
-        assert pushed(raw) == b"* 3 RECENT\r\n"
-        assert pushed(raw).startswith(b"* 3 FETCH (UID 3 RFC822.SIZE ")
+        assert raw.pushed(WAIT) == b"* 3 EXISTS\r\n"
+        assert raw.pushed(WAIT) == b"* 3 RECENT\r\n"
+        assert raw.pushed(WAIT).startswith(b"* 3 FETCH (UID 3 RFC822.SIZE ")
         raw.send(b"DONE\r\n")
         assert raw.until_tagged(b"I") == [b"I OK IDLE terminated\r\n"]
         assert raw.command(b"F", b"FETCH 3 FLAGS") == [b"* 3 FETCH (FLAGS (\\Recent))\r\n",
@@ -125,13 +116,13 @@ def test_mailbox_names_and_subscriptions_are_pushed(system):
         assert watcher.command(b"N", b"NOTIFY SET (personal (MailboxName SubscriptionChange))")[-1] \
             == b"N OK NOTIFY completed\r\n"
         assert other.command(b"C", b"CREATE Projects")[-1].startswith(b"C OK")
-        assert pushed(watcher) == b'* LIST () "/" "Projects"\r\n'
+        assert watcher.pushed(WAIT) == b'* LIST () "/" "Projects"\r\n'
         assert other.command(b"R", b"RENAME Projects Done")[-1].startswith(b"R OK")
-        assert pushed(watcher) == b'* LIST () "/" "Done" ("OLDNAME" ("Projects"))\r\n'
+        assert watcher.pushed(WAIT) == b'* LIST () "/" "Done" ("OLDNAME" ("Projects"))\r\n'
         assert other.command(b"U", b"SUBSCRIBE Done")[-1].startswith(b"U OK")
-        assert pushed(watcher) == b'* LIST (\\Subscribed) "/" "Done"\r\n'
+        assert watcher.pushed(WAIT) == b'* LIST (\\Subscribed) "/" "Done"\r\n'
         assert other.command(b"D", b"DELETE Done")[-1].startswith(b"D OK")
-        assert pushed(watcher) == b'* LIST (\\NonExistent) "/" "Done"\r\n'
+        assert watcher.pushed(WAIT) == b'* LIST (\\NonExistent) "/" "Done"\r\n'
         assert watcher.command(b"Y", b"NOOP") == [b"Y OK NOOP completed\r\n"]
     finally:
         watcher.close()
