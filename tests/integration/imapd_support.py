@@ -20,13 +20,11 @@ import itertools
 import socket
 from pathlib import Path
 
-from store.mailstore import INBOX, MailStore
-from store.users import User, UserDB
-from tests.conftest import CORPUS, MailSystem
-from tests.integration.pop3d_support import client_tls
+from tests.conftest import MailSystem
+from tests.integration.pop3d_support import UsersAndMail, client_tls
 
 
-class ImapSystem:
+class ImapSystem(UsersAndMail):
     def __init__(self, root: Path, main: dict | None = None, with_qmgr: bool = False):
         self.ms = MailSystem(root, main)
         self.plain = self.ms.add_service("imapd", maxproc=8, name="plain")
@@ -42,24 +40,6 @@ class ImapSystem:
 
     def port(self, key: str = "plain") -> int:
         return self.ms.port(key)
-
-    def add_user(self, name: str, password: str, **profile) -> None:
-        with UserDB(str(self.ms.var / "users"), str(self.ms.var / "secret.key")) as db:
-            db.add(User(name, **profile), password)
-
-    def store(self) -> MailStore:
-        return MailStore(self.ms.var / "store", self.ms.var / "index")
-
-    def deliver(self, user: str, *names: str, mailbox: str = INBOX) -> list[int]:
-        store = self.store()
-        try:
-            return [store.deliver(user, mailbox, (CORPUS / name).read_bytes()) for name in names]
-        finally:
-            store.index.close()
-
-    def stop(self) -> None:
-        self.ms.stop()
-        self.ms.kill()
 
 
 def imap(port: int) -> imaplib.IMAP4:

@@ -8,7 +8,8 @@ PopSystem(factory root) starts one master with six pop3d services on free ports:
 and a self-signed certificate. A module-scoped fixture shares it; every test uses its own
 user (add_user), so maildrops never meet.
 add_user writes the user database directly (quick; test_pop3d.py also goes through mailctl)
-and deliver(system, user, *corpus names) puts messages into INBOX through store.mailstore.
+and deliver(user, *corpus names) puts messages into INBOX through store.mailstore (both from
+UsersAndMail, which ImapSystem in imapd_support.py shares).
 pop(port, source=None) / pop_ssl(port) are poplib clients (source: the address to connect from); sasl(client, mechanism, ...) runs AUTH
 PLAIN / CRAM-MD5 / SCRAM-SHA-256 (a small RFC 5802 client) over poplib's line primitives.
 raw_retr(port, user, password, n) -> (LIST size, exact RETR octets) over a plain socket.
@@ -37,7 +38,31 @@ def client_tls() -> ssl.SSLContext:
     return ctx
 
 
-class PopSystem:
+class UsersAndMail:
+    """What the POP3 and IMAP test systems share over their MailSystem (self.ms): users
+    written into the user database directly, and corpus messages delivered into a mailbox."""
+    ms: MailSystem
+
+    def add_user(self, name: str, password: str, **profile) -> None:
+        with UserDB(str(self.ms.var / "users"), str(self.ms.var / "secret.key")) as db:
+            db.add(User(name, **profile), password)
+
+    def store(self) -> MailStore:
+        return MailStore(self.ms.var / "store", self.ms.var / "index")
+
+    def deliver(self, user: str, *names: str, mailbox: str = INBOX) -> list[int]:
+        store = self.store()
+        try:
+            return [store.deliver(user, mailbox, (CORPUS / name).read_bytes()) for name in names]
+        finally:
+            store.index.close()
+
+    def stop(self) -> None:
+        self.ms.stop()
+        self.ms.kill()
+
+
+class PopSystem(UsersAndMail):
     def __init__(self, root: Path, main: dict | None = None):
         self.ms = MailSystem(root, main)
         self.plain = self.ms.add_service("pop3d", maxproc=8, name="plain")
@@ -54,19 +79,6 @@ class PopSystem:
     def port(self, key: str) -> int:
         return self.ms.port(key)
 
-    def add_user(self, name: str, password: str, **profile) -> None:
-        with UserDB(str(self.ms.var / "users"), str(self.ms.var / "secret.key")) as db:
-            db.add(User(name, **profile), password)
-
-    def store(self) -> MailStore:
-        return MailStore(self.ms.var / "store", self.ms.var / "index")
-
-    def deliver(self, user: str, *names: str) -> list[int]:
-        store = self.store()
-        try:
-            return [store.deliver(user, INBOX, (CORPUS / name).read_bytes()) for name in names]
-        finally:
-            store.index.close()
 
     def count(self, user: str) -> int:
         store = self.store()
@@ -74,10 +86,6 @@ class PopSystem:
             return len(store.open_mailbox(user, INBOX))
         finally:
             store.index.close()
-
-    def stop(self) -> None:
-        self.ms.stop()
-        self.ms.kill()
 
 
 class _BoundPOP3(poplib.POP3):
