@@ -1,6 +1,6 @@
 """Mailhouse against Postfix, Dovecot and aiosmtpd: the same load on each, interleaved, as ratios.
 
-    .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--only imap] [--jsonl FILE]
+    .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--only imap|smtp] [--jsonl FILE]
     make bench-peers [PEERS_ARGS=--quick]
 
 Starts mailhouse (the real master: smtpd, qmgr, pop3d, imapd) and, with ../shared/anchors/setup-anchors.sh,
@@ -23,8 +23,8 @@ left out with a note when imaptest cannot be built). Accepted → in mailbox is 
 message at a time, from its 250 until its file is in the mailbox.
 Figures are medians of the repetitions; a ratio is the median of the repetitions' mailhouse ÷
 the better of Postfix and Dovecot (aiosmtpd is shown for reference). The table replaces the peers section of bench/README.md, unless --print-only or
---quick (small counts, one repetition: a smoke run) or --only imap (the IMAP rows alone, which
-print only: a few minutes instead of the whole run). All it started is stopped on exit.
+--quick (small counts, one repetition: a smoke run) or --only imap / --only smtp (the IMAP rows,
+or the SMTP and delivery rows, alone, which print only: a few minutes instead of the whole run). All it started is stopped on exit.
 """
 from __future__ import annotations
 
@@ -139,6 +139,7 @@ ROWS = (
 IMAP_ROWS = {"imap_ops1", "imap_ops32", "imap_idle", "imaptest_stress"}
 IDLE_ROWS = {"smtp": "smtp_idle", "pop3": "pop_idle", "imap": "imap_idle"}
 FLOOR_ROWS = {"accept1", "accept32", "accept300", "deliver1", "deliver32", "deliver300"}
+SMTP_ROWS = FLOOR_ROWS | {"latency_p50", "latency_p99", "data_p50", "cpu"}
 
 
 @dataclass
@@ -502,10 +503,11 @@ def _fmt(value: float | None) -> str:
 
 def section(results: Results, peers: list[Target], load: Load, facts: dict, only: str | None = None) -> str:
     names = [peer.name for peer in peers]
-    rows = [row for row in ROWS if only != "imap" or row.key in IMAP_ROWS]
+    rows = [row for row in ROWS if only is None or (row.key in IMAP_ROWS) == (only == "imap")
+            and (row.key in SMTP_ROWS) == (only == "smtp")]
     lines = [
         "## Against Postfix, Dovecot and aiosmtpd (`bench/peers.py`)", "",
-        "    make bench-peers    # .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--only imap]",
+        "    make bench-peers    # .venv/bin/python bench/peers.py [--repeat 3] [--quick] [--print-only] [--only imap|smtp]",
         "",
         "Install the peers first, as root, as `../shared/anchors/README.md` says: preselect "
         "`postfix postfix/main_mailer_type select No configuration` with `debconf-set-selections`, then "
@@ -591,24 +593,25 @@ def run(load: Load, anchor_base: Path, jsonl: Path | None, only: str | None) -> 
         peers = start_peers(stack, anchor_base, users, notes)
         dovecot = any(peer.pop3 for peer in peers)
         source = anchor_base / "mail" / DOMAIN if dovecot else Path(tmp) / "pop3-messages"
-        fill_mailboxes(system, load, source, owned=dovecot)
+        if only != "smtp":
+            fill_mailboxes(system, load, source, owned=dovecot)
         pop_targets = [mailhouse, *(peer for peer in peers if peer.pop3)]
         smtp_targets = [mailhouse, *(peer for peer in peers if peer.smtp)]
         imap_targets = [mailhouse, *(peer for peer in peers if peer.imap)]
         stress, why = imaptest_binary()
         if not stress:
             notes.append(f"no imaptest stress: {why}")
-        for target in pop_targets:                 # unmeasured: every POP3 mailbox opened once
+        for target in pop_targets if only != "smtp" else []:   # unmeasured: every POP3 mailbox opened once
             bench.pop3(f"{target.name} pop3 warm-up", target, load.pop3_users, 1, 0)
-        for target in imap_targets:                # and once over IMAP
+        for target in imap_targets if only != "smtp" else []:  # and once over IMAP
             bench.imap(f"{target.name} imap warm-up", target, load.pop3_users, 1)
         time.sleep(2)                              # the warm-up's sessions end
         for target in [mailhouse, *peers]:
             target.idle_processes = len(loadgen.find_pids(target.pattern))
         # POP3 and IMAP before the SMTP load adds to their mailboxes; the loads between the holds
         # of each repetition give their spare processes time to leave.
-        for rep in range(load.repeat):
-            if only != "imap":
+        for rep in range(load.repeat if only != "smtp" else 0):
+            if only is None:
                 bench.run_hold("smtp", smtp_targets, rep)
                 bench.run_pop3(pop_targets, rep)
                 bench.run_hold("pop3", pop_targets, rep)
@@ -637,7 +640,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke run; prints, leaves README alone")
     parser.add_argument("--print-only", action="store_true", help="print the section, leave bench/README.md alone")
     parser.add_argument("--jsonl", type=Path, help="append every loadgen result to this file")
-    parser.add_argument("--only", choices=("imap",), help="only the IMAP rows (prints, leaves README alone)")
+    parser.add_argument("--only", choices=("imap", "smtp"),
+                        help="only the IMAP rows, or only the SMTP and delivery rows (prints, leaves README alone)")
     parser.add_argument("--anchor-base", type=Path, default=Path(os.environ.get("ANCHOR_BASE", "/tmp/mailhouse-peers")),
                         help="setup-anchors.sh's folder (its aiosmtpd venv is kept there between runs)")
     args = parser.parse_args()

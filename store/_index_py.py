@@ -29,7 +29,8 @@ Interface: Index(path, durable=True) — open_view(user, mailbox) -> View (a con
 snapshot); create / delete / rename / list mailboxes; reserve_uid + append (idempotent per
 delivery id: the id is recorded in the same transaction as the entry); reserve_uids +
 append_batch, the same for many deliveries (any users and mailboxes) in one transaction
-each (group commit); append_many;
+each (group commit); deliver_in_one(work): both in one transaction, with work's file renames
+between them (MailStore.deliver_many); append_many;
 subscribe(user, name, on) / subscriptions(user) (a subscription outlives its mailbox;
 a rename moves those of the renamed tree);
 delivered(user, delivery_id); recent_from / claim_recent (IMAP's \\Recent); store_flags over UID ranges; expunge;
@@ -491,16 +492,16 @@ class Index:
         order given. Per item its Reservation, or the NoSuchMailbox / StorageError (out of
         UIDs) that stops that item alone."""
         items = list(items)
+        return self._write(lambda txn: self._reserve_uids_in(txn, items, fresh))
 
-        def reserve(txn):
-            reservations = []
-            for user, name, delivery_id in items:
-                try:
-                    reservations.append(self._reserve(txn, user, name, delivery_id, fresh, 1))
-                except (NoSuchMailbox, StorageError) as e:  # raised before anything was written
-                    reservations.append(e)
-            return reservations
-        return self._write(reserve)
+    def _reserve_uids_in(self, txn, items: list, fresh: bool) -> list:
+        reservations = []
+        for user, name, delivery_id in items:
+            try:
+                reservations.append(self._reserve(txn, user, name, delivery_id, fresh, 1))
+            except (NoSuchMailbox, StorageError) as e:  # raised before anything was written
+                reservations.append(e)
+        return reservations
 
     def _reserve(self, txn, user: str, name: str, delivery_id: str | None, fresh: bool, count: int) -> Reservation:
         info = self._header(txn, user, name)
@@ -553,28 +554,37 @@ class Index:
         Per item: True if new, False if its UID was indexed already (its done-mark is
         recorded all the same), or the NoSuchMailbox of a mailbox that is gone."""
         items = list(items)
+        return self._write(lambda txn: self._append_batch_in(txn, items))
+
+    def _append_batch_in(self, txn, items: list) -> list:
         by_mailbox: dict[tuple[str, str], list[int]] = {}
         for position, item in enumerate(items):
             by_mailbox.setdefault((item[0], item[1]), []).append(position)
+        results: list = [None] * len(items)
+        for (user, name), positions in by_mailbox.items():
+            try:
+                info = self._header(txn, user, name)
+            except NoSuchMailbox as e:
+                for position in positions:
+                    results[position] = e
+                continue
+            for position in positions:
+                uid, delivery_id = items[position][2], items[position][6]
+                if delivery_id is not None:
+                    self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, True)
+            added = self._add_messages(txn, info, sorted((items[p][2:6] for p in positions), key=lambda m: m[0]))
+            for position in positions:
+                results[position] = items[position][2] in added
+        return results
 
-        def add(txn):
-            results: list = [None] * len(items)
-            for (user, name), positions in by_mailbox.items():
-                try:
-                    info = self._header(txn, user, name)
-                except NoSuchMailbox as e:
-                    for position in positions:
-                        results[position] = e
-                    continue
-                for position in positions:
-                    uid, delivery_id = items[position][2], items[position][6]
-                    if delivery_id is not None:
-                        self._record_delivery(txn, user, delivery_id, info.mailbox_id, uid, True)
-                added = self._add_messages(txn, info, sorted((items[p][2:6] for p in positions), key=lambda m: m[0]))
-                for position in positions:
-                    results[position] = items[position][2] in added
-            return results
-        return self._write(add)
+    def deliver_in_one(self, work):
+        """work(batch) in one write transaction, committed (durably) when it returns its result:
+        batch.reserve_uids(items, fresh) and batch.append_batch(items) are reserve_uids and
+        append_batch inside it, so a delivery's UIDs, its files' renames (which work does
+        between the two) and its entries cost one commit, and nobody sees the UIDs before
+        the files are in place. work may run again (the map grew): when it raises, it undoes
+        what it did outside the index first."""
+        return self._write(lambda txn: work(_DeliveryTransaction(self, txn)))
 
     def append_many(self, user: str, name: str, messages: Iterable[tuple[int, int, int, Iterable[str]]]) -> int:
         """Add (uid, size, internal_date, flags) messages in one transaction (reconstruct,
@@ -881,3 +891,16 @@ def _delivery_key(user: str, delivery_id: str) -> bytes:
     return user.encode() + b"\0" + delivery_id.encode()
 
 
+
+
+class _DeliveryTransaction:
+    """Index.deliver_in_one's handle on its open write transaction."""
+
+    def __init__(self, index: Index, txn):
+        self._index, self._txn = index, txn
+
+    def reserve_uids(self, items: Iterable[tuple[str, str, str | None]], fresh: bool = False) -> list:
+        return self._index._reserve_uids_in(self._txn, list(items), fresh)
+
+    def append_batch(self, items: Iterable[tuple]) -> list:
+        return self._index._append_batch_in(self._txn, list(items))

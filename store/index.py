@@ -6,7 +6,8 @@ IMPL names the one in use (workers log it once at start).
 Interface, the same in both (details in store/_index_py.py and store/_index_view.py):
   Index(path): open_view, mailbox, mailboxes, users, create_mailbox, delete_mailbox,
     rename_mailbox, set_mailbox_attributes, reserve_uid, append, reserve_uids, append_batch
-    (group commit: many deliveries in one transaction each), append_many, store_flags,
+    (group commit: many deliveries in one transaction each), deliver_in_one (both in one),
+    append_many, store_flags,
     write_many (flags, expunge, \\Recent and structure requests in one transaction: group
     commit), delivered, expunge, expunged_since, changes_since, usage, recount_usage, prune_deliveries,
     remove_user, structures, put_structures (the imapd's per-message blobs), close

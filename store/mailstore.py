@@ -100,19 +100,34 @@ class _Delivery:
     mailbox: str
     directory: str
     date: int
-    temp: str | None = None  # written and fsynced, not renamed yet
+    temp: str | None = None  # written and fsynced
     size: int = 0
     uid: int = 0
     path: str = ""
+    renamed: bool = False    # temp renamed to path, in a transaction not committed yet
 
     def place(self, reservation: Reservation) -> None:
         self.uid = reservation.uid
         self.path = os.path.join(self.directory, message_file_name(reservation.uid, reservation.uidvalidity))
 
+    def rename(self) -> None:
+        fsio.rename_into_place(self.temp, self.path)
+        self.renamed = True
+
+    def unrename(self) -> None:
+        """The transaction that reserved path's UID did not commit: back to the temp name (a
+        crash before this leaves a file above UIDNEXT, which reconstruct removes)."""
+        if self.renamed:
+            try:
+                os.rename(self.path, self.temp)
+            except OSError:
+                self.temp = None
+            self.renamed = False
+
     def discard_temp(self) -> None:
-        if self.temp is not None:
+        if self.temp is not None and not self.renamed:
             _unlink_quietly(self.temp)
-            self.temp = None
+        self.temp = None
 
 
 _LOCKED_KINDS = ("flags", "expunge")  # write_many's kinds that journal under the directory lock
@@ -439,37 +454,22 @@ class MailStore:
             results[item.position] = e
 
     def _commit(self, batch: list[_Delivery], results: list) -> None:
-        """Under the locks of the batch's mailbox directories: UIDs, renames, directory fsyncs,
-        index entries, flag journal."""
-        placed = []
-        for item in self._reserve(batch, results):
-            if item.temp is not None:
-                try:
-                    fsio.rename_into_place(item.temp, item.path)
-                except fsio.StorageError as e:
-                    results[item.position] = e
-                    continue
-                item.temp = None
-                _set_mtime(item.path, item.date)
-            placed.append(item)
-        for directory in sorted({item.directory for item in placed}):
-            try:
-                fsio.fsync_dir(directory)
-            except OSError as e:
-                error = fsio.StorageError(f"cannot store in {directory}: {e.strerror}", e.errno)
-                _fail_placed([i for i in placed if i.directory == directory], results, error)
-        durable = [item for item in placed if results[item.position] is None]
-        if not durable:
+        """Under the locks of the batch's mailbox directories, one index transaction: UIDs,
+        renames, directory fsyncs, index entries. Then the flag journal and the signals."""
+        if not batch:
             return
         try:
-            indexed = self.index.append_batch([
-                (i.request.user, i.mailbox, i.uid, i.size, i.date, i.request.flags, i.request.delivery_id)
-                for i in durable])
+            durable, indexed = self.index.deliver_in_one(lambda tx: self._place(tx, batch, results))
         except fsio.StorageError as e:
-            indexed = [e] * len(durable)
+            for item in batch:
+                item.unrename()
+                if results[item.position] is None:
+                    results[item.position] = e
+            return
         journal: dict[str, str] = {}
         changed = set()
         for item, outcome in zip(durable, indexed):
+            item.temp, item.renamed = None, False  # committed: the file is the message's now
             if isinstance(outcome, Exception):
                 _fail_placed([item], results, outcome)
                 continue
@@ -483,13 +483,50 @@ class MailStore:
         for directory in sorted(changed):
             notify.signal(directory)
 
-    def _reserve(self, batch: list[_Delivery], results: list) -> list[_Delivery]:
-        """One index transaction sets aside every UID; returns the items whose file is to be
-        renamed (a new UID) or adopted (a delivery cut short after its rename). A delivery
-        stored before gets its UID in results. One cut short before its rename takes a fresh
-        UID (a second transaction, after crashes only), so UIDs keep ascending."""
+    def _place(self, tx, batch: list[_Delivery], results: list) -> tuple[list[_Delivery], list]:
+        """Inside the index transaction: reserve the UIDs, rename the files to them, fsync each
+        directory once, add the entries of those durable. Returns (items added, outcomes).
+        Run again after the map grew: the renames of the first run are undone first."""
+        for item in batch:
+            item.unrename()
+            results[item.position] = None
+        try:
+            placed = []
+            for item in self._reserve(tx, batch, results):
+                if item.temp is not None:
+                    try:
+                        item.rename()
+                    except fsio.StorageError as e:
+                        results[item.position] = e
+                        item.temp = None
+                        continue
+                    _set_mtime(item.path, item.date)
+                placed.append(item)
+            for directory in sorted({item.directory for item in placed}):
+                try:
+                    fsio.fsync_dir(directory)
+                except OSError as e:
+                    error = fsio.StorageError(f"cannot store in {directory}: {e.strerror}", e.errno)
+                    for item in placed:
+                        if item.directory == directory:
+                            item.unrename()
+                            results[item.position] = error
+            durable = [item for item in placed if results[item.position] is None]
+            return durable, tx.append_batch([
+                (i.request.user, i.mailbox, i.uid, i.size, i.date, i.request.flags, i.request.delivery_id)
+                for i in durable]) if durable else []
+        except BaseException:
+            for item in batch:
+                item.unrename()
+            raise
+
+    def _reserve(self, tx, batch: list[_Delivery], results: list) -> list[_Delivery]:
+        """Every UID in the transaction; returns the items whose file is to be renamed (a new
+        UID) or adopted (a delivery cut short after its rename, by an older version that
+        reserved in a transaction of its own). A delivery stored before gets its UID in
+        results. One cut short before its rename takes a fresh UID, so UIDs keep ascending."""
         ready, fresh, new = [], [], []
-        for item, reservation in zip(batch, self._reserve_uids(batch, fresh=False)):
+        for item, reservation in zip(batch, self._reserve_uids(tx, batch, fresh=False)):
             if isinstance(reservation, Exception):
                 results[item.position] = reservation
             elif reservation.state == "done":
@@ -503,7 +540,7 @@ class MailStore:
                     ready.append(item)
                 else:
                     (fresh if reservation.state == "pending" else new).append(item)
-        for item, reservation in zip(fresh, self._reserve_uids(fresh, fresh=True)):
+        for item, reservation in zip(fresh, self._reserve_uids(tx, fresh, fresh=True)):
             if isinstance(reservation, Exception):
                 results[item.position] = reservation
             else:
@@ -516,13 +553,11 @@ class MailStore:
                 ready.append(item)
         return ready
 
-    def _reserve_uids(self, items: list[_Delivery], fresh: bool) -> list:
+    @staticmethod
+    def _reserve_uids(tx, items: list[_Delivery], fresh: bool) -> list:
         if not items:
             return []
-        try:
-            return self.index.reserve_uids([(i.request.user, i.mailbox, i.request.delivery_id) for i in items], fresh)
-        except fsio.StorageError as e:
-            return [e] * len(items)
+        return tx.reserve_uids([(i.request.user, i.mailbox, i.request.delivery_id) for i in items], fresh)
 
     def copy(self, user: str, source: str, uid_ranges: Sequence[tuple[int, int]], target: str,
              move: bool = False, target_user: str | None = None) -> list[tuple[int, int]]:

@@ -19,10 +19,12 @@ Everything that changes later goes into state/ID, one JSON object per line, each
 fsynced, so done-marks cost one small append: a restart never delivers twice to a recipient
 already marked done. A torn last line (crash during the append) is ignored.
 Directory fsyncs are shared between the threads of a process (store.fsio.DirSync): the
-commits of concurrent SMTP sessions in one smtpd share the fsync of incoming/; activate_many moves
-a whole pass of ready files with one fsync of each directory, and files finished at the
-same time share one fsync of active/. A state log is removed only after the removal of its
-queue file is durable, so a queue file never comes back without its done marks.
+commits of concurrent SMTP sessions in one smtpd share the fsync of incoming/, and files
+finished at the same time share one fsync of active/. A state log is removed only after the
+removal of its queue file is durable, so a queue file never comes back without its done
+marks. Moves into active/ and the removal of a file that has no state log are not fsynced:
+a power loss that undoes them brings back a ready file whose deliveries the store
+recognises (delivery ids), never loses one.
 
 Interface:
     q = Queue(queue_directory) / Queue.from_params(params); q.ensure_layout()
@@ -416,10 +418,11 @@ class Queue:
         return bool(self.activate_many([queue_id]))
 
     def activate_many(self, queue_ids: Iterable[str]) -> list[str]:
-        """Take ready ids into active/ (from incoming or deferred): every rename first, then
-        one fsync of active/ and one of each directory they left. Returns the ids moved (one
-        gone meanwhile is left out). StorageError: some may be in active/ all the same."""
-        moved, left = [], set()
+        """Take ready ids into active/ (from incoming or deferred). Returns the ids moved (one
+        gone meanwhile is left out). StorageError: some may be in active/ all the same.
+        No fsync: a rename is atomic, and a power loss that undoes one leaves the file where
+        it was, ready, to be delivered again (its state log is apart and kept)."""
+        moved = []
         try:
             for queue_id in queue_ids:
                 for src in ("incoming", "deferred"):
@@ -428,12 +431,7 @@ class Queue:
                     except FileNotFoundError:
                         continue
                     moved.append(queue_id)
-                    left.add(src)
                     break
-            if moved:
-                self.dir_sync.sync(self.path("active"))
-            for src in sorted(left):
-                self.dir_sync.sync(self.path(src))
         except OSError as e:
             raise StorageError(f"cannot move files into active: {e.strerror or e}", e.errno) from e
         return moved
@@ -450,8 +448,19 @@ class Queue:
         return target
 
     def finish(self, queue_id: str) -> None:
-        """Every recipient is done: remove the queue file, then its state log."""
-        self._remove(queue_id, "active")
+        """Every recipient is done: remove the queue file, then its state log. A file without
+        a state log went only to idempotent transports (nothing was marked, no report queued):
+        its removal is not waited for, as a power loss that undid it would repeat only work
+        the store recognises by its delivery ids."""
+        if os.path.exists(self.path("state", queue_id)):
+            self._remove(queue_id, "active")
+            return
+        try:
+            os.unlink(self.path("active", queue_id))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(f"cannot remove {queue_id}: {e.strerror or e}", e.errno) from e
 
     def _remove(self, queue_id: str, queue: str) -> bool:
         """Unlink queue/ID; once that is durable (an fsync of the directory shared with the

@@ -7,7 +7,10 @@ deliveries, flag changes and expunges wait):
   and ACL of its .mailbox file, and UIDNEXT above every UID its files and journal have seen;
 - files named <uid>.<uidvalidity>.eml the index lacks are adopted with that UID, the
   internal date from their mtime and the flags from the journal's last word on them;
-  files of UIDs recorded as expunged (a crash between expunge and unlink) are removed;
+  files of UIDs recorded as expunged (a crash between expunge and unlink) are removed, and
+  so are files at or above the mailbox's UIDNEXT: a delivery renames its files inside the
+  index transaction that hands out their UIDs, so such a file is one whose transaction never
+  committed (never acknowledged: the queue or the client sends it again);
 - any other file (dropped in by hand, or of another UIDVALIDITY) gets the next UID and is
   renamed to its canonical name, so UIDVALIDITY never has to change;
 - index entries whose files are gone are dropped (expunged, so sessions are told);
@@ -275,6 +278,11 @@ def _reconstruct_mailbox(store: MailStore, user: str, name: str, directory: str,
     if info is None:
         info = _recreate(store, user, name, directory, canonical, journal)
         report.mailboxes_added.append(name)
+    else:
+        for uid in [uid for uid, (validity, _) in canonical.items() if uid >= info.uidnext and validity == info.uidvalidity]:
+            entry = canonical.pop(uid)[1]  # renamed in a delivery transaction that never committed
+            os.unlink(os.path.join(directory, entry))
+            report.removed_files.append((name, entry))
     for uid, (validity, entry) in list(canonical.items()):
         if validity != info.uidvalidity:
             foreign.append(entry)

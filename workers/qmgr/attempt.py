@@ -29,8 +29,9 @@ delay_warning_time, and after maximal_queue_lifetime the temporary failures boun
 Targets no transport can deliver yet (remote ones) stay deferred and never bounce for now.
 A message whose header already has `Delivered-To: <the final address>` has been here
 before (a forwarding loop through another system): that local target bounces with 5.4.6.
-Blocking work never runs on the event loop: queue files, the state log and bounces on the
-`files` executor, resolving (LMDB) on the one `store` thread.
+Blocking work never runs on the event loop: the conclusion (state log, bounces, removal) on
+the `files` executor; the queue file's head and the resolving (LMDB), in one trip, on the one
+`store` thread.
 Diagnostics: one smtp.log line per recipient and outcome, Postfix style:
     ID: to=<bob@example.org>, relay=local, delay=0.2, status=sent (delivered to INBOX)
 """
@@ -141,12 +142,11 @@ class Attempt:
         """Deliver what can be delivered; returns "finished", "deferred" (or hold/deleted)."""
         ctx, qid = self.ctx, self.queue_id
         now = time.time() if now is None else now
-        self.item, self.message, header = await ctx.in_files(self._load)
+        self.item, self.message, header, resolved = await ctx.in_store(self._load_and_resolve)
         self.delivered_to = delivered_to(header)
         env = self.item.envelope
         ctx.log.info(f"{qid}: from=<{env.sender}>, size={env.size}, nrcpt={len(env.recipients)} (queue active)")
         done = {k for k in self.item.state.done if k.startswith("t:")}
-        resolved = await ctx.in_store(self._resolve)
         results = [RecipientResult(key, rcpt) for key, rcpt, _ in resolved]
         routes = [self._route(target, result, done)
                   for result, (_, _, targets) in zip(results, resolved) for target in targets]
@@ -157,13 +157,13 @@ class Attempt:
             raise errors[0]
         return await ctx.in_files(self._conclude, results, now)
 
-    def _load(self) -> tuple[QueueItem, MessageFile, bytes]:
-        item = self.ctx.queue.load(self.queue_id, "active")
+    def _load_and_resolve(self) -> tuple[QueueItem, MessageFile, bytes, list[tuple[str, Recipient, list[Target]]]]:
+        """The queue file's envelope and state, and its pending recipients resolved (one trip
+        to the store thread: the file's head is small)."""
+        self.item = item = self.ctx.queue.load(self.queue_id, "active")
         message = MessageFile.of(self.ctx.queue, item)
-        return item, message, message.header()
-
-    def _resolve(self) -> list[tuple[str, Recipient, list[Target]]]:
-        return [(key, rcpt, self.ctx.resolver.resolve(rcpt.address)) for key, rcpt in self._pending()]
+        resolved = [(key, rcpt, self.ctx.resolver.resolve(rcpt.address)) for key, rcpt in self._pending()]
+        return item, message, message.header(), resolved
 
     def _pending(self) -> list[tuple[str, Recipient]]:
         item = self.item

@@ -7,8 +7,7 @@ One process (maxproc 1), kept running by the master. At start it recovers the qu
 them is then tried alone, so a file that crashes qmgr is the only one counted) and then
 works in passes: pick up maildrop/ (sendmail; checked as untrusted input, store.maildrop)
 into incoming/, then take the ready files (incoming/ and deferred files whose next try
-has come) into active/, as many together as there are free slots (Queue.activate_many: one
-fsync per directory for all of them), and start a delivery attempt on each
+has come) into active/, as many together as there are free slots (Queue.activate_many), and start a delivery attempt on each
 (workers.qmgr.attempt), without waiting for it: at most qmgr_message_active_limit attempts
 are under way at once, and their deliveries share the scheduler (workers.qmgr.scheduler),
 so a slow one holds up no other.

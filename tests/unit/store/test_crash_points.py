@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
     nth = int(nth or 1)
     calls = {}
     real_write, real_fsync, real_rename, real_unlink = os.write, os.fsync, os.rename, os.unlink
-    real_reserve, real_append = Index.reserve_uids, Index.append_batch
+    real_reserve, real_append, real_deliver = Index._reserve_uids_in, Index._append_batch_in, Index.deliver_in_one
     real_write_many, real_remove_user = Index.write_many, Index.remove_user
 
     def die():
@@ -61,8 +61,9 @@ CHILD = textwrap.dedent("""
     os.write, os.unlink = write, unlink
     os.fsync = lambda fd: around("fsync", lambda: real_fsync(fd))
     os.rename = lambda a, b: around("rename", lambda: real_rename(a, b))
-    Index.reserve_uids = lambda self, *a, **k: around("reserve", lambda: real_reserve(self, *a, **k))
-    Index.append_batch = lambda self, *a, **k: around("index", lambda: real_append(self, *a, **k))
+    Index._reserve_uids_in = lambda self, *a, **k: around("reserve", lambda: real_reserve(self, *a, **k))
+    Index._append_batch_in = lambda self, *a, **k: around("index", lambda: real_append(self, *a, **k))
+    Index.deliver_in_one = lambda self, *a, **k: around("commit", lambda: real_deliver(self, *a, **k))
     Index.write_many = lambda self, *a, **k: around("index-write", lambda: real_write_many(self, *a, **k))
     Index.remove_user = lambda self, *a, **k: around("index-purge", lambda: real_remove_user(self, *a, **k))
     store = MailStore(os.path.join(root, "store"), os.path.join(root, "index"))
@@ -128,7 +129,7 @@ def root(tmp_path):
 
 @pytest.mark.parametrize("point", ["mid-write:2", "before-fsync:1", "before-reserve", "after-reserve",
                                    "before-rename", "after-rename", "before-fsync:2", "after-fsync:2",
-                                   "before-index", "after-index", "none"])
+                                   "before-index", "after-index", "after-commit", "none"])
 def test_delivery_killed_at_each_step(root, point):
     killed = run_child(root, point, "deliver") != 0
     assert killed == (point != "none")
@@ -148,11 +149,12 @@ def test_delivery_killed_at_each_step(root, point):
     store.index.close()
 
 
-# four messages, two mailboxes: writes 1-8 (two chunks each), file fsyncs 1-4, one reservation
-# transaction, renames 1-4, directory fsyncs 5 (bob) and 6 (carol), one index transaction
+# four messages, two mailboxes: writes 1-8 (two chunks each), file fsyncs 1-4, then one index
+# transaction: the reservations, renames 1-4, directory fsyncs 5 (bob) and 6 (carol), the
+# entries, the commit
 BATCH_POINTS = ["mid-write:2", "mid-write:7", *(f"{when}-fsync:{n}" for n in range(1, 7) for when in ("before", "after")),
                 "before-reserve", "after-reserve", "before-rename:1", "after-rename:1", "after-rename:3",
-                "after-rename:4", "before-index", "after-index", "none"]
+                "after-rename:4", "before-index", "after-index", "after-commit", "none"]
 
 
 @pytest.mark.parametrize("point", BATCH_POINTS)
@@ -233,4 +235,19 @@ def test_temp_files_left_by_a_crash_are_not_messages(root):
     os.utime(os.path.join(directory, temps[0]), (0, 0))  # old enough to be certainly dead
     [report] = reconstruct(store, "bob")
     assert report.removed_files == [("INBOX", temps[0])]
+    store.index.close()
+
+
+@pytest.mark.parametrize("point", ["after-rename", "after-fsync:2", "after-index"])
+def test_reconstruct_before_the_retry_keeps_one_copy(root, point):
+    """Killed after its rename, before its transaction committed: the file sits above UIDNEXT,
+    was never acknowledged, and reconstruct removes it; the retry then stores the one copy."""
+    run_child(root, point, "deliver")
+    store = MailStore(root / "store", root / "index")
+    [report] = reconstruct(store, "bob")
+    assert [entry for _, entry in report.removed_files if entry.startswith("4.")] and not report.adopted
+    assert len(check_no_entry_without_file(store)) == 3
+    store.deliver("bob", "INBOX", NEW_MESSAGE, delivery_id="Q7:bob")
+    view = check_no_entry_without_file(store)
+    assert len(view) == 4 and len([n for n in os.listdir(view.directory) if n.endswith(".eml")]) == 4
     store.index.close()
