@@ -5,9 +5,10 @@ parse_master_cf(path) -> list[ServiceSpec], one per service line:
 `#` comments, continuation lines that start with whitespace, `-` for a column's default,
 `-o key=value` options (validated later against main.cf's table). An `inet` service is
 `[host:]port`, `[ipv6]:port` or a name from /etc/services. A `unix` service whose command
-serves a socket (SOCKET_COMMANDS: auth) listens on $run_directory/<service>.sock
-(master/listeners.py); at most one auth service (auth_service(specs)), which every
-protocol worker then asks instead of reading the password database itself.
+serves a socket (SOCKET_COMMANDS: auth, smtp) listens on $run_directory/<service>.sock
+(master/listeners.py); at most one of each (socket_service(specs, command)): every protocol
+worker asks the auth service instead of reading the password database itself, and qmgr
+hands remote deliveries to the smtp service.
 Diagnostics: ConfigError("file:line: field \"maxproc\": bad value \"x\"") and the like.
 """
 from __future__ import annotations
@@ -29,8 +30,9 @@ COMMANDS = {
     "pop3d": "workers.pop3d",
     "qmgr": "workers.qmgr",
     "auth": "workers.auth",
+    "smtp": "workers.smtp",
 }
-SOCKET_COMMANDS = {"auth"}         # unix services that serve a socket (the master binds it)
+SOCKET_COMMANDS = ("auth", "smtp")  # unix services that serve a socket (the master binds it)
 
 
 @dataclass
@@ -170,15 +172,16 @@ def parse_master_cf(path: str) -> list[ServiceSpec]:
         if ident in seen:
             raise ConfigError(f"{spec.where}: service {spec.name} is already defined at {seen[ident]}")
         seen[ident] = spec.where
-    auths = [spec for spec in specs if spec.command == "auth"]
-    if len(auths) > 1:
-        raise ConfigError(f"{auths[1].where}: a second auth service (the first is at {auths[0].where})")
+    for command in SOCKET_COMMANDS:
+        same = [spec for spec in specs if spec.command == command]
+        if len(same) > 1:
+            raise ConfigError(f"{same[1].where}: a second {command} service (the first is at {same[0].where})")
     return specs
 
 
-def auth_service(specs: list[ServiceSpec]) -> ServiceSpec | None:
-    """The auth service of a service table, if it has one."""
-    return next((spec for spec in specs if spec.command == "auth"), None)
+def socket_service(specs: list[ServiceSpec], command: str) -> ServiceSpec | None:
+    """The service of a service table that runs command ("auth", "smtp"), if it has one."""
+    return next((spec for spec in specs if spec.command == command), None)
 
 
 def resolve_config_path(path: str) -> tuple[str, str]:

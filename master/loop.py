@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from master import listeners, proto, sdnotify, spawn
 from master.anvil import Anvil, RefusalLog
-from master.cf import ServiceSpec, auth_service, parse_master_cf
+from master.cf import SOCKET_COMMANDS, ServiceSpec, parse_master_cf, socket_service
 from master.diskwatch import DiskGuard
 from master.logwriter import LogWriter
 from master.params import ConfigError, Params, load_main_cf
@@ -70,10 +70,11 @@ class Config:
     params: Params
     services: list[tuple[ServiceSpec, Params]]
 
-    def auth_socket(self) -> str:
-        """The auth service's socket path, "" when master.cf has no auth service."""
-        spec = auth_service([spec for spec, _ in self.services])
-        return listeners.unix_path(spec, self.params) if spec else ""
+    def service_sockets(self) -> dict[str, str]:
+        """The socket paths of the auth and smtp services master.cf has, by command."""
+        specs = [spec for spec, _ in self.services]
+        return {command: listeners.unix_path(spec, self.params)
+                for command in SOCKET_COMMANDS if (spec := socket_service(specs, command))}
 
 
 def read_config(master_cf: str, main_cf: str) -> Config:
@@ -357,7 +358,7 @@ class Arbiter:
         if svc.throttled(now):
             return None
         try:
-            worker = spawn.spawn(svc, self.config.auth_socket())
+            worker = spawn.spawn(svc, self.config.service_sockets())
         except (OSError, KeyError, subprocess.SubprocessError) as e:
             delay = svc.throttle(now)
             self.log("E", f"service {svc.name}: cannot start {svc.spec.module}: {e}; retrying in {delay:.0f} s")

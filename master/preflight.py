@@ -28,7 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from master.cf import auth_service
+from master.cf import socket_service
 from master.params import Params
 from master.proto import POP3_LOCKS
 from store.aliases import map_path
@@ -57,7 +57,7 @@ def _describe(access: int) -> str:
 
 def workers_verify(specs) -> bool:
     """True when processes of mail_owner verify passwords: no auth service, or one run unpriv."""
-    spec = auth_service(list(specs))
+    spec = socket_service(list(specs), "auth")
     return spec is None or spec.unpriv
 
 

@@ -8,8 +8,9 @@ Environment of a worker: ENV_PARAMS (JSON of the service's raw settings, -o over
 included), ENV_BASE_DIR (relative paths are taken from it), ENV_CONTROL_FD (the worker's end
 of the control socketpair), ENV_SERVICE and ENV_COMMAND (master.cf service name and command,
 for the process title), ENV_LISTEN_FD (a unix service that serves a socket: the listening
-socket the master bound, which the worker accepts on itself) and ENV_AUTH_SOCKET (every
-worker, when master.cf has an auth service: the path of its socket; auth_socket() reads it).
+socket the master bound, which the worker accepts on itself), ENV_AUTH_SOCKET and
+ENV_SMTP_SOCKET (every worker, when master.cf has an auth or smtp service: the path of its
+socket; service_socket("auth" | "smtp") reads it).
 
 Control channel: a SOCK_SEQPACKET socketpair, one JSON object per datagram of at most
 CONTROL_MSG_MAX bytes. encode(message) -> bytes; decode(data) -> dict, where anything but a
@@ -51,11 +52,14 @@ ENV_SERVICE = "MAILHOUSE_SERVICE"          # the master.cf service name, e.g. 12
 ENV_COMMAND = "MAILHOUSE_COMMAND"          # the master.cf command, e.g. smtpd
 ENV_LISTEN_FD = "MAILHOUSE_LISTEN_FD"      # a unix service's listening socket
 ENV_AUTH_SOCKET = "MAILHOUSE_AUTH_SOCKET"  # the auth service's socket; absent: no auth service
+ENV_SMTP_SOCKET = "MAILHOUSE_SMTP_SOCKET"  # the smtp (outgoing) service's socket; absent: none
+SOCKET_ENV = {"auth": ENV_AUTH_SOCKET, "smtp": ENV_SMTP_SOCKET}
 
 
-def auth_socket() -> str:
-    """The auth service's socket path as the master handed it over, "" when there is none."""
-    return os.environ.get(ENV_AUTH_SOCKET, "")
+def service_socket(command: str) -> str:
+    """The socket path of the auth or smtp service as the master handed it over, "" when
+    master.cf has no such service."""
+    return os.environ.get(SOCKET_ENV[command], "")
 
 
 # ---------------------------------------------------------------- the control channel

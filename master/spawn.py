@@ -147,7 +147,7 @@ def base_environment() -> dict[str, str]:
     return env
 
 
-def _environment(svc: Service, control_fd: int, auth_socket: str) -> dict[str, str]:
+def _environment(svc: Service, control_fd: int, sockets: dict[str, str]) -> dict[str, str]:
     env = base_environment()
     env.update({
         proto.ENV_PARAMS: json.dumps(svc.params.to_env()),
@@ -156,8 +156,8 @@ def _environment(svc: Service, control_fd: int, auth_socket: str) -> dict[str, s
         proto.ENV_SERVICE: svc.spec.name,
         proto.ENV_COMMAND: svc.spec.command,
     })
-    if auth_socket:
-        env[proto.ENV_AUTH_SOCKET] = auth_socket
+    for command, path in sockets.items():
+        env[proto.SOCKET_ENV[command]] = path
     if svc.unix_listener is not None:
         env[proto.ENV_LISTEN_FD] = str(svc.unix_listener.fileno())
     return env
@@ -169,8 +169,8 @@ def draw_max_use(max_use: int, rng: random.Random = _RANDOM) -> int:
     return rng.randint(max_use - max_use // MAX_USE_SPREAD, max_use)
 
 
-def spawn(svc: Service, auth_socket: str = "") -> Worker:
-    """auth_socket: the auth service's socket path, "" when master.cf has none."""
+def spawn(svc: Service, sockets: dict[str, str] | None = None) -> Worker:
+    """sockets: the auth and smtp services' socket paths by command (those master.cf has)."""
     master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     log_read, log_write = os.pipe2(os.O_CLOEXEC)
     passed = [worker_end.fileno()]
@@ -180,7 +180,7 @@ def spawn(svc: Service, auth_socket: str = "") -> Worker:
         popen = subprocess.Popen(
             [sys.executable, "-m", svc.spec.module, *svc.spec.args],
             stdin=subprocess.DEVNULL, stdout=log_write, stderr=log_write,
-            pass_fds=passed, env=_environment(svc, worker_end.fileno(), auth_socket),
+            pass_fds=passed, env=_environment(svc, worker_end.fileno(), sockets or {}),
             **_privileges(svc))
     except BaseException:
         master_end.close()

@@ -55,7 +55,7 @@ from workers.qmgr.transports.file import FileTransport
 from workers.qmgr.transports.local import RunAs
 from workers.qmgr.transports.mailbox import MailboxTransport
 from workers.qmgr.transports.pipe import PipeTransport
-from workers.qmgr.transports.remote import RemoteTransport
+from workers.qmgr.transports.remote import RemoteTransport, remote_channel
 
 BCC_KEY = "bcc"
 DEFAULT_NOTIFY = ("FAILURE", "DELAY")      # RFC 3461 4.1: no NOTIFY means failures and delays
@@ -84,7 +84,7 @@ class Context:
             MailboxTransport(store.mail, store.directory, lmdb_thread, params.myhostname),
             PipeTransport(run_as, params.mail_owner, limit, files),
             FileTransport(run_as, params.mail_owner, limit, files),
-            RemoteTransport())
+            RemoteTransport(remote_channel(log), params.relayhost))
         scheduler = Scheduler(params.default_process_limit, params.default_destination_concurrency_limit)
         return cls(params, log, store.queue, store.resolver, transports, scheduler, files, lmdb_thread)
 
@@ -192,23 +192,25 @@ class Attempt:
             return
         first = key not in self._jobs
         if first:
-            delivery = Delivery(self.queue_id, target, self.item.envelope.sender, final, rcpt, self.message)
+            delivery = Delivery(self.queue_id, target, self.item.envelope.sender, final, rcpt, self.message,
+                                self.item.envelope, result.recipient)
             self._jobs[key] = asyncio.ensure_future(self._deliver(transport, delivery, key))
         outcome = await self._jobs[key]
+        relay = outcome.relay or transport.relay
         if outcome.ok:
             if first:                              # the others only share that delivery
-                self._log_status(final, rcpt, transport.relay, "sent", transport.describe(target))
+                self._log_status(final, rcpt, relay, "sent", transport.describe(target) or outcome.detail)
             return
         failure = Failed(outcome.status, outcome.detail)
         if outcome.unavailable:
             result.waiting.append(failure)
-            self._log_status(final, rcpt, transport.relay, "deferred", outcome.detail)
+            self._log_status(final, rcpt, relay, "deferred", outcome.detail)
         elif outcome.permanent:
             result.failures.append(failure)
-            self._log_status(final, rcpt, transport.relay, "bounced", outcome.detail)
+            self._log_status(final, rcpt, relay, "bounced", outcome.detail)
         else:
             result.temporary.append(failure)
-            self._log_status(final, rcpt, transport.relay, "deferred", outcome.detail)
+            self._log_status(final, rcpt, relay, "deferred", outcome.detail)
 
     async def _deliver(self, transport: Transport, delivery: Delivery, key: str) -> Outcome:
         outcome = await self.ctx.scheduler.submit(transport.name, transport.destination(delivery.target),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from master.cf import auth_service, parse_master_cf, resolve_config_path
+from master.cf import parse_master_cf, socket_service, resolve_config_path
 from master.params import ConfigError
 
 
@@ -88,7 +88,7 @@ def test_the_auth_service_listens_on_a_socket_and_is_unique(tmp_path):
     path = _write(tmp_path, "qmgr unix n - n 300 1 qmgr\nauth unix - n n - 1 auth\n")
     qmgr, auth = parse_master_cf(path)
     assert (auth.module, auth.unpriv, auth.listens_on_socket) == ("workers.auth", False, True)
-    assert not qmgr.listens_on_socket and auth_service([qmgr, auth]) is auth and auth_service([qmgr]) is None
+    assert not qmgr.listens_on_socket and socket_service([qmgr, auth], "auth") is auth and socket_service([qmgr], "auth") is None
     for text, error in (("127.0.0.1:9 inet n - n - - auth\n", "auth is a unix service"),
                         ("auth unix - n n - 1 auth\nauth2 unix - n n - 1 auth\n", ":2: a second auth service"),
                         ("../x unix - n n - 1 auth\n", 'bad socket name "../x"')):

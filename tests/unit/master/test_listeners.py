@@ -49,10 +49,11 @@ def test_the_worker_gets_its_listening_socket_and_everyone_the_auth_path(tmp_pat
     spec, params = _auth(tmp_path)
     sock = bind_unix(spec, params)
     try:
-        env = _environment(Service(spec, params, unix_listener=sock), 5, unix_path(spec, params))
+        sockets = {"auth": unix_path(spec, params), "smtp": "/run/smtp.sock"}
+        env = _environment(Service(spec, params, unix_listener=sock), 5, sockets)
         assert env[proto.ENV_LISTEN_FD] == str(sock.fileno())
-        assert env[proto.ENV_AUTH_SOCKET] == unix_path(spec, params)
-        other = _environment(Service(parse_service_line("qmgr unix n - n 300 1 qmgr", "m:2"), params), 5, "")
+        assert env[proto.ENV_AUTH_SOCKET] == unix_path(spec, params) and env[proto.ENV_SMTP_SOCKET] == "/run/smtp.sock"
+        other = _environment(Service(parse_service_line("qmgr unix n - n 300 1 qmgr", "m:2"), params), 5, {})
         assert proto.ENV_LISTEN_FD not in other and proto.ENV_AUTH_SOCKET not in other
     finally:
         remove_unix(sock)

@@ -1,6 +1,6 @@
 """qmgr's transport table: each kind of target has the transport that delivers it.
 
-    table = Transports(MailboxTransport(...), PipeTransport(...), FileTransport(...), RemoteTransport())
+    table = Transports(MailboxTransport(...), PipeTransport(...), FileTransport(...), RemoteTransport(...))
     transport = table.of(target)        # by the target's class (store.resolve: Mailbox, ...)
 
 The transports (mailbox.py, pipe.py, file.py, remote.py) speak transports/base.py's shape:

@@ -1,11 +1,14 @@
 """What every transport speaks: the delivery it is handed, the outcome it returns, its shape.
 
-Delivery(queue_id, target, sender, recipient, original, message): one target of one queue
-file; recipient is the final address (Delivered-To:, the log's to=), original the envelope
-recipient it came from, message the queue file's message (workers.qmgr.message.MessageFile).
-Outcome(ok, permanent, status, detail, unavailable): ok, or a failure that is permanent
+Delivery(queue_id, target, sender, recipient, original, message, envelope, rcpt): one target
+of one queue file; recipient is the final address (Delivered-To:, the log's to=), original
+the envelope recipient it came from, message the queue file's message
+(workers.qmgr.message.MessageFile), envelope the queue file's Envelope and rcpt the envelope
+Recipient (their DSN parameters, for the remote transport).
+Outcome(ok, permanent, status, detail, unavailable, relay): ok, or a failure that is permanent
 (a bounce) or temporary (a retry); unavailable: nothing can deliver it yet (remote mail
-before there is an SMTP client): it waits, without delay warnings and without expiring.
+without an smtp service): it waits, without delay warnings and without expiring; relay: the
+log's relay= when the transport knows better than its own name (the remote host).
 Transport: one way of delivering, as a Postfix master.cf transport:
     name                        its queue in the scheduler
     relay                       the log's relay= ("local": delivered here, and the target
@@ -27,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from store.queue import Envelope, Recipient
 from workers.qmgr.message import MessageFile
 
 
@@ -37,6 +41,7 @@ class Outcome:
     status: str = "2.0.0"
     detail: str = ""
     unavailable: bool = False
+    relay: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class Delivery:
     recipient: str
     original: str
     message: MessageFile
+    envelope: Envelope | None = None
+    rcpt: Recipient | None = None
 
 
 class Transport(Protocol):
