@@ -17,12 +17,18 @@ temporary; its relay text (host[ip]:port) goes into the log line. A service that
 reached, that answers with an error or whose connection ends before the reply defers every
 recipient of the request; it is never sent again at once, as the far side may have taken it
 (the next attempt, after the back-off, may deliver a duplicate: the window Postfix has too).
+A dead destination (Postfix's word): when no host of a nexthop could be talked to (every
+recipient of a request deferred without an SMTP reply: no address, no connection, no
+greeting), the nexthop's next deliveries for DEAD_TIME seconds are deferred at once with
+that reason, without asking the service, so a site that is down is not hammered by each
+of its queued files; the first delivery after that time tries again.
 Not idempotent: qmgr marks each delivered target done at once.
 Destination: the nexthop.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from master import proto
@@ -32,6 +38,8 @@ from workers.qmgr.transports.base import Delivery, Outcome
 
 REMOTE_PENDING = "remote delivery not built yet"
 REPLY_MAX = 1024 * 1024        # a reply names every recipient of its request with the far side's text
+DEAD_TIME = 60.0               # seconds a nexthop nobody could talk to is not tried again
+_clock = time.monotonic
 
 
 def remote_channel(log) -> Channel | None:
@@ -56,6 +64,7 @@ class RemoteTransport:
         self.channel = channel
         self.relayhost = relayhost
         self._groups: dict[tuple[str, str], list[_Waiting]] = {}
+        self._dead: dict[str, tuple[float, str]] = {}      # nexthop -> (until, reason)
 
     def key(self, target: Remote) -> str:
         return f"t:remote:{target.address}"
@@ -79,6 +88,9 @@ class RemoteTransport:
         if self.channel is None:
             return Outcome(False, False, "4.4.1", REMOTE_PENDING, unavailable=True)
         group_key = (delivery.queue_id, self.nexthop(delivery.target.address))
+        dead = self._dead.get(group_key[1])
+        if dead and dead[0] > _clock():
+            return Outcome(False, False, "4.4.1", f"delivery temporarily suspended: {dead[1]}")
         group = self._groups.get(group_key)
         if group is None:
             group = self._groups[group_key] = []
@@ -110,13 +122,14 @@ class RemoteTransport:
         results = reply.get("results") if not failure else None
         if not failure and (not isinstance(results, list) or len(results) != len(group)):
             failure = "smtp service: bad reply"
-        for position, waiting in enumerate(group):
-            if waiting.future.done():
-                continue
-            if failure:
-                waiting.future.set_result(Outcome(False, False, "4.3.0", failure))
-            else:
-                waiting.future.set_result(_outcome(results[position]))
+        outcomes = [Outcome(False, False, "4.3.0", failure)] * len(group) if failure else [_outcome(r) for r in results]
+        if not failure and all(not r.get("code") and r.get("outcome") == "deferred" for r in results):
+            self._dead[nexthop] = (_clock() + DEAD_TIME, outcomes[0].detail)
+        else:
+            self._dead.pop(nexthop, None)
+        for waiting, outcome in zip(group, outcomes):
+            if not waiting.future.done():
+                waiting.future.set_result(outcome)
 
 
 def _recipient(delivery: Delivery) -> dict:

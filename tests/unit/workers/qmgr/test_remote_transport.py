@@ -107,3 +107,35 @@ def test_a_failing_service_defers_every_recipient_and_nothing_is_sent_twice():
 def test_without_an_smtp_service_remote_mail_waits():
     [outcome] = deliver_all(RemoteTransport(None, None), [delivery("Q1", "bob@example.org", "bob@example.org", None)])
     assert outcome.unavailable and outcome.detail == REMOTE_PENDING
+
+
+def test_a_nexthop_nobody_could_talk_to_is_not_asked_again_for_a_while(monkeypatch):
+    from workers.qmgr.transports import remote
+    down = {"example.org": True}
+    channel = FakeChannel(lambda request: [
+        {"address": r["address"], "outcome": "deferred", "status": "4.4.1", "code": None,
+         "text": "connect to mx.example.org[192.0.2.1]:25: Connection refused", "relay": ""}
+        if down[request["nexthop"]] else
+        {"address": r["address"], "outcome": "sent", "status": "2.0.0", "code": 250, "text": "Ok", "relay": "mx"}
+        for r in request["recipients"]])
+    transport = RemoteTransport(channel, None)
+    bob = delivery("Q1", "bob@example.org", "bob@example.org", ENVELOPE.recipients[0])
+    [first] = deliver_all(transport, [bob])
+    assert not first.ok and "Connection refused" in first.detail and len(channel.requests) == 1
+    [second] = deliver_all(transport, [delivery("Q2", "carol@example.org", "carol@example.org", None)])
+    assert second.detail.startswith("delivery temporarily suspended: ") and len(channel.requests) == 1
+    later = remote._clock() + remote.DEAD_TIME + 1
+    monkeypatch.setattr(remote, "_clock", lambda: later)
+    down["example.org"] = False
+    [third] = deliver_all(transport, [delivery("Q3", "carol@example.org", "carol@example.org", None)])
+    assert third.ok and len(channel.requests) == 2
+
+
+def test_a_reply_from_the_far_side_is_no_dead_destination():
+    channel = FakeChannel(lambda request: [{"address": r["address"], "outcome": "deferred", "status": "4.7.1",
+                                            "code": 451, "text": "greylisted", "relay": "mx"}
+                                           for r in request["recipients"]])
+    transport = RemoteTransport(channel, None)
+    deliver_all(transport, [delivery("Q1", "bob@example.org", "bob@example.org", None)])
+    deliver_all(transport, [delivery("Q2", "bob@example.org", "bob@example.org", None)])
+    assert len(channel.requests) == 2
