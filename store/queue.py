@@ -35,7 +35,7 @@ Interface:
     q.mark_done(qid, key, status, detail);  q.mark_done_many(qid, [(key, status, detail), ...])
     q.defer(qid, next_try, reasons)
     q.finish(qid) (all done: remove);  q.note_warned(qid);  q.recover(max_recoveries)
-    q.hold(qid), q.release(qid), q.delete(qid), q.delete_all(), q.flush(), q.list_all()
+    q.hold(qid), q.release(qid), q.requeue(qid), q.delete(qid), q.delete_all(), q.flush(ids), q.list_all()
     wake_qmgr(params);  q.open_wakeup_reader() -> fd for qmgr
 Diagnostics: StorageError (store.fsio) for any failed write (disk full: partial file
 removed, nothing stored before is touched); QueueCorrupt for an unreadable queue file
@@ -512,6 +512,15 @@ class Queue:
             return "released" if self._move(queue_id, "hold", "incoming") else None
         return self._administer(queue_id, act)
 
+    def requeue(self, queue_id: str) -> str:
+        """A deferred ID goes back to incoming/: tried now, resolved afresh (aliases, relayhost)."""
+        def act(queue: str) -> str | None:
+            if queue != "deferred":
+                return {"incoming": "already due", "active": "in delivery now",
+                        "hold": "on hold (release it)"}.get(queue, f"not deferred (in {queue})")
+            return "requeued" if self._move(queue_id, "deferred", "incoming") else None
+        return self._administer(queue_id, act)
+
     def delete(self, queue_id: str) -> str:
         """Delete ID; an id in delivery is deleted when its attempt ends."""
         def act(queue: str) -> str | None:
@@ -533,11 +542,12 @@ class Queue:
         deleted = outcomes.count("deleted")
         return deleted, len(outcomes) - deleted
 
-    def flush(self) -> int:
-        """Make every deferred id due now; returns how many. (Call wake_qmgr afterwards.)"""
+    def flush(self, queue_ids: Iterable[str] | None = None) -> int:
+        """Make every deferred id (of queue_ids, when given) due now; returns how many. (Call
+        wake_qmgr afterwards.)"""
         now = time.time()
         count = 0
-        for queue_id in self.ids("deferred"):
+        for queue_id in self.ids("deferred") if queue_ids is None else queue_ids:
             try:
                 os.utime(self.path("deferred", queue_id), (now, now))
                 count += 1

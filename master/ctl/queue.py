@@ -1,13 +1,17 @@
 """mailctl queue: look at and act on the mail queue (store/queue.py); `mailq` = queue list.
 
-    queue list [--json]    every queued message: id, queue, arrival, size, sender,
+    queue list [@DOMAIN] [--json]   every queued message: id, queue, arrival, size, sender,
                            recipients still pending (with the last deferral reason)
     queue show ID          the envelope, the delivery state and the message headers
-    queue flush            every deferred message is due now; the queue manager is woken
-    queue delete ID|ALL    ALL = every message in every queue
-    queue hold ID          keep it until released;  queue release ID   due now
+    queue flush [@DOMAIN]  every deferred message is due now; the queue manager is woken
+    queue delete WHICH     WHICH: an ID, ALL (every message in every queue), or @DOMAIN
+    queue hold WHICH       keep it until released;  queue release WHICH   due now
+    queue requeue WHICH    deferred mail back to incoming: tried now, resolved afresh
+@DOMAIN selects the messages with a recipient still pending in DOMAIN (postsuper and
+postqueue -s work by ID and ALL; this is the same by destination).
 A message being delivered right now is held or deleted when its attempt ends.
-Diagnostics: exit 1 with one line for an id that is not queued or malformed.
+Diagnostics: exit 1 with one line for an id that is not queued or malformed, or a selection
+that matches nothing.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import time
 
 from master.ctl import Refused
 from store.fsio import StorageError
-from store.queue import NotQueued, Queue, QueueCorrupt, QueueItem, is_queue_id, wake_qmgr
+from store.queue import QUEUES, NotQueued, Queue, QueueCorrupt, QueueItem, is_queue_id, wake_qmgr
 
 HEADER_LIMIT = 64 * 1024        # bytes of a message shown by `queue show`
 
@@ -25,15 +29,21 @@ def register(sub) -> None:
     queue = sub.add_parser("queue", help="list, show, flush, delete, hold and release queued mail")
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list the queue (mailq)")
+    listing.add_argument("domain", nargs="?", metavar="@DOMAIN")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_list)
-    actions.add_parser("flush", help="retry deferred mail now").set_defaults(handler=cmd_flush)
-    for name, handler, text in (("show", cmd_show, "show one message"),
-                                ("delete", cmd_delete, "delete a message (ID or ALL)"),
-                                ("hold", cmd_hold, "put a message on hold"),
-                                ("release", cmd_release, "release a held message")):
+    flush = actions.add_parser("flush", help="retry deferred mail now")
+    flush.add_argument("domain", nargs="?", metavar="@DOMAIN")
+    flush.set_defaults(handler=cmd_flush)
+    show = actions.add_parser("show", help="show one message")
+    show.add_argument("id", metavar="ID")
+    show.set_defaults(handler=cmd_show)
+    for name, handler, text in (("delete", cmd_delete, "delete messages (ID, ALL or @DOMAIN)"),
+                                ("hold", cmd_hold, "put messages on hold"),
+                                ("release", cmd_release, "release held messages"),
+                                ("requeue", cmd_requeue, "retry deferred messages now, resolved afresh")):
         action = actions.add_parser(name, help=text)
-        action.add_argument("id", metavar="ID")
+        action.add_argument("id", metavar="ID|ALL|@DOMAIN")
         action.set_defaults(handler=handler)
 
 
@@ -48,6 +58,32 @@ def _id(text: str) -> str:
     return queue_id
 
 
+def _domain(text: str | None) -> str | None:
+    """@DOMAIN (or None) -> the lower-cased domain; anything else is refused."""
+    if text is None:
+        return None
+    if not text.startswith("@") or len(text) < 2 or any(c in text[1:] for c in "@ /"):
+        raise Refused(f"{text!r} is not @DOMAIN")
+    return text[1:].lower().rstrip(".")
+
+
+def _for_domain(items: list[QueueItem], domain: str) -> list[QueueItem]:
+    return [item for item in items
+            if any(r.address.rpartition("@")[2].lower() == domain for _, r in item.pending())]
+
+
+def _selected(queue: Queue, which: str) -> list[str]:
+    """The ids an ID, ALL or @DOMAIN names (ALL: every queue, corrupt/ too)."""
+    if which.upper() == "ALL":
+        return [queue_id for name in QUEUES for queue_id in queue.ids(name)]
+    if which.startswith("@"):
+        ids = [item.queue_id for item in _for_domain(queue.list_all(), _domain(which))]
+        if not ids:
+            raise Refused(f"no queued message has a recipient in {which[1:]}")
+        return ids
+    return [_id(which)]
+
+
 def describe(item: QueueItem) -> dict:
     envelope, state = item.envelope, item.state
     return {
@@ -60,7 +96,9 @@ def describe(item: QueueItem) -> dict:
 
 
 def cmd_list(args, config) -> int:
-    rows = [describe(item) for item in _queue(config).list_all()]
+    items = _queue(config).list_all()
+    domain = _domain(args.domain)
+    rows = [describe(item) for item in (items if domain is None else _for_domain(items, domain))]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -96,19 +134,27 @@ def cmd_show(args, config) -> int:
 
 
 def cmd_flush(args, config) -> int:
-    count = _queue(config).flush()
+    queue = _queue(config)
+    domain = _domain(args.domain)
+    count = queue.flush(None if domain is None else [i.queue_id for i in _for_domain(queue.list_all(), domain)])
     wake_qmgr(config.params)
     print(f"{count} deferred messages are due now")
     return 0
 
 
 def _act(args, config, action) -> int:
+    """action on each selected id, a line each; one id that is not queued is refused, among
+    many (ALL, @DOMAIN) one that went meanwhile (delivered) is skipped."""
     queue = _queue(config)
-    try:
-        outcome = action(queue, _id(args.id))
-    except (NotQueued, StorageError) as e:
-        raise Refused(str(e)) from None
-    print(f"{args.id.upper()}: {outcome}")
+    ids = _selected(queue, args.id)
+    for queue_id in ids:
+        try:
+            outcome = action(queue, queue_id)
+        except (NotQueued, StorageError) as e:
+            if len(ids) == 1 or not isinstance(e, NotQueued):
+                raise Refused(str(e)) from None
+            continue
+        print(f"{queue_id}: {outcome}")
     return 0
 
 
@@ -118,6 +164,12 @@ def cmd_delete(args, config) -> int:
     deleted, requested = _queue(config).delete_all()
     print(f"{deleted} messages deleted" + (f"; {requested} in delivery will be deleted when it ends" if requested else ""))
     return 0
+
+
+def cmd_requeue(args, config) -> int:
+    result = _act(args, config, Queue.requeue)
+    wake_qmgr(config.params)
+    return result
 
 
 def cmd_hold(args, config) -> int:

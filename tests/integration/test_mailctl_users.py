@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import poplib
+import time
 
 import pytest
 
@@ -163,6 +164,40 @@ def test_queue_commands(mailsystem, corpus):
     assert ms.mailctl("queue", "show", "nonsense", check=False).returncode == 1
     assert "1 messages deleted" in ms.mailctl("queue", "delete", "ALL").stdout
     assert json.loads(ms.mailctl("queue", "list", "--json").stdout) == []
+
+
+def test_queue_commands_by_destination(mailsystem, corpus):
+    """@DOMAIN selects the messages with a recipient pending there; requeue brings deferred
+    mail back to incoming; a selection that matches nothing is refused."""
+    ms = mailsystem()
+    ms.write_config()
+    queue = Queue(str(ms.var / "queue"))
+    queue.ensure_layout()
+    ids = {}
+    for name, rcpt in (("01-plain.eml", "bob@example.org"), ("04-alternative.eml", "carol@Example.NET"),
+                       ("01-plain.eml", "dave@example.org")):
+        writer = queue.writer()
+        writer.write((corpus / name).read_bytes())
+        ids[rcpt] = writer.commit(Envelope("alice@example.test", [Recipient(rcpt)]))
+    org = sorted([ids["bob@example.org"], ids["dave@example.org"]])
+    for queue_id in ids.values():
+        queue.activate(queue_id)
+        queue.defer(queue_id, time.time() + 3600, {"0": "connect to mx.example.org: Connection refused"})
+    listed = json.loads(ms.mailctl("queue", "list", "@example.net", "--json").stdout)
+    assert [row["id"] for row in listed] == [ids["carol@Example.NET"]]
+    assert "1 deferred" in ms.mailctl("queue", "flush", "@EXAMPLE.net").stdout
+    held = ms.mailctl("queue", "hold", "@example.org").stdout
+    assert sorted(line.split(":")[0] for line in held.splitlines()) == org and queue.ids("hold") == org
+    ms.mailctl("queue", "release", "@example.org")
+    assert sorted(queue.ids("incoming")) == org
+    assert "requeued" in ms.mailctl("queue", "requeue", ids["carol@Example.NET"]).stdout
+    assert sorted(queue.ids("incoming")) == sorted(ids.values()) and queue.ids("deferred") == []
+    assert "already due" in ms.mailctl("queue", "requeue", "ALL").stdout
+    refused = ms.mailctl("queue", "delete", "@example.com", check=False)
+    assert refused.returncode == 1 and "no queued message" in refused.stderr
+    assert ms.mailctl("queue", "list", "example.org", check=False).returncode == 1
+    ms.mailctl("queue", "delete", "@example.org")
+    assert queue.ids("incoming") == [ids["carol@Example.NET"]]
 
 
 def test_apop_digest_is_what_poplib_sends(system):
