@@ -212,6 +212,9 @@ PARAMS: tuple[Param, ...] = (
     Param("smtp_tls_ca_file", _text, "", is_path=True),
     Param("smtpd_tls_wrappermode", parse_bool, "no"),
     Param("tls_wrappermode", parse_bool, "no"),
+    # DKIM signing of our users' mail (workers/smtpd/dkim.py, mailctl dkim)
+    Param("dkim_key_directory", _text, "$data_directory/dkim", is_path=True),
+    Param("dkim_signing", parse_bool, "yes"),
     # limits
     Param("message_size_limit", parse_size, "10240000", 0, 2 * 1024**3),
     Param("default_quota", parse_size, "0", 0, 1024**4),
@@ -245,6 +248,8 @@ PARAMS: tuple[Param, ...] = (
     Param("minimal_backoff_time", parse_duration, "300s", 1, 7 * 86400),
     Param("maximal_backoff_time", parse_duration, "4000s", 1, 7 * 86400),
     Param("delay_warning_time", parse_duration, "4h", 0, 100 * 86400),
+    Param("bounce_notice_recipient", _text, ""),
+    Param("double_bounce_recipient", _text, "postmaster"),
     Param("command_time_limit", parse_duration, "1000s", 1, 86400),
     Param("default_process_limit", _int, "100", 1, 1000),
     Param("default_destination_concurrency_limit", _int, "20", 1, 1000),

@@ -19,14 +19,17 @@ is left pending and the attempt queued no report, the file is removed without ma
 anything: a crash before the removal repeats only idempotent work. Otherwise the finished
 recipients are marked done (one append) before the file is removed or deferred, so that no
 report is queued twice. A recipient's permanent failures go into one RFC 3464 bounce from
-the null sender to the envelope sender
-(never for a null sender, nor when NOTIFY excludes FAILURE; NOTIFY=NEVER: no report at all).
+the null sender to the envelope sender (not when NOTIFY excludes FAILURE; NOTIFY=NEVER: no
+report at all), with a copy of its header part to bounce_notice_recipient when that is set.
+Mail from the null sender (a bounce) that fails goes, headers only, to
+double_bounce_recipient (postmaster), unless it was such a double bounce itself.
 A recipient whose RCPT said NOTIFY=SUCCESS gets a success report (Action: delivered, the
 returned message's header only) once it is delivered. Temporary failures keep the
 recipient pending: the file is deferred with a doubling back-off between
 minimal_backoff_time and maximal_backoff_time, a delay warning is sent once after
 delay_warning_time, and after maximal_queue_lifetime the temporary failures bounce.
-Targets no transport can deliver yet (remote ones) stay deferred and never bounce for now.
+Targets no transport can deliver yet (remote ones without an smtp service) stay deferred
+and never bounce.
 A message whose header already has `Delivered-To: <the final address>` has been here
 before (a forwarding loop through another system): that local target bounces with 5.4.6.
 Blocking work never runs on the event loop: the conclusion (state log, bounces, removal) on
@@ -279,24 +282,42 @@ class Attempt:
                                               result.recipient.orcpt or "", action))
         if not entries:
             return
-        if not env.sender:
+        kind = {"failed": "non-delivery", "delayed": "delay", "delivered": "success"}[action]
+        params = self.ctx.params
+        if env.sender:
+            self._notify(env.sender, entries, headers_only=False)
+            self.ctx.log.info(f"{self.queue_id}: sender {kind} notification: {self.queued[-1]}")
+            if action == "failed" and params.bounce_notice_recipient:
+                self._notify(params.bounce_notice_recipient, entries, headers_only=True)
+                self.ctx.log.info(f"{self.queue_id}: postmaster non-delivery notification: {self.queued[-1]}")
+        elif action == "failed" and params.double_bounce_recipient and not self._is_double_bounce():
+            self._notify(params.double_bounce_recipient, entries, headers_only=True)
+            self.ctx.log.info(f"{self.queue_id}: undeliverable mail from the null sender: double bounce "
+                              f"to {params.double_bounce_recipient}: {self.queued[-1]}")
+        else:
             what = "delivered" if action == "delivered" else "undeliverable"
             self.ctx.log.info(f"{self.queue_id}: {what} mail from the null sender: no notification "
                               f"({len(entries)} recipient(s))")
-            return
-        # The message is returned whole only when it is small: only then is it read whole.
-        headers_only = (env.ret or "").upper() == "HDRS" or self.message.size > bounce.RETURN_WHOLE_LIMIT
+
+    def _is_double_bounce(self) -> bool:
+        """A notification to double_bounce_recipient that failed itself: nobody is told again."""
+        wanted = self.ctx.params.double_bounce_recipient.lower()
+        return all(r.address.lower() == wanted for r in self.item.envelope.recipients)
+
+    def _notify(self, to: str, entries: list[bounce.Failure], headers_only: bool) -> None:
+        """Queue a DSN of entries to `to` from the null sender. The message is returned whole
+        only when it is small and asked for (only then is it read whole)."""
+        env = self.item.envelope
+        headers_only = (headers_only or (env.ret or "").upper() == "HDRS"
+                        or self.message.size > bounce.RETURN_WHOLE_LIMIT)
         original = self.message.header() if headers_only else self.message.read()
         report = bounce.Report(self.ctx.params.myhostname, env.sender, self.queue_id, env.arrival,
                                envid=env.envid or "", headers_only=headers_only,
-                               retry_until=env.arrival + self.ctx.params.maximal_queue_lifetime)
-        dsn = bounce.build_dsn(report, entries, original)
+                               retry_until=env.arrival + self.ctx.params.maximal_queue_lifetime,
+                               to="" if to == env.sender else to)
         writer = self.ctx.queue.writer("incoming")
-        writer.write(dsn)
-        new_id = writer.commit(Envelope(sender="", recipients=[Recipient(env.sender)]))
-        self.queued.append(new_id)
-        kind = {"failed": "non-delivery", "delayed": "delay", "delivered": "success"}[action]
-        self.ctx.log.info(f"{self.queue_id}: sender {kind} notification: {new_id}")
+        writer.write(bounce.build_dsn(report, entries, original))
+        self.queued.append(writer.commit(Envelope(sender="", recipients=[Recipient(to)])))
 
     def _defer(self, pending: list[RecipientResult], now: float) -> str:
         ctx, item = self.ctx, self.item

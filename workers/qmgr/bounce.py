@@ -39,6 +39,7 @@ class Report:
     envid: str = ""                # ENVID of MAIL FROM, if any
     headers_only: bool = False     # RET=HDRS
     retry_until: float = 0.0       # for delay warnings: when the queue gives up
+    to: str = ""                   # the DSN's recipient when not the sender (postmaster's copy)
 
 
 def _header_block(raw: bytes) -> bytes:
@@ -114,7 +115,7 @@ def build_dsn(report: Report, failures: list[Failure], original: bytes,
         returned += b"\r\n"
     head = "\r\n".join([
         f"From: MAILER-DAEMON@{report.reporting_host} (Mail Delivery System)",
-        f"To: {report.sender}",
+        f"To: {report.to or report.sender}",
         f"Subject: {subject}",
         f"Date: {email.utils.formatdate(now, localtime=True)}",
         f"Message-ID: <{report.queue_id}.{int(now)}.dsn@{report.reporting_host}>",

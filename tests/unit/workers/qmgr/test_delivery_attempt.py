@@ -152,10 +152,30 @@ def test_unknown_disabled_and_loop_bounce_in_one_dsn(setup):
 
 
 def test_no_bounce_to_the_null_sender_nor_when_notify_never(setup):
-    ctx = setup()
-    assert attempt(ctx, enqueue(ctx.queue, ["ghost@example.test"], sender="")) == "finished"
+    """A failed bounce goes to postmaster as a double bounce (headers only), and a failed
+    double bounce to nobody; NOTIFY=NEVER gets no report."""
+    ctx = setup(double_bounce_recipient="ghost")
     assert attempt(ctx, enqueue(ctx.queue, [Recipient("ghost@example.test", notify=["NEVER"])])) == "finished"
     assert bounces(ctx.queue) == []
+    assert attempt(ctx, enqueue(ctx.queue, ["ghost@example.test"], sender="")) == "finished"
+    [(envelope, dsn)] = bounces(ctx.queue)
+    assert envelope.recipients == [Recipient("ghost")] and dsn["To"] == "ghost"
+    assert dsn.get_content_type() == "multipart/report"
+    assert [p.get_content_type() for p in dsn.iter_parts()][-1] == "text/rfc822-headers"
+    [double] = ctx.queue.ids("incoming")
+    assert attempt(ctx, double) == "finished"                 # "ghost" is unknown here too
+    assert bounces(ctx.queue) == []
+
+
+def test_bounce_notice_recipient_gets_the_headers_of_every_bounce(setup):
+    ctx = setup(bounce_notice_recipient="postmaster@example.test")
+    assert attempt(ctx, enqueue(ctx.queue, ["ghost@example.test"])) == "finished"
+    found = sorted(bounces(ctx.queue), key=lambda b: b[0].recipients[0].address)
+    assert [e.recipients[0].address for e, _ in found] == ["alice@example.org", "postmaster@example.test"]
+    (_, to_sender), (_, to_postmaster) = found
+    assert to_postmaster["To"] == "postmaster@example.test" and to_sender["To"] == "alice@example.org"
+    assert [p.get_content_type() for p in to_postmaster.iter_parts()][-1] == "text/rfc822-headers"
+    assert [p.get_content_type() for p in to_sender.iter_parts()][-1] == "message/rfc822"
 
 
 def test_over_quota_defers_with_doubling_backoff_then_bounces_when_expired(setup):
