@@ -1,7 +1,8 @@
 """mailctl status | connections | reload | stop: talk to the running master.
 
 status [--json]        running, pid, start time; per service: ready, open connections,
-                       sessions served, refusals, maxproc, worker pids
+                       sessions served, refusals, maxproc, worker pids; the queue: messages
+                       per queue directory and the deferred ones by their last reason
 connections [--json]   open sessions grouped by user, client address and protocol, with the
                        number of connections and the longest time connected
 reload                 re-read master.cf and main.cf; a refused file is reported file:line
@@ -18,10 +19,12 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 
 from master.ctl import Refused
 from master.rundir import NotOurMaster, running_master
 from master.status import MasterNotRunning, pid_path, request
+from store.queue import Queue
 
 STOP_MARGIN = 15.0       # seconds beyond graceful_timeout that `stop` waits for the exit
 
@@ -67,6 +70,7 @@ def cmd_status(args, config) -> int:
             print(json.dumps({"running": False}))
         print(f"mailctl: master not running: {e}", file=sys.stderr)
         return 1
+    state["queue"] = queue_summary(Queue.from_params(config.params))
     if args.json:
         print(json.dumps(state, indent=2))
         return 0
@@ -77,7 +81,37 @@ def cmd_status(args, config) -> int:
              s["connections"], s["served"], s["refused"], s["maxproc"], " ".join(map(str, s["workers"])) or "-"]
             for s in state["services"]]
     print(_table(["service", "command", "ready", "open", "served", "refused", "maxproc", "workers"], rows))
+    queue = state["queue"]
+    if "error" in queue:
+        print(f"\nqueue: {queue['error']}")
+        return 0
+    print("\nqueue: " + ", ".join(f"{queue[name]} {name}" for name in QUEUE_DIRECTORIES))
+    if queue["deferred_reasons"]:
+        print(_table(["deferred", "reason"], [[r["messages"], r["reason"]] for r in queue["deferred_reasons"]]))
     return 0
+
+
+QUEUE_DIRECTORIES = ("incoming", "active", "deferred", "hold", "corrupt")
+REASON_WIDTH = 120                 # reasons are grouped by their first characters
+
+
+def queue_summary(queue: Queue) -> dict:
+    """Messages per queue directory; the deferred ones by their last deferral reason (the
+    most common first), a message counted once per distinct reason of its recipients."""
+    try:
+        summary: dict = {name: len(queue.ids(name)) for name in QUEUE_DIRECTORIES}
+        deferred = queue.ids("deferred")
+    except OSError as e:
+        return {"error": f"cannot read the queue: {e.strerror or e}"}
+    reasons: Counter = Counter()
+    for queue_id in deferred:
+        try:
+            state = queue.read_state(queue_id)
+        except OSError:
+            continue
+        reasons.update({text[:REASON_WIDTH] for text in state.reasons.values()} or {"(no reason recorded)"})
+    summary["deferred_reasons"] = [{"reason": text, "messages": count} for text, count in reasons.most_common()]
+    return summary
 
 
 def cmd_connections(args, config) -> int:

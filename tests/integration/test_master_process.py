@@ -88,6 +88,8 @@ def test_status_and_connections_json(mailsystem):
         anonymous.ask("hello")
         state = json.loads(ms.mailctl("status", "--json").stdout)
         assert state["running"] is True and state["pid"] == ms.proc.pid
+        assert state["queue"] == {"incoming": 0, "active": 0, "deferred": 0, "hold": 0, "corrupt": 0,
+                                  "deferred_reasons": []}
         time.strptime(state["started"], "%Y-%m-%dT%H:%M:%SZ")
         (svc,) = state["services"]
         assert svc == {**svc, "name": f"127.0.0.1:{ms.port(echo)}", "command": ECHO, "ready": True,
