@@ -29,6 +29,8 @@ recognises (delivery ids), never loses one.
 Interface:
     q = Queue(queue_directory) / Queue.from_params(params); q.ensure_layout()
     w = q.writer(); w.write(chunk)...; qid = w.commit(envelope) | w.abort()   (into incoming)
+    q.writer(top=f): commit calls f(spooled message) in its thread and puts the header lines
+    it returns on top of the message (smtpd's DKIM signature, workers/smtpd/dkim.py)
     q.ready(now) -> ids (incoming + due deferred);  read_head(file, limit) -> (Envelope, offset)
     q.activate_many(ids) -> the ids moved to active/;  q.activate(qid) -> bool
     q.load(qid) -> QueueItem;  q.message_file(qid) -> binary file;  q.incoming_depth() -> int
@@ -52,7 +54,7 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from store.fsio import DirSync, StorageError, is_temp_name, write_durably
 
@@ -160,14 +162,17 @@ class QueueItem:
 
 
 class QueueWriter:
-    """Receives one message in chunks; commit() stores it durably and returns the queue id."""
+    """Receives one message in chunks; commit() stores it durably and returns the queue id.
+    top(message) -> bytes, if given, runs in commit() on the spooled message (at its start):
+    what it returns goes on top of the message (it must not raise)."""
 
-    def __init__(self, queue: "Queue", target: str):
+    def __init__(self, queue: "Queue", target: str, top: Callable[[BinaryIO], bytes] | None = None):
         if target != "incoming":
             raise ValueError(f"cannot write into {target!r}")
         self.queue = queue
         self.target = target
         self.size = 0
+        self._top = top
         self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=queue.path("tmp"))
 
     def write(self, chunk: bytes) -> None:
@@ -180,14 +185,16 @@ class QueueWriter:
 
     def commit(self, envelope: Envelope) -> str:
         """Durable on return (file and directory entry fsynced); only then acknowledge."""
-        envelope.size = self.size
+        self._spool.seek(0)
+        top = self._top(self._spool) if self._top else b""
+        self._spool.seek(0)
+        envelope.size = self.size + len(top)
         envelope.arrival = envelope.arrival or time.time()
         head = envelope.to_json()
         queue_id = new_queue_id()
-        self._spool.seek(0)
         try:
             write_durably(self.queue.path(self.target), queue_id,
-                          _chain([MAGIC + str(len(head)).encode() + b"\n", head, b"\n"], self._spool),
+                          _chain([MAGIC + str(len(head)).encode() + b"\n", head, b"\n", top], self._spool),
                           sync_dir=self.queue.dir_sync.sync)
         finally:
             self.abort()
@@ -262,8 +269,8 @@ class Queue:
                 os.chmod(path, mode)
 
     # ---------------------------------------------------------------- writing
-    def writer(self, target: str = "incoming") -> QueueWriter:
-        return QueueWriter(self, target)
+    def writer(self, target: str = "incoming", top: Callable[[BinaryIO], bytes] | None = None) -> QueueWriter:
+        return QueueWriter(self, target, top)
 
     # ---------------------------------------------------------------- reading
     def ids(self, queue: str) -> list[str]:

@@ -2,7 +2,9 @@
 
 Backend(params) is built once per worker process and shared by its sessions; it opens the
 process's store (store.handle.Store) and hands out its parts:
-    open_message() -> store.queue.QueueWriter into incoming/ (write / commit / abort)
+    open_message(sign) -> store.queue.QueueWriter into incoming/ (write / commit / abort);
+                                   sign=True: its commit adds the DKIM signature when a key
+                                   applies (workers/smtpd/dkim.py; dkim_signing)
     wake_qmgr()                    one byte into the queue manager's FIFO, at the next turn
                                    of the event loop: one for all the messages queued in a turn
     disk_low() -> bool             the master's run/lowspace flag (master/proto.py)
@@ -42,6 +44,7 @@ from workers import _tls
 from workers._auth import Authenticator, SaslServer
 from workers._log import Log
 from workers.smtpd import rbl
+from workers.smtpd.dkim import Signer
 
 FLOW_RECOUNT = 1.0          # seconds between two counts of incoming/
 
@@ -104,10 +107,11 @@ class Backend:
         self.authenticator = Authenticator.from_params(params, Log("smtp"), self.store.users, "smtp")
         self._resolver = rbl.make_resolver(params.dns_resolver) if params.smtpd_rbl_servers else None
         self.flow = InFlow(params, self.queue.incoming_depth, Log("smtp"))
+        self.dkim = Signer.from_params(params, Log("smtp"))
         self._wake_due = False
 
-    def open_message(self) -> QueueWriter:
-        return self.queue.writer("incoming")
+    def open_message(self, sign: bool = False) -> QueueWriter:
+        return self.queue.writer("incoming", top=self.dkim.top if sign and self.dkim else None)
 
     def wake_qmgr(self) -> None:
         if not self._wake_due:

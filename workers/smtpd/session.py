@@ -22,7 +22,9 @@ Recipients past smtpd_recipient_limit get 452 4.5.3 without costing errors until
 smtpd_recipient_overshoot_limit; postmaster of a local domain is always accepted.
 While the incoming queue is at in_flow_queue_limit, MAIL is answered only after
 in_flow_delay (backend.flow). A message's 250 goes out once its queue file and directory
-are fsynced; the queue manager's wakeup and the log lines follow it.
+are fsynced; the queue manager's wakeup and the log lines follow it. The message of an
+authenticated or mynetworks client is DKIM-signed while it is committed (may_sign;
+workers/smtpd/dkim.py).
 
 Diagnostics (smtp.log): connect/disconnect with command counts at level high; rejected
 commands, authentications and every accepted message (`QUEUEID: from=<a>, size=N, nrcpt=K`)
@@ -377,7 +379,7 @@ class Session(_session.Session):
             await self.reply(R.NO_VALID_RECIPIENTS if txn.refused else R.NEED_RCPT)
             return
         try:
-            writer = self.backend.open_message()
+            writer = self.backend.open_message(sign=self.may_sign())
         except (StorageError, OSError) as e:
             self.log.error(f"cannot open a queue file: {e}")
             await self.reply(R.INSUFFICIENT_STORAGE)
@@ -422,6 +424,10 @@ class Session(_session.Session):
                           + (f", tls={self.conn.tls_version()}" if self.conn.tls else ""))
             self.log.info(f"{queue_id}: from=<{txn.mail.sender}>, size={envelope.size}, "
                           f"nrcpt={len(txn.recipients)}")
+
+    def may_sign(self) -> bool:
+        """Our own users' mail gets a DKIM signature: authenticated or mynetworks clients."""
+        return self.user is not None or in_networks(self.conn.peer_ip, self.params.mynetworks)
 
     def received_header(self, recipients: list[str]) -> bytes:
         return received_header(helo=self.helo_name or "unknown", client_ip=self.conn.peer_ip,

@@ -110,6 +110,7 @@ class FakeBackend:
     accounts: FakeAccounts = field(default_factory=fake_accounts)
     luser_relay: str = ""
     committed: list = field(default_factory=list)
+    signed: list = field(default_factory=list)          # open_message's sign= (DKIM), per message
     woken: int = 0
     low: bool = False
     fail_write: bool = False
@@ -117,7 +118,8 @@ class FakeBackend:
     listed: object = None
     passwords: dict = field(default_factory=lambda: {"bob": "secret"})
 
-    def open_message(self):
+    def open_message(self, sign=False):
+        self.signed.append(sign)
         return FakeWriter(self)
 
     def wake_qmgr(self):
@@ -509,6 +511,15 @@ def test_ipv6_mynetworks():
     lines, _, _ = run("EHLO c\nMAIL FROM:<a@b.example>\nRCPT TO:<x@elsewhere.example>\nQUIT\n",
                       peer_ip="2001:db8::5", mynetworks="[2001:db8::]/32")
     assert codes(lines)[3] == "250"
+
+
+@pytest.mark.parametrize("peer_ip, authenticated, signed", [
+    ("127.0.0.2", False, True), ("192.0.2.9", True, True), ("192.0.2.9", False, False)])
+def test_only_mynetworks_and_authenticated_mail_is_dkim_signed(peer_ip, authenticated, signed):
+    auth = f"AUTH PLAIN {b64(chr(0) + 'bob' + chr(0) + 'secret')}\n" if authenticated else ""
+    _, _, backend = run(f"EHLO c\n{auth}MAIL FROM:<a@b.example>\nRCPT TO:<bob@example.test>\nDATA\n{MESSAGE}QUIT\n",
+                        peer_ip=peer_ip)
+    assert backend.signed == [signed] and len(backend.committed) == 1
 
 
 def test_rbl_listed_client_is_refused_with_the_reason_but_authenticated_passes():
