@@ -112,9 +112,9 @@ class MailSystem:
 
     # -- configuration
     def add_service(self, command: str, *args: str, maxproc: str | int = "-", name: str | None = None,
-                    host: str = "127.0.0.1") -> str:
-        """Add an inet service on a free port; returns its key for port()."""
-        port = free_port(host)
+                    host: str = "127.0.0.1", port: int | None = None) -> str:
+        """Add an inet service on a free port (or the port given); returns its key for port()."""
+        port = port or free_port(host)
         key = name or f"{command}{len(self.services)}"
         self.ports[key] = port
         self.services.append(f"{host}:{port} inet n {self.unpriv} n - {maxproc} {command} {' '.join(args)}".rstrip())
@@ -126,6 +126,12 @@ class MailSystem:
     def add_auth_service(self) -> None:
         """The auth service (run as root when the master is): smtpd and pop3d ask it."""
         self.services.append("auth unix - n n - 1 auth")
+
+    def add_smtp_service(self) -> None:
+        """The outgoing SMTP delivery service (`smtp unix - - n - 1 smtp` of an installed
+        system; from the checkout it stays root like the other workers); its socket is
+        $run_directory/smtp.sock."""
+        self.services.append(f"smtp unix - {self.unpriv} n - 1 smtp")
 
     def write_config(self) -> None:
         (self.etc / "master.cf").write_text("\n".join(self.services) + "\n")

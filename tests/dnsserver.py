@@ -4,9 +4,13 @@
         dns.add("2.0.0.127.bl.test", a="127.0.0.2", txt="Listed, see https://bl.test/")
         dns.silence("slow.test")           # queries under slow.test get no answer at all
         ... main.cf: dns_resolver = 127.0.0.1:{dns.port}, smtpd_rbl_servers = bl.test
+        dns.add("example.test", mx=[(10, "mx1.example.test"), (20, "mx2.example.test")])
+        dns.add("mx1.example.test", a=["127.0.0.5", "127.0.0.6"], aaaa="::1")
+        dns.add("nomail.test", mx=[(0, ".")])   # a null MX (RFC 7505)
+        dns.fail("broken.test")            # queries under broken.test get SERVFAIL
 
-Names not in the table get NXDOMAIN; a name in the table asked for a type it lacks gets
-an empty NOERROR answer. queries lists every (name, type) received, for assertions.
+a, aaaa and mx take one value or a list (one record each). Names not in the table get
+NXDOMAIN; a name in the table asked for a type it lacks gets an empty NOERROR answer. queries lists every (name, type) received, for assertions.
 Built on dnspython's message classes.
 """
 from __future__ import annotations
@@ -28,21 +32,33 @@ class DNSServer:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.records: dict[str, dict[str, str]] = {}
+        self.records: dict[str, dict[str, list[str]]] = {}
         self.silent: list[str] = []
+        self.failing: list[str] = []
         self.queries: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def add(self, name: str, a: str | None = None, txt: str | None = None) -> None:
+    def add(self, name: str, a: str | list[str] | None = None, txt: str | None = None,
+            aaaa: str | list[str] | None = None, mx: list[tuple[int, str]] | None = None) -> None:
         entry = self.records.setdefault(name.lower().rstrip("."), {})
-        if a:
-            entry["A"] = a
+        for kind, values in (("A", a), ("AAAA", aaaa)):
+            if values:
+                entry[kind] = [values] if isinstance(values, str) else list(values)
         if txt:
-            entry["TXT"] = txt
+            entry["TXT"] = [f'"{txt}"']
+        if mx:
+            entry["MX"] = [f"{preference} {host.rstrip('.')}." for preference, host in mx]
 
     def silence(self, zone: str) -> None:
         self.silent.append(zone.lower().rstrip("."))
+
+    def fail(self, zone: str) -> None:
+        self.failing.append(zone.lower().rstrip("."))
+
+    @staticmethod
+    def _under(name: str, zones: list[str]) -> bool:
+        return any(name == zone or name.endswith("." + zone) for zone in zones)
 
     def __enter__(self) -> "DNSServer":
         self._thread.start()
@@ -74,14 +90,15 @@ class DNSServer:
         name = question.name.to_text(omit_final_dot=True).lower()
         kind = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((name, kind))
-        if any(name == zone or name.endswith("." + zone) for zone in self.silent):
+        if self._under(name, self.silent):
             return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         entry = self.records.get(name)
-        if entry is None:
+        if self._under(name, self.failing):
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif entry is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
         elif kind in entry:
-            value = entry[kind] if kind == "A" else f'"{entry[kind]}"'
-            response.answer.append(dns.rrset.from_text(question.name, 60, "IN", kind, value))
+            response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", kind, entry[kind]))
         return response

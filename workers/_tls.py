@@ -5,9 +5,11 @@ server_context(params) -> ssl.SSLContext from tls_cert_file / tls_key_file, TLS 
     Raises TLSUnavailable (str: why) when the files are missing or unusable: a service
     then simply does not offer STARTTLS/STLS, and wrapper-mode connections are closed.
 tls_available(params) -> bool, the same check without raising.
-client_context(verify=False) -> ssl.SSLContext for STARTTLS to other servers. Postfix's
-    `may` level encrypts without verifying the peer (verify=False); verify=True checks
-    the certificate chain and the host name against the system's trust store.
+client_context(verify=False, ca_file="") -> ssl.SSLContext for STARTTLS to other servers
+    (workers/smtp), cached per argument pair. Postfix's `may` and `encrypt` levels encrypt
+    without verifying the peer (verify=False); verify=True checks the certificate chain and
+    the host name against ca_file (smtp_tls_ca_file) or, when it is empty, the system's
+    trust store.
 Diagnostics: TLSUnavailable carries the file name and the OpenSSL reason.
 """
 from __future__ import annotations
@@ -46,8 +48,9 @@ def tls_available(params) -> bool:
     return True
 
 
-def client_context(verify: bool = False) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
+@functools.lru_cache(maxsize=4)
+def client_context(verify: bool = False, ca_file: str = "") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file or None) if verify else ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
         ctx.check_hostname = False

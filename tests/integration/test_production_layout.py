@@ -1,7 +1,8 @@
 """The production layout end to end: installed into a venv on the system Python, `mailctl
 init` as root, the master as root, every worker as mail_owner.
 
-Mail goes in by SMTP, is delivered by qmgr and comes out by POP3 and IMAP; reload and stop work.
+Mail goes in by SMTP, is delivered by qmgr and comes out by POP3 and IMAP, and mail for another
+domain leaves through the smtp service (to a second mailhouse as relayhost); reload and stop work.
 Passwords are verified by the auth service, the one worker that stays root: the password
 database is root's (0700/0600), a process of mail_owner cannot open it, and SMTP AUTH,
 POP3 and IMAP logins work through the service; the master refuses to start while mail_owner could
@@ -24,6 +25,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
+from tests.integration.delivery_support import Inbox
 
 # the first test also builds the installation (a venv and a pip install: about a minute)
 pytestmark = [pytest.mark.integration, pytest.mark.installs, pytest.mark.timeout(600)]
@@ -37,6 +39,7 @@ def _system(production_system, **main):
     ms.add_service("imapd", name="imapd")
     ms.add_unix_service("qmgr", wakeup=60)
     ms.add_auth_service()
+    ms.add_smtp_service()
     ms.write_config()
     ms.mailctl("init")
     ms.mailctl("user", "add", "bob", "--password", "bob-pw")
@@ -71,8 +74,14 @@ def _wait_count(port: int, count: int, ms) -> None:
         time.sleep(0.3)
 
 
-def test_root_master_delivers_with_workers_as_mail_owner(production_system):
-    ms, smtp, pop = _system(production_system)
+def test_root_master_delivers_with_workers_as_mail_owner(production_system, mailsystem):
+    far = mailsystem(main={"myhostname": "mx.remote.test", "mydomain": "remote.test"})
+    far.add_service("smtpd", name="smtpd")
+    far.add_unix_service("qmgr", wakeup=60)
+    far.write_config()
+    far.mailctl("user", "add", "carol", "--password", "carol-pw")
+    far.start()
+    ms, smtp, pop = _system(production_system, relayhost=f"[127.0.0.1]:{far.port('smtpd')}")
     ms.start()
     mail = pwd.getpwnam("mail")
     services = ms.status()["services"]
@@ -113,6 +122,15 @@ def test_root_master_delivers_with_workers_as_mail_owner(production_system):
         assert imap.select("INBOX") == ("OK", [b"1"])
         typ, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[])")
         assert typ == "OK" and data[0][1].endswith(message)
+
+    with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:   # out through the smtp service
+        client.sendmail("bob@example.test", ["carol@remote.test"], message)
+    far_inbox = Inbox(far)
+    try:
+        [arrived] = far_inbox.wait("carol", 1, timeout=30)
+        assert arrived.endswith(message)
+    finally:
+        far_inbox.close()
 
     assert "reloaded" in ms.mailctl("reload").stdout
     with smtplib.SMTP("127.0.0.1", ms.port(smtp), timeout=10) as client:

@@ -28,7 +28,7 @@ Protocol: one JSON object per line (UTF-8, `\n`), both ways; bytes are base64 te
              or field, bad id: then null), too many in flight, or the verifier cannot answer
              now (its queue is full, the database unreadable): the client's temporary failure
   Replies are sent as the checks finish, not in the order of the requests.
-Limits: a request line of at most REQUEST_MAX bytes (longer: an error reply, then the
+Limits (workers/_jsonservice.py): a request line of at most REQUEST_MAX bytes (longer: an error reply, then the
 connection is closed); a line once begun must end within REQUEST_TIMEOUT seconds (else
 the same); at most IN_FLIGHT_MAX unanswered requests per connection (one more gets an error
 reply at once); at most CONNECTIONS_MAX connections (one more is closed at once); a reply
@@ -51,6 +51,7 @@ from master import proto
 from store.users import UserDB
 from workers._authchecks import answer_to_wire, check_from_wire
 from workers._authpool import AuthUnavailable, LocalVerifier
+from workers._jsonservice import JSONLineService, Limits
 from workers._server import Daemon, run_daemon
 
 REQUEST_MAX = 64 * 1024
@@ -91,63 +92,14 @@ def parse_request(line: bytes) -> tuple[int | None, str, object]:
         raise BadRequest(str(e), request_id) from None
 
 
-class AuthService:
-    """The connections of the protocol workers and the checks they asked."""
+class AuthService(JSONLineService):
+    """The connections of the protocol workers (serve, stop_reading, finish: workers/_jsonservice.py)
+    and the checks they asked."""
 
     def __init__(self, verifier, log):
+        limits = Limits(REQUEST_MAX, REQUEST_TIMEOUT, IN_FLIGHT_MAX, CONNECTIONS_MAX, WRITE_TIMEOUT)
+        super().__init__(self._check_line, self._id_of, limits, log, "auth")
         self.verifier = verifier
-        self.log = log
-        self._readers: set[asyncio.Task] = set()      # one per connection: cancelled at drain
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._readers) >= CONNECTIONS_MAX:
-            self.log.error(f"auth: {CONNECTIONS_MAX} connections open already; one more closed")
-            writer.close()
-            return
-        answering: set[asyncio.Task] = set()
-        reading = asyncio.get_running_loop().create_task(self._read_requests(reader, writer, answering))
-        self._readers.add(reading)
-        try:
-            await asyncio.wait((reading,))
-            while answering:                              # what was read is answered first
-                await asyncio.wait(set(answering))
-        finally:
-            self._readers.discard(reading)
-            writer.close()
-
-    def stop_reading(self) -> None:
-        for reading in self._readers:
-            reading.cancel()
-
-    async def finish(self) -> None:
-        """Wait until every connection has answered what it read and is closed."""
-        while self._readers:
-            await asyncio.sleep(0.05)
-
-    async def _read_requests(self, reader, writer, answering: set[asyncio.Task]) -> None:
-        while True:
-            try:
-                first = await reader.read(1)       # a connection may idle as long as it likes
-                if not first:
-                    return
-                line = first if first == b"\n" else first + await asyncio.wait_for(
-                    reader.readuntil(b"\n"), REQUEST_TIMEOUT)
-            except asyncio.LimitOverrunError:
-                await self._reply(writer, {"id": None, "error": f"request longer than {REQUEST_MAX} bytes"})
-                return
-            except TimeoutError:
-                await self._reply(writer, {"id": None, "error": f"request not ended within {REQUEST_TIMEOUT:g} s"})
-                return
-            except (asyncio.IncompleteReadError, OSError) as e:
-                self.log.debug(f"auth: connection ended: {type(e).__name__}")
-                return
-            if len(answering) >= IN_FLIGHT_MAX:
-                await self._reply(writer, {"id": self._id_of(line), "error": f"more than {IN_FLIGHT_MAX} "
-                                                                              f"requests in flight"})
-                continue
-            task = asyncio.get_running_loop().create_task(self._answer(line, writer))
-            answering.add(task)
-            task.add_done_callback(answering.discard)
 
     @staticmethod
     def _id_of(line: bytes) -> int | None:
@@ -156,33 +108,21 @@ class AuthService:
         except BadRequest as e:
             return e.request_id
 
-    async def _answer(self, line: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _check_line(self, line: bytes) -> dict:
         try:
             request_id, protocol, check = parse_request(line)
         except BadRequest as e:
             shown = line[:LOGGED_REQUEST].decode("utf-8", "replace").rstrip("\n")
             self.log.error(f"auth: bad request ({e}): {shown!r}")
-            await self._reply(writer, {"id": e.request_id, "error": f"bad request: {e}"})
-            return
+            return {"id": e.request_id, "error": f"bad request: {e}"}
         try:
             answer = await self.verifier.verify(check, protocol)
         except AuthUnavailable as e:
-            await self._reply(writer, {"id": request_id, "error": str(e)})
-            return
+            return {"id": request_id, "error": str(e)}
         except Exception as e:     # input the checks did not foresee: an answer still, no traceback
             self.log.error(f"auth: {type(check).__name__} for {protocol} failed: {type(e).__name__}: {e}")
-            await self._reply(writer, {"id": request_id, "error": "the check failed"})
-            return
-        await self._reply(writer, {"id": request_id, **answer_to_wire(answer)})
-
-    async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
-        if writer.is_closing():
-            return
-        writer.write(json.dumps(reply).encode() + b"\n")
-        try:
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-        except (TimeoutError, OSError):
-            writer.close()                      # the client does not read: its connection goes
+            return {"id": request_id, "error": "the check failed"}
+        return {"id": request_id, **answer_to_wire(answer)}
 
 
 async def main(daemon: Daemon) -> None:

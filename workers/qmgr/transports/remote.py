@@ -18,8 +18,9 @@ reached, that answers with an error or whose connection ends before the reply de
 recipient of the request; it is never sent again at once, as the far side may have taken it
 (the next attempt, after the back-off, may deliver a duplicate: the window Postfix has too).
 A dead destination (Postfix's word): when no host of a nexthop could be talked to (every
-recipient of a request deferred without an SMTP reply: no address, no connection, no
-greeting), the nexthop's next deliveries for DEAD_TIME seconds are deferred at once with
+recipient of a request deferred without an SMTP reply, with 4.4.1 "no connection" or 4.4.3
+"DNS failure"; not a connection lost mid-message nor an unreadable queue file), the
+nexthop's next deliveries for DEAD_TIME seconds are deferred at once with
 that reason, without asking the service, so a site that is down is not hammered by each
 of its queued files; the first delivery after that time tries again.
 Not idempotent: qmgr marks each delivered target done at once.
@@ -39,6 +40,7 @@ from workers.qmgr.transports.base import Delivery, Outcome
 REMOTE_PENDING = "remote delivery not built yet"
 REPLY_MAX = 1024 * 1024        # a reply names every recipient of its request with the far side's text
 DEAD_TIME = 60.0               # seconds a nexthop nobody could talk to is not tried again
+UNREACHABLE = {"4.4.1", "4.4.3"}   # no connection to any host; DNS failing for the nexthop
 _clock = time.monotonic
 
 
@@ -123,7 +125,8 @@ class RemoteTransport:
         if not failure and (not isinstance(results, list) or len(results) != len(group)):
             failure = "smtp service: bad reply"
         outcomes = [Outcome(False, False, "4.3.0", failure)] * len(group) if failure else [_outcome(r) for r in results]
-        if not failure and all(not r.get("code") and r.get("outcome") == "deferred" for r in results):
+        if not failure and all(r.get("outcome") == "deferred" and not r.get("code")
+                               and str(r.get("status")) in UNREACHABLE for r in results):
             self._dead[nexthop] = (_clock() + DEAD_TIME, outcomes[0].detail)
         else:
             self._dead.pop(nexthop, None)
@@ -146,8 +149,7 @@ def _outcome(result: dict) -> Outcome:
     outcome = result.get("outcome")
     status = str(result.get("status") or "")
     text = str(result.get("text") or "")
-    code = result.get("code")
-    detail = f"{code} {text}" if code else text
+    detail = text or (f"{result.get('code')}" if result.get("code") else "")   # Postfix's wording already
     relay = str(result.get("relay") or "")
     if outcome == "sent":
         return Outcome(True, status=status or "2.0.0", detail=detail, relay=relay)

@@ -19,7 +19,7 @@ class FakeChannel:
     def __init__(self, results=None, failure: Exception | None = None):
         self.requests: list[dict] = []
         self.results = results or (lambda request: [{"address": r["address"], "outcome": "sent", "code": 250,
-                                                     "status": "2.0.0", "text": "Ok: queued",
+                                                     "status": "2.0.0", "text": "250 2.0.0 Ok: queued as X",
                                                      "relay": "mx.example.org[192.0.2.1]:25"}
                                                     for r in request["recipients"]])
         self.failure = failure
@@ -55,7 +55,7 @@ def test_one_request_per_queue_file_and_nexthop_with_the_dsn_parameters():
         delivery("Q1", "carol@EXAMPLE.org", "list@example.test", ENVELOPE.recipients[1]),
         delivery("Q1", "dave@example.net", "list@example.test", ENVELOPE.recipients[1]),
         delivery("Q2", "erin@example.org", "list@example.test", ENVELOPE.recipients[1])])
-    assert all(o.ok and o.relay == "mx.example.org[192.0.2.1]:25" and o.detail == "250 Ok: queued" for o in outcomes)
+    assert all(o.ok and o.relay == "mx.example.org[192.0.2.1]:25" and o.detail == "250 2.0.0 Ok: queued as X" for o in outcomes)
     by_hop = sorted((r["queue_id"], r["nexthop"], [x["address"] for x in r["recipients"]]) for r in channel.requests)
     assert by_hop == [("Q1", "example.net", ["dave@example.net"]),
                       ("Q1", "example.org", ["bob@example.org", "carol@EXAMPLE.org"]),
@@ -82,12 +82,13 @@ def test_each_recipients_result_is_its_outcome():
                "dave@example.org": ("deferred", 451, "4.3.0")}
     channel = FakeChannel(lambda request: [
         {"address": r["address"], "outcome": replies[r["address"]][0], "code": replies[r["address"]][1],
-         "status": replies[r["address"]][2], "text": "said the far side", "relay": "mx[192.0.2.1]:25"}
+         "status": replies[r["address"]][2], "text": f"host mx said: {replies[r['address']][1]} the far side",
+         "relay": "mx[192.0.2.1]:25"}
         for r in request["recipients"]])
     sent, bounced, deferred = deliver_all(RemoteTransport(channel, None), [
         delivery("Q1", a, a, ENVELOPE.recipients[1]) for a in replies])
     assert sent.ok and not bounced.ok and bounced.permanent and not deferred.ok and not deferred.permanent
-    assert (bounced.status, bounced.detail) == ("5.1.1", "550 said the far side")
+    assert (bounced.status, bounced.detail) == ("5.1.1", "host mx said: 550 the far side")
     assert deferred.status == "4.3.0" and not deferred.unavailable
 
 
@@ -129,6 +130,16 @@ def test_a_nexthop_nobody_could_talk_to_is_not_asked_again_for_a_while(monkeypat
     down["example.org"] = False
     [third] = deliver_all(transport, [delivery("Q3", "carol@example.org", "carol@example.org", None)])
     assert third.ok and len(channel.requests) == 2
+
+
+def test_a_connection_lost_mid_message_is_no_dead_destination():
+    channel = FakeChannel(lambda request: [{"address": r["address"], "outcome": "deferred", "status": "4.4.2",
+                                            "code": 0, "text": "lost connection with mx while sending the message",
+                                            "relay": "mx"} for r in request["recipients"]])
+    transport = RemoteTransport(channel, None)
+    deliver_all(transport, [delivery("Q1", "bob@example.org", "bob@example.org", None)])
+    deliver_all(transport, [delivery("Q2", "bob@example.org", "bob@example.org", None)])
+    assert len(channel.requests) == 2
 
 
 def test_a_reply_from_the_far_side_is_no_dead_destination():
