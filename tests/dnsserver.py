@@ -9,7 +9,8 @@
         dns.add("nomail.test", mx=[(0, ".")])   # a null MX (RFC 7505)
         dns.fail("broken.test")            # queries under broken.test get SERVFAIL
 
-a, aaaa and mx take one value or a list (one record each). Names not in the table get
+a, aaaa, mx and txt take one value or a list (one record each; a long TXT value is split
+into strings of 255 characters), ptr one name (add it under the reversed address's name). Names not in the table get
 NXDOMAIN; a name in the table asked for a type it lacks gets an empty NOERROR answer. queries lists every (name, type) received, for assertions.
 Built on dnspython's message classes.
 """
@@ -39,14 +40,18 @@ class DNSServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def add(self, name: str, a: str | list[str] | None = None, txt: str | None = None,
-            aaaa: str | list[str] | None = None, mx: list[tuple[int, str]] | None = None) -> None:
+    def add(self, name: str, a: str | list[str] | None = None, txt: str | list[str] | None = None,
+            aaaa: str | list[str] | None = None, mx: list[tuple[int, str]] | None = None,
+            ptr: str | None = None) -> None:
         entry = self.records.setdefault(name.lower().rstrip("."), {})
         for kind, values in (("A", a), ("AAAA", aaaa)):
             if values:
                 entry[kind] = [values] if isinstance(values, str) else list(values)
-        if txt:
-            entry["TXT"] = [f'"{txt}"']
+        if txt:   # one record per value, split into strings of at most 255 characters
+            entry["TXT"] = [" ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+                            for value in ([txt] if isinstance(txt, str) else txt)]
+        if ptr:
+            entry["PTR"] = [f"{ptr.rstrip('.')}."]
         if mx:
             entry["MX"] = [f"{preference} {host.rstrip('.')}." for preference, host in mx]
 
