@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from master.params import Params
 from store.users import User
 from workers._limits import STREAM_LIMIT, read_line
-from workers._server import Connection
+from workers._server import Connection, Drain
 
 
 class FakeLog:
@@ -48,7 +48,7 @@ class FakeConnection:
         self.tls = tls
         self.user: str | None = None
         self.output = bytearray()
-        self.draining = asyncio.Event()
+        self.draining = Drain()
         self._early = data
         self._eof = eof
         self._reader: asyncio.StreamReader | None = None

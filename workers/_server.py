@@ -28,9 +28,10 @@ the limit that refuses the login (smtpd_client_auth_rate_limit; for a success of
 mail_max_userip_connections), else None. A session handed over with "stress" (the service
 is nearly full) gets params whose idle timeouts are at most stress_timeout.
 
-Graceful stop inside a session: conn.draining (an asyncio.Event, one per worker) is set when
-the master stops; conn.read_command(limit, timeout) is read_line for a session waiting for
-its next command and returns None instead once draining is set, so the session can answer
+Graceful stop inside a session: conn.draining (a Drain, one per worker) is set when the
+master stops; conn.read_command(limit, timeout) is read_line for a session waiting for its
+next command and returns None instead once draining is set (a session parked in it is woken
+by cancelling that one wait: no watcher task per command), so the session can answer
 its protocol's goodbye (SMTP `421 4.3.2`, IMAP `* BYE`, POP3 `-ERR`) and return. A session in
 the middle of a command (a DATA transfer) finishes it first.
 
@@ -160,12 +161,33 @@ class _Control:
         return proto.decode(data), fd
 
 
+DRAIN_CANCEL = "mailhouse: the master stops"
+
+
+class Drain:
+    """The master's graceful stop as one worker's sessions see it: is_set() before each wait
+    for a command; set() marks it and cancels the waits of the sessions parked in
+    Connection.read_command (with DRAIN_CANCEL, which read_command turns into None)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self.parked: dict[int, asyncio.Task] = {}      # id(connection) -> its session's task
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        for task in list(self.parked.values()):
+            task.cancel(DRAIN_CANCEL)
+
+
 class Connection:
     """One client session: streams, addresses, settings, TLS and limits."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int,
                  params: Params, log: Log, protocol: str, control: _Control,
-                 draining: asyncio.Event | None = None, refusal: str = ""):
+                 draining: Drain | None = None, refusal: str = ""):
         self.reader = reader
         self.writer = writer
         self.conn_id = conn_id
@@ -175,7 +197,7 @@ class Connection:
         self.protocol = protocol
         self.user: str | None = None
         self._control = control
-        self.draining = draining if draining is not None else asyncio.Event()
+        self.draining = draining if draining is not None else Drain()
         peer = writer.get_extra_info("peername") or ("", 0)
         local = writer.get_extra_info("sockname") or ("", 0)
         self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
@@ -243,20 +265,20 @@ class Connection:
 
     async def read_command(self, limit: int, timeout: float) -> bytes | None:
         """read_line between commands: None once the master stops (draining), line or not."""
-        if self.draining.is_set():
+        drain = self.draining
+        if drain.is_set():
             return None
-        line = asyncio.ensure_future(self.read_line(limit, timeout))
-        stop = asyncio.ensure_future(self.draining.wait())
+        task = asyncio.current_task()
+        drain.parked[id(self)] = task
         try:
-            await asyncio.wait((line, stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not line.done():
-                line.cancel()           # readuntil consumes nothing until a whole line is there
-                await asyncio.wait((line,))
-        if line.cancelled():
+            return await self.read_line(limit, timeout)
+        except asyncio.CancelledError as e:
+            if e.args != (DRAIN_CANCEL,):
+                raise
+            task.uncancel()             # readuntil consumed nothing: the line stays unread
             return None
-        return line.result()
+        finally:
+            drain.parked.pop(id(self), None)
 
     async def send(self, data: bytes) -> None:
         """Raw bytes (multi-line replies, literals, message bodies)."""
@@ -277,7 +299,7 @@ class _WorkerBase:
         self.params = worker_params()
         self.control = _Control()
         self.stopping = False
-        self.draining = asyncio.Event()       # the master stops: sessions are told (Connection)
+        self.draining = Drain()               # the master stops: sessions are told (Connection)
         self.done = asyncio.Event()
 
     def start(self) -> None:
