@@ -88,10 +88,12 @@ class QueueManager:
         if self._low_logged:
             self.log.error("queue processing resumed: disk space is back")
             self._low_logged = False
-        ready_ids, pickup_error = await self.ctx.in_files(self._scan)
+        limit = self.ctx.params.qmgr_message_active_limit
+        ready_ids, first, pickup_error = await self.ctx.in_files(
+            self._scan, limit - len(self.attempts), set(self.attempts) | self.suspects)
         if pickup_error:
             self.log.error(f"maildrop: pickup stopped, will retry: {pickup_error}")
-        limit = self.ctx.params.qmgr_message_active_limit
+        self._start(first)
         ready = deque(ready_ids)
         while ready:
             while len(self.attempts) >= limit and not daemon.stopping:
@@ -106,18 +108,33 @@ class QueueManager:
                 queue_id = ready.popleft()
                 if queue_id not in self.attempts:
                     batch.append(queue_id)
-            for queue_id in await self._activate(batch):
-                task = self.attempts[queue_id] = asyncio.ensure_future(self.deliver(queue_id))
-                task.add_done_callback(lambda _task, queue_id=queue_id: self.attempts.pop(queue_id, None))
+            self._start(await self._activate(batch))
 
-    def _scan(self) -> tuple[list[str], StorageError | None]:
-        """Pick up maildrop/, then list the ready files (one trip to the files executor)."""
+    def _start(self, queue_ids: list[str]) -> None:
+        for queue_id in queue_ids:
+            task = self.attempts[queue_id] = asyncio.ensure_future(self.deliver(queue_id))
+            task.add_done_callback(lambda _task, queue_id=queue_id: self.attempts.pop(queue_id, None))
+
+    def _scan(self, free: int, skip: set[str]) -> tuple[list[str], list[str], StorageError | None]:
+        """Pick up maildrop/, list the ready files, and take the first of them (at most `free`,
+        up to one in `skip`: under way, or a suspect that goes alone) into active/ at once: one
+        trip to the files executor when a pass fits. Returns (the other ready ids, the ids
+        moved, the pickup's error). When the move fails, those ids stay in the first list:
+        the pass takes them again through _activate, which logs and parks."""
         try:
             self.pickup.run()
             error = None
         except StorageError as e:
             error = e
-        return self.queue.ready(time.time()), error
+        ready = self.queue.ready(time.time())
+        count = 0
+        while count < min(free, len(ready)) and ready[count] not in skip:
+            count += 1
+        try:
+            moved = self.queue.activate_many(ready[:count]) if count else []
+        except StorageError:
+            return ready, [], error
+        return ready[count:], moved, error
 
     async def _activate(self, queue_ids: list[str]) -> list[str]:
         """Move queue_ids into active/ together; returns those moved. After a storage error
