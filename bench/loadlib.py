@@ -1,5 +1,7 @@
 """What the load benchmarks (smtp_load.py, delivery_load.py) share: the checkout's git sha,
-the test message, the disk floor, the SMTP client side, percentiles.
+the test message, the disk floor, the SMTP client side, percentiles. Importing it compiles
+the workers' bytecode (as `make install` and a production install do), so that no worker
+start of a benchmark compiles its sources.
 
     git_sha() -> short sha;  make_message(size, header=b"") -> S bytes ending in CRLF.CRLF
     measure_floor(directory, size) -> durable files/s (store.fsio.write_durably, in turn)
@@ -11,6 +13,7 @@ the test message, the disk floor, the SMTP client side, percentiles.
 from __future__ import annotations
 
 import asyncio
+import compileall
 import os
 import subprocess
 import sys
@@ -20,6 +23,8 @@ from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+for _package in ("master", "workers", "store"):
+    compileall.compile_dir(str(REPO / _package), quiet=1)
 
 from store.fsio import write_durably          # noqa: E402
 

@@ -18,7 +18,11 @@ The messages on the control sockets are those of master/proto.py.
 Connection limit: a service's open sessions are counted here, across all its workers;
 connection maxproc+1 waits up to LIMIT_GRACE for a session to end, then is handed over
 marked refuse (the worker's refuse() answers the protocol's polite refusal). A worker
-takes at most worker_client_limit sessions; another is spawned when all are full.
+takes at most worker_client_limit sessions; another is spawned when all are full. A worker
+that nears its max_use (the last quarter) gets its successor started then, so that none of
+the connections after its retirement waits for a new process to start; a worker idle for
+SPARE_IDLE seconds (at most max_idle) while another has room retires, so such a spare
+does not stay when the load stops.
 Per-client limits (master/anvil.py): a client over a connection rate or count limit is
 handed over refused at once; {"op": "login"} reports get the auth penalty and any refusal.
 Refusals never count toward max_use and are logged per burst. Stress mode (Postfix's):
@@ -57,6 +61,8 @@ LIMIT_GRACE = 1.0           # seconds a connection over maxproc waits for a slot
 WAITING_MAX = 32            # connections per service that may wait so; more are refused at once
 TICK = 1.0                  # longest sleep of the loop
 KILL_WAIT = 5.0             # after SIGKILL at the end of a stop, how long to wait for exits
+SUCCESSOR_AHEAD = 4         # a worker's successor starts at the last 1/4 of its max_use
+SPARE_IDLE = 10.0           # seconds an idle worker stays while another worker has room (at most max_idle)
 
 
 class BindError(Exception):
@@ -328,8 +334,27 @@ class Arbiter:
         svc.open += 1
         svc.served += 1
         self.anvil.opened(svc.name, ip)
+        if worker.max_use and worker.handed == worker.max_use - worker.max_use // SUCCESSOR_AHEAD:
+            self._start_successor(svc, worker)
         if worker.max_use and worker.handed >= worker.max_use:
             self.retire(worker, f"served its {worker.max_use} connections (max_use={svc.params.max_use})")
+
+    def _retire_spares(self, svc: Service, now: float, idle: float) -> None:
+        """A worker idle for `idle` seconds while another active worker has room retires: a
+        successor started ahead whose predecessor's load stopped, or the extra worker of a
+        past rush. The one nearest its max_use goes first."""
+        spares = [w for w in svc.active_workers() if not w.sessions and now - w.idle_since >= idle]
+        for worker in sorted(spares, key=lambda w: w.handed, reverse=True):
+            if any(w is not worker and len(w.sessions) < svc.client_limit for w in svc.active_workers()):
+                self.retire(worker, f"spare: idle for {idle:g} s while another worker has room")
+
+    def _start_successor(self, svc: Service, worker: Worker) -> None:
+        """worker nears its max_use: start the process that takes over from it now, unless
+        another worker has room, so that the connections after its retirement find one
+        ready instead of waiting for an interpreter to start. Until then the busiest-first
+        rule of _pick_worker keeps handing them to worker."""
+        if not any(w is not worker and len(w.sessions) < svc.client_limit for w in svc.active_workers()):
+            self.spawn(svc)
 
     def _stressed(self, svc: Service) -> bool:
         """Postfix's stress mode: once a session makes the service 3/4 full, new sessions get
@@ -514,6 +539,7 @@ class Arbiter:
             for worker in svc.active_workers():
                 if not worker.sessions and now - worker.idle_since >= max_idle:
                     self.retire(worker, f"idle for max_idle={max_idle:g} s")
+            self._retire_spares(svc, now, min(max_idle, SPARE_IDLE))
         if svc.spec.kind == "inet":
             if not svc.active_workers():
                 self.spawn(svc)

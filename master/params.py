@@ -210,6 +210,9 @@ PARAMS: tuple[Param, ...] = (
     Param("imap_pop_tls_security_level", _enum("none", "may", "encrypt"), "may"),
     Param("smtp_tls_security_level", _enum("none", "may", "encrypt", "verify"), "may"),
     Param("smtp_tls_ca_file", _text, "", is_path=True),
+    Param("smtp_tls_wrappermode", parse_bool, "no"),
+    Param("smtp_sasl_auth_enable", parse_bool, "no"),
+    Param("smtp_sasl_password_maps", _text, "", is_path=True),
     Param("smtpd_tls_wrappermode", parse_bool, "no"),
     Param("tls_wrappermode", parse_bool, "no"),
     # DKIM signing of our users' mail (workers/smtpd/dkim.py, mailctl dkim)
@@ -260,7 +263,7 @@ PARAMS: tuple[Param, ...] = (
     Param("log_rotate_size", parse_size, "10M", 1024, 1024**3),
     Param("log_archive_days", _int, "7", 0, 3650),
     # process management
-    Param("max_use", _int, "100", 0, 1_000_000),
+    Param("max_use", _int, "1000", 0, 1_000_000),
     Param("max_idle", parse_duration, "100s", 0, 86400),
     Param("graceful_timeout", parse_duration, "30s", 0, 3600),
     Param("worker_hang_timeout", parse_duration, "60s", 0, 3600),

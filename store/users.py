@@ -56,7 +56,16 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 PROTOCOLS = ("imap", "pop")
 MAP_SIZE = 64 * 1024 * 1024
 # A verifier that matches no password: unknown users cost the same scrypt as known ones.
-_DECOY_SCRYPT = passwords.make_scrypt(os.urandom(16).hex())
+# Made by the first verify_password of the process (known user or not), not at import: every
+# worker imports this module, few verify passwords.
+_DECOY_SCRYPT = ""
+
+
+def _decoy_scrypt() -> str:
+    global _DECOY_SCRYPT
+    if not _DECOY_SCRYPT:
+        _DECOY_SCRYPT = passwords.make_scrypt(os.urandom(16).hex())
+    return _DECOY_SCRYPT
 
 
 class UserError(Exception):
@@ -310,9 +319,10 @@ class UserDB:
 
     # ---------------------------------------------------------------- password forms
     def verify_password(self, name: str, password: str) -> bool:
+        decoy = _decoy_scrypt()
         form = self._forms(name).get("scrypt")
         try:
-            matched = passwords.verify_scrypt(form or _DECOY_SCRYPT, password)
+            matched = passwords.verify_scrypt(form or decoy, password)
         except ValueError:
             return False
         return matched and form is not None

@@ -17,7 +17,8 @@ from master.params import ConfigError, Params, load_main_cf
 from store.fsio import StorageError
 
 # The subcommand modules, each owning one area of administration.
-AREAS = ("users", "aliases", "queue", "status", "logs", "store", "tls", "dkim", "dns", "setup")
+AREAS = ("users", "aliases", "queue", "status", "logs", "store", "tls", "dkim", "dns", "setup",
+         "sasl_passwords")
 
 
 @dataclass

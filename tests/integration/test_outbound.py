@@ -1,7 +1,9 @@
 """Outgoing mail end to end: a message accepted by one mailhouse (smtpd, qmgr and the smtp
 service) for another domain reaches a second mailhouse on another 127.x address, found by MX
 in a DNS server the test runs, or through relayhost; what cannot be delivered comes back to
-the sender as a bounce; a destination that is down does not hold up another."""
+the sender as a bounce; a destination that is down does not hold up another. TLS between the
+two (STARTTLS at the encrypt and verify levels, port 465 wrapper mode), SMTP AUTH towards a
+relayhost's submission port with a password file, and an MX pointing back at this host."""
 from __future__ import annotations
 
 import json
@@ -40,20 +42,44 @@ def dns():
         yield server
 
 
+RELAY_ONLY_WITH_AUTH = ("-o", "smtpd_sasl_auth_enable=yes",
+                        "-o", "smtpd_relay_restrictions=permit_sasl_authenticated,reject")
+
+
 @pytest.fixture
-def receiver(mailsystem):
-    """The far side: a mailhouse for remote.test on port 25 of its own address, user carol."""
-    host = free_loopback()
-    system = mailsystem(main={"myhostname": f"mx.{REMOTE}", "mydomain": REMOTE, **FAST_RETRIES})
-    system.add_service("smtpd", name="smtpd", host=host, port=25)
-    system.add_unix_service("qmgr", wakeup=60)
-    system.write_config()
-    system.mailctl("user", "add", "carol", "--password", "carol-pw")
-    system.start()
-    system.address = host
-    inbox = Inbox(system)
-    yield system, inbox
-    inbox.close()
+def make_receiver(mailsystem):
+    """make_receiver(tls=False) -> (system, inbox): the far side, a mailhouse for remote.test
+    on port 25 of its own address, user carol (password carol-pw). tls: it has a certificate
+    for mx.remote.test (`mailctl tls selfsigned`), offers STARTTLS, and has two more smtpd
+    services on 127.0.0.1 that relay only for authenticated clients: "submission" (as
+    etc/master.cf's 587 line) and "smtps" (wrapper mode, as its 465 line)."""
+    inboxes = []
+
+    def make(tls: bool = False):
+        host = free_loopback()
+        system = mailsystem(main={"myhostname": f"mx.{REMOTE}", "mydomain": REMOTE, **FAST_RETRIES})
+        system.add_service("smtpd", name="smtpd", host=host, port=25)
+        if tls:
+            system.add_service("smtpd", *RELAY_ONLY_WITH_AUTH, name="submission")
+            system.add_service("smtpd", "-o", "smtpd_tls_wrappermode=yes", *RELAY_ONLY_WITH_AUTH, name="smtps")
+        system.add_unix_service("qmgr", wakeup=60)
+        system.write_config()
+        system.mailctl("user", "add", "carol", "--password", "carol-pw")
+        if tls:
+            system.mailctl("tls", "selfsigned", "--hostname", f"mx.{REMOTE}")
+        system.start()
+        system.address = host
+        inboxes.append(Inbox(system))
+        return system, inboxes[-1]
+    yield make
+    for inbox in inboxes:
+        inbox.close()
+
+
+@pytest.fixture
+def receiver(make_receiver):
+    """The far side without TLS (make_receiver())."""
+    return make_receiver()
 
 
 @pytest.fixture
@@ -166,18 +192,140 @@ def test_relayhost_takes_all_outgoing_mail(mailsystem, sender, corpus):
 
 
 def test_a_destination_that_is_down_does_not_hold_up_another(dns, receiver, sender, corpus):
+    """The first message to a site that is down marks it dead: the next ones to it are
+    deferred at once without a connection, while mail for another site flows."""
     far, far_inbox = receiver
     dns.add(REMOTE, mx=[(10, f"mx.{REMOTE}")])
     dns.add(f"mx.{REMOTE}", a=far.address)
     dns.add("down.test", mx=[(10, "mx.down.test")])
     dns.add("mx.down.test", a=free_loopback())
     here = sender()
-    for n in range(3):
+    submit(here, ["user0@down.test"], (corpus / "01-plain.eml").read_bytes())
+    [first] = queued_reasons(here, "@down.test")
+    assert first.startswith("connect to mx.down.test[")
+    for n in (1, 2):
         submit(here, [f"user{n}@down.test"], (corpus / "01-plain.eml").read_bytes())
     submit(here, [f"carol@{REMOTE}"], (corpus / "04-alternative.eml").read_bytes())
     assert len(far_inbox.wait("carol", 1, timeout=20)) == 1
-    listed = wait_for(lambda: (out := here.mailctl("queue", "list", "@down.test", "--json").stdout) and
-                      len(json.loads(out)) == 3 and json.loads(out), "the deferred mail listed")
-    reasons = [r["reason"] for row in listed for r in row["recipients"]]
-    assert all("connect to mx.down.test[" in reason for reason in reasons), reasons
-    assert any(reason.startswith("delivery temporarily suspended: ") for reason in reasons)   # a dead destination
+    reasons = queued_reasons(here, "@down.test", count=3)
+    suspended = f"delivery temporarily suspended: {first}"
+    assert set(reasons) <= {first, suspended} and reasons.count(suspended) >= 2, reasons
+
+
+def queued_reasons(system, search: str, count: int = 1) -> list[str]:
+    """The reasons `mailctl queue list --json` gives for the mail matching search, once all
+    count messages of it are in deferred/."""
+    listed = wait_for(lambda: (out := system.mailctl("queue", "list", search, "--json").stdout) and
+                      len(rows := json.loads(out)) == count and all(row["queue"] == "deferred" for row in rows)
+                      and all(r.get("reason") for row in rows for r in row["recipients"]) and rows,
+                      "the deferred mail listed")
+    return [r["reason"] for row in listed for r in row["recipients"]]
+
+
+def top_received(raw: bytes) -> str:
+    return parse(raw)["Received"]          # the first one: the receiver's own
+
+
+def password_file(tmp_path, text: str):
+    path = tmp_path / "sasl_passwd"
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def test_starttls_at_the_encrypt_level_reaches_the_receiver_over_tls(dns, make_receiver, sender, corpus):
+    far, far_inbox = make_receiver(tls=True)
+    dns.add(REMOTE, mx=[(10, f"mx.{REMOTE}")])
+    dns.add(f"mx.{REMOTE}", a=far.address)
+    here = sender(smtp_tls_security_level="encrypt")
+    submit(here, [f"carol@{REMOTE}"], (corpus / "01-plain.eml").read_bytes())
+    [arrived] = far_inbox.wait("carol", 1)
+    assert " with ESMTPS" in top_received(arrived) and "(using TLSv1." in top_received(arrived)
+    assert "status=sent" in smtp_log(here)
+
+
+def test_verify_delivers_with_the_receivers_certificate_as_ca_and_defers_without(dns, make_receiver, sender,
+                                                                                   corpus):
+    far, far_inbox = make_receiver(tls=True)
+    dns.add(REMOTE, mx=[(10, f"mx.{REMOTE}")])
+    dns.add(f"mx.{REMOTE}", a=far.address)
+    trusting = sender(smtp_tls_security_level="verify", smtp_tls_ca_file=str(far.var / "tls" / "cert.pem"))
+    submit(trusting, [f"carol@{REMOTE}"], (corpus / "01-plain.eml").read_bytes())
+    [arrived] = far_inbox.wait("carol", 1)
+    assert " with ESMTPS" in top_received(arrived)
+    doubting = sender(smtp_tls_security_level="verify")            # the system's CAs: self-signed fails
+    submit(doubting, [f"carol@{REMOTE}"], (corpus / "04-alternative.eml").read_bytes())
+    [reason] = queued_reasons(doubting, f"@{REMOTE}")
+    assert reason.startswith(f"Cannot start TLS with mx.{REMOTE}[{far.address}]: handshake failed: "), reason
+    assert "certificate" in reason
+    assert len(far_inbox.messages("carol")) == 1
+
+
+def test_relayhost_submission_port_with_auth_relays_what_it_refuses_without(make_receiver, sender, corpus,
+                                                                            tmp_path):
+    far, _ = make_receiver(tls=True)
+    port = far.port("submission")
+    relayhost = f"[127.0.0.1]:{port}"
+    passwords = password_file(tmp_path, f"# the relay\n{relayhost} carol:carol-pw\n")
+    here = sender(relayhost=relayhost, smtp_sasl_auth_enable="yes", smtp_sasl_password_maps=passwords)
+    assert "1 entries" in here.mailctl("sasl-passwords", "check").stdout
+    submit(here, ["dave@elsewhere.test"], (corpus / "01-plain.eml").read_bytes())
+    wait_for(lambda: "to=<dave@elsewhere.test>" in smtp_log(here) and "status=sent" in smtp_log(here), "sent")
+    taken = wait_for(lambda: (out := far.mailctl("queue", "list", "@elsewhere.test", "--json").stdout)
+                     and json.loads(out), "the relayed mail in the receiver's queue")
+    assert [r["address"] for row in taken for r in row["recipients"]] == ["dave@elsewhere.test"]
+    assert f"relay=127.0.0.1[127.0.0.1]:{port}" in smtp_log(here)
+    assert "authenticated as carol with SCRAM-SHA-256" in smtp_log(here)     # after STARTTLS (level may)
+    # The same without the password: the receiver refuses to relay (554 5.7.1), the mail bounces.
+    anonymous = sender(relayhost=relayhost)
+    submit(anonymous, ["dave@elsewhere.test"], (corpus / "01-plain.eml").read_bytes())
+    line = wait_for(lambda: next((l for l in smtp_log(anonymous).splitlines()
+                                  if "to=<dave@elsewhere.test>" in l and "status=" in l), ""), "the outcome")
+    assert "status=bounced" in line and "554 5.7.1 Relay access denied (in reply to RCPT TO command)" in line
+
+
+def test_a_wrong_password_defers_with_the_receivers_535(make_receiver, sender, corpus, tmp_path):
+    far, _ = make_receiver(tls=True)
+    relayhost = f"[127.0.0.1]:{far.port('submission')}"
+    here = sender(relayhost=relayhost, smtp_sasl_auth_enable="yes",
+                  smtp_sasl_password_maps=password_file(tmp_path, "[127.0.0.1] carol:wrong\n"))
+    submit(here, ["dave@elsewhere.test"], (corpus / "01-plain.eml").read_bytes())
+    [reason] = queued_reasons(here, "@elsewhere.test")
+    assert reason.startswith("SASL authentication failed; server 127.0.0.1[127.0.0.1] said: 535 "), reason
+
+
+def test_a_password_file_others_may_read_is_not_used(make_receiver, sender, corpus, tmp_path):
+    far, _ = make_receiver(tls=True)
+    relayhost = f"[127.0.0.1]:{far.port('submission')}"
+    passwords = password_file(tmp_path, f"{relayhost} carol:carol-pw\n")
+    os.chmod(passwords, 0o644)
+    here = sender(relayhost=relayhost, smtp_sasl_auth_enable="yes", smtp_sasl_password_maps=passwords)
+    submit(here, ["dave@elsewhere.test"], (corpus / "01-plain.eml").read_bytes())
+    [reason] = queued_reasons(here, "@elsewhere.test")
+    assert "refused: others may access it (mode 0644)" in reason
+    assert f"smtp_sasl_password_maps {passwords}: refused: others may access it" in smtp_log(here)
+    assert here.mailctl("sasl-passwords", "check", check=False).returncode == 1
+
+
+def test_wrapper_mode_relays_over_tls_from_the_first_byte_with_auth(make_receiver, sender, corpus, tmp_path):
+    far, _ = make_receiver(tls=True)
+    relayhost = f"[127.0.0.1]:{far.port('smtps')}"
+    here = sender(relayhost=relayhost, smtp_tls_wrappermode="yes", smtp_sasl_auth_enable="yes",
+                  smtp_sasl_password_maps=password_file(tmp_path, f"{relayhost} carol:carol-pw\n"))
+    submit(here, ["dave@elsewhere.test"], (corpus / "01-plain.eml").read_bytes())
+    taken = wait_for(lambda: (out := far.mailctl("queue", "list", "@elsewhere.test", "--json").stdout)
+                     and json.loads(out), "the relayed mail in the receiver's queue")
+    shown = wait_for(lambda: far.mailctl("queue", "show", taken[0]["id"], check=False).stdout, "queue show")
+    assert " with ESMTPSA" in shown and "(authenticated sender: carol)" in shown
+    assert "status=sent" in smtp_log(here)
+
+
+def test_an_mx_pointing_at_myhostname_bounces_as_a_loop(dns, sender, corpus):
+    dns.add("loop.test", mx=[(10, "mail.here.test")])
+    dns.add("mail.here.test", a="127.0.0.1")
+    here = sender(myhostname="mail.here.test")
+    submit(here, ["someone@loop.test"], (corpus / "01-plain.eml").read_bytes())
+    line = wait_for(lambda: next((l for l in smtp_log(here).splitlines()
+                                  if "to=<someone@loop.test>" in l and "status=" in l), ""), "the outcome")
+    assert "status=bounced (mail for loop.test loops back to myself)" in line
+    assert ("mail.here.test", "A") not in dns.queries              # no connection was tried

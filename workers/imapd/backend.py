@@ -4,7 +4,9 @@ Backend(params) is built once per worker process and shared by its sessions. Fro
 workers._auth.Authenticator it has verify_password, sasl_mechanisms, sasl_is_plaintext and
 sasl_server (the auth service when master.cf has one); it adds
     store.mail                   the process's store.mailstore.MailStore
-    tls_available() -> bool
+    tls_available() -> bool      a usable certificate and key (workers/_tls.py); asked at every
+                                 greeting and login, so the answer is kept: a missing one
+                                 for TLS_RECHECK seconds, then it is looked for again
     await run(fn, *args)         fn(*args) in the process's store thread: every write to the
                                  store (and the index commits' fsyncs) runs there, one at a
                                  time, never on the event loop; reads of the index (a
@@ -19,6 +21,7 @@ Diagnostics: StorageError and OSError of the store propagate to the session.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from store.handle import Store
@@ -28,6 +31,8 @@ from workers._auth import Authenticator
 from workers._authremote import verifier_from_params
 from workers._log import Log
 from workers.imapd.writer import Writer
+
+TLS_RECHECK = 10.0     # seconds a missing or unusable certificate is believed missing
 
 DEFAULT_FOLDERS = (("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
                    ("Junk", "\\Junk"), ("Archive", "\\Archive"))
@@ -41,13 +46,19 @@ class Backend(Authenticator):
         self.params = params
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.writer = Writer(self)
+        self._tls_missing_until = 0.0         # tls_available(): no certificate until then
 
     @property
     def mail(self):
         return self.store.mail
 
     def tls_available(self) -> bool:
-        return _tls.tls_available(self.params)
+        if time.monotonic() < self._tls_missing_until:
+            return False
+        if _tls.tls_available(self.params):   # a usable context is cached by _tls itself
+            return True
+        self._tls_missing_until = time.monotonic() + TLS_RECHECK
+        return False
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

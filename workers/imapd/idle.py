@@ -61,11 +61,13 @@ class _SelectedChanges:
 async def read_pushing(session, source) -> bytes | None:
     """The next line (as conn.read_command: None when the master stops; LineTooLong and
     TimeoutError raised), while each change signal of source (await .wait(timeout) -> bool;
-    None: no source) has its updates sent at once (await .push())."""
+    None: no source) has its updates sent at once (await .push(), then session.flush())."""
+    await session.flush()                   # what the command sent before the wait (IDLE's updates)
     line = asyncio.ensure_future(session.conn.read_command(STREAM_LIMIT, session.timeout))
     try:
         while not await _changed_before(source, line, session.timeout):
             await source.push()
+            await session.flush()
     finally:
         if not line.done():
             line.cancel()

@@ -126,15 +126,12 @@ class Selected:
         """This session reported the flags of uid as of modseq: no unsolicited FETCH for it."""
         self._own[uid] = modseq
 
-    def changed(self) -> bool:
-        info = self.mail.mailbox(self.user, self.name)
-        return info is None or (info.uidvalidity, info.highestmodseq, info.uidnext) != \
-            (self.info.uidvalidity, self.info.highestmodseq, self.info.uidnext)
-
     async def send_updates(self, session, allow_expunge: bool) -> None:
-        if not self.changed() and not (allow_expunge and self._expunges_waiting):
+        info = self.mail.mailbox(self.user, self.name)     # one read when nothing changed
+        if info is not None and (info.uidvalidity, info.highestmodseq, info.uidnext) == \
+                (self.info.uidvalidity, self.info.highestmodseq, self.info.uidnext) \
+                and not (allow_expunge and self._expunges_waiting):
             return
-        info = self.mail.mailbox(self.user, self.name)
         if info is None or info.uidvalidity != self.info.uidvalidity:
             await session.farewell("The selected mailbox was deleted or renamed")
             raise Close

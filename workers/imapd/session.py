@@ -10,9 +10,14 @@ IMAP's own here.
 Handlers are `async def handler(session, command)` (command: parser.Command; its args are
 parser tokens) in the modules of this package; they answer through
     session.untagged(bytes)          one `* ...` response (CRLF added)
+    session.send(bytes)              raw response bytes (FETCH's batches, literals)
     session.ok(text, code=None)      the tagged OK, after the mailbox updates (see below)
     session.no(text, code=None), session.bad(text, code=None)   tagged NO / BAD
     session.continuation(text)       `+ text`
+Responses are gathered and written together (one send for a command's untagged responses
+and its completion): flush() writes them. Tagged responses, continuations, `* BYE`, the
+pushes of IDLE and NOTIFY (idle.read_pushing) and OUT_BUFFER bytes waiting flush, and so does
+the wait for the next command: nothing is left unwritten while the session waits for the client.
 A parser.Bad raised by a handler is answered as BAD (or NO) with its code: handlers raise it
 for a malformed argument. Mailbox updates (new messages, flag changes, expunges made by
 other sessions, qmgr or POP3) are sent before every tagged OK and NO while a mailbox is
@@ -42,6 +47,7 @@ from workers.imapd import parser
 MAX_BAD_COMMANDS = 20        # then `* BYE Too many invalid commands`
 WRITE_TIMEOUT = 300.0        # seconds a client may take to read one response
 FAREWELL_TIMEOUT = 5.0
+OUT_BUFFER = 64 * 1024       # response bytes gathered before they are written without a flush()
 MULTIAPPEND_TOTAL = 64 * 1024 * 1024     # the messages of one APPEND together (each <= message_size_limit)
 
 
@@ -134,12 +140,26 @@ class Session(_session.Session):
         self.auth_failures = 0
         self.started = time.monotonic()
         self.counts = {"fetch": 0, "store": 0, "append": 0, "expunge": 0}
+        self._out: list[bytes] = []           # responses not written yet (flush)
+        self._out_size = 0
 
     # -- responses
     async def send(self, data: bytes) -> None:
-        """Bytes to the client; one that stops reading for WRITE_TIMEOUT is dropped.
+        """Bytes for the client, written at the next flush() or once OUT_BUFFER bytes wait."""
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= OUT_BUFFER:
+            await self.flush()
+
+    async def flush(self, timeout: float = WRITE_TIMEOUT) -> None:
+        """Write what waits, in one send; a client that stops reading for `timeout` is dropped.
         asyncio.timeout adds no task, so STARTTLS's go-ahead does not yield to the loop."""
-        async with asyncio.timeout(WRITE_TIMEOUT):
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        async with asyncio.timeout(timeout):
             await self.conn.send(data)
 
     async def untagged(self, data: bytes | str) -> None:
@@ -149,11 +169,13 @@ class Session(_session.Session):
 
     async def continuation(self, text: str = "") -> None:
         await self.send(b"+ " + text.encode("utf-8") + b"\r\n")
+        await self.flush()
 
     async def tagged(self, status: str, text: str, code: str | None = None, tag: str | None = None) -> None:
         tag = tag if tag is not None else (self.command.tag if self.command else "*")
         line = f"{tag} {status} " + (f"[{code}] " if code else "") + text
         await self.send(line.encode("utf-8") + b"\r\n")
+        await self.flush()
 
     async def ok(self, text: str, code: str | None = None) -> None:
         await self.send_updates()
@@ -176,15 +198,17 @@ class Session(_session.Session):
             await self.selected.send_updates(self, allow_expunge)
 
     async def farewell(self, text: str) -> None:
-        """`* BYE`; the client may have stopped reading: do not wait long."""
+        """`* BYE`, after what waits to be written; the client may have stopped reading: do not
+        wait long."""
+        self._out.append(f"* BYE {text}\r\n".encode())
         try:
-            async with asyncio.timeout(FAREWELL_TIMEOUT):
-                await self.conn.send(f"* BYE {text}\r\n".encode())
+            await self.flush(FAREWELL_TIMEOUT)
         except (TimeoutError, ConnectionError):
             pass
 
     # -- reading and dispatching commands
     async def next_line(self) -> bytes | None:
+        await self.flush()                           # the greeting, or what a command left
         if self.notifier is not None:                # NOTIFY: updates pushed between commands
             return await idle.read_pushing(self, self.notifier)
         return await self.conn.read_command(STREAM_LIMIT, self.timeout)
@@ -205,6 +229,7 @@ class Session(_session.Session):
 
     async def literal_go_ahead(self) -> None:
         await self.send(b"+ OK\r\n")
+        await self.flush()
 
     async def refuse_command(self, error: Bad) -> None:
         self.command = parser.Command(error.tag or "*", "")

@@ -1,15 +1,25 @@
 """One SMTP client connection to one host (RFC 5321), as Postfix's smtp(8) speaks it.
 
-await Session.open(host, settings, log) connects (smtp_connect_timeout), reads the greeting,
-says EHLO smtp_helo_name (HELO when EHLO gets a 5xx), and starts TLS per
+await Session.open(host, settings, log, credentials=None) connects (smtp_connect_timeout),
+reads the greeting, says EHLO smtp_helo_name (HELO when EHLO gets a 5xx), and starts TLS per
 smtp_tls_security_level: none never; may when offered (a refused STARTTLS goes on in clear
 text, a failed handshake fails the host); encrypt must; verify must, and the certificate
 chain and the host's name (the MX host name, or the literal's address) are checked against
 smtp_tls_ca_file or the system's CAs. The STARTTLS reply is read before anything else is
 sent, and whatever arrived behind it is dropped before the handshake (CVE-2011-0411 from
-the client's side); after TLS, EHLO again. SessionFailed(status, text, code) when the host
-cannot be used (no connection, a greeting other than 220, EHLO and HELO refused, TLS the
-level needs and cannot get): the caller tries the next one, and defers after the last.
+the client's side); after TLS, EHLO again. With smtp_tls_wrappermode (settings.wrappermode,
+port 465) TLS starts with the connection, before the greeting, whatever the level (verify
+still checks the certificate as above) and STARTTLS is never said.
+SMTP AUTH (RFC 4954), when credentials (user, password) are given and the last EHLO offers
+AUTH: the first of SCRAM-SHA-256 (scramp; the server's final message is checked, so a
+server that does not know the password is caught), PLAIN, LOGIN that it offers. A password
+is never sent without TLS to a host whose address is not loopback (4.7.0); no mechanism in
+common is 4.7.0; a refusal is 4.7.8 for 535 (else the reply's own status). A server
+without AUTH gets the mail without it.
+SessionFailed(status, text, code) when the host cannot be used (no connection, a greeting
+other than 220, EHLO and HELO refused, TLS the level needs and cannot get, AUTH as above):
+the caller tries the next one, and defers after the last. Looping (a SessionFailed) when
+the host answers EHLO/HELO with settings.myhostname: it is this system (the caller bounces).
 
 await session.send(request, message) -> list[Result], one per recipient in order: MAIL FROM
 (SIZE when offered; BODY=8BITMIME when the envelope says so; SMTPUTF8; RET/ENVID when DSN
@@ -30,14 +40,19 @@ Replies: at most REPLY_LINE_MAX bytes a line, REPLY_LINES_MAX lines; the enhance
 code is the reply's own (RFC 2034) when it has one of its class, else 2.0.0/4.0.0/5.0.0.
 Result texts are Postfix's: "host NAME[ADDR] said: 550 5.1.1 ... (in reply to RCPT TO
 command)", "250 2.0.0 Ok: queued as X" for sent mail, our reason otherwise.
-Log (the smtp log): connection problems are the caller's to log; TLS state at level high.
+Log (the smtp log): connection problems are the caller's to log; TLS state and the AUTH
+user and mechanism at level high (never a password).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass
+
+import scramp
 
 from workers._tls import client_context
 from workers.smtp.message import DataEncoder, MessageSource, Truncated
@@ -49,6 +64,7 @@ REPLY_LINES_MAX = 100
 TEXT_MAX = 500                 # characters of a remote reply kept in a result
 QUIT_TIMEOUT = 2.0
 RSET_TIMEOUT = 20.0
+AUTH_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")      # in the order of preference
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.DOTALL)
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 
@@ -65,13 +81,15 @@ class Settings:
     data_init_timeout: float
     data_xfer_timeout: float
     data_done_timeout: float
+    wrappermode: bool = False    # smtp_tls_wrappermode: TLS from the first byte (port 465)
+    myhostname: str = ""         # a peer greeting with this name is this system (a loop)
 
     @classmethod
     def from_params(cls, params) -> Settings:
         return cls(params.smtp_helo_name, params.smtp_tls_security_level, params.smtp_tls_ca_file,
                    params.smtp_connect_timeout, params.smtp_helo_timeout, params.smtp_mail_timeout,
                    params.smtp_rcpt_timeout, params.smtp_data_init_timeout, params.smtp_data_xfer_timeout,
-                   params.smtp_data_done_timeout)
+                   params.smtp_data_done_timeout, params.smtp_tls_wrappermode, params.myhostname.lower())
 
 
 class SessionFailed(Exception):
@@ -83,6 +101,14 @@ class SessionFailed(Exception):
         self.status = "4" + status[1:]
         self.text = text
         self.code = code
+
+
+class Looping(SessionFailed):
+    """The host is this system: it answers EHLO (or HELO) with myhostname. The caller
+    bounces the mail (5.4.6, "mail for DOMAIN loops back to myself")."""
+
+    def __init__(self, text: str):
+        super().__init__("4.4.6", text)
 
 
 class _Broken(Exception):
@@ -133,6 +159,26 @@ def xtext(text: str) -> str:
                    for b in text.encode("utf-8"))
 
 
+def _tls_reason(e: Exception) -> str:
+    return getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e) or type(e).__name__
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _unb64(reply: Reply) -> str:
+    """The SASL challenge of a 334 reply (ValueError when it is not base64 UTF-8)."""
+    return base64.b64decode(reply.lines[0].strip(), validate=True).decode("utf-8")
+
+
 class Session:
     def __init__(self, host: Host, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  settings: Settings, log):
@@ -147,18 +193,30 @@ class Session:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    async def open(cls, host: Host, settings: Settings, log) -> Session:
+    async def open(cls, host: Host, settings: Settings, log,
+                   credentials: tuple[str, str] | None = None) -> Session:
+        """credentials: (user, password) for SMTP AUTH, None: no AUTH."""
+        verify = settings.tls_level == "verify"
+        tls = {}
+        if settings.wrappermode:
+            tls = {"ssl": client_context(verify, settings.ca_file if verify else ""),
+                   "server_hostname": host.name, "ssl_handshake_timeout": settings.connect_timeout}
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.address, host.port, limit=REPLY_LINE_MAX),
+                asyncio.open_connection(host.address, host.port, limit=REPLY_LINE_MAX, **tls),
                 settings.connect_timeout)
         except TimeoutError:
             raise SessionFailed("4.4.1", f"connect to {host.relay}: Connection timed out") from None
+        except (ssl.SSLError, ssl.CertificateError, ValueError) as e:  # ValueError: a bad name
+            raise SessionFailed("4.7.5", f"Cannot start TLS with {host.name}[{host.address}]: "
+                                         f"handshake failed: {_tls_reason(e)}") from None
         except OSError as e:
             raise SessionFailed("4.4.1", f"connect to {host.relay}: {e.strerror or e}") from None
         session = cls(host, reader, writer, settings, log)
+        if settings.wrappermode:
+            session._tls_started(verify)
         try:
-            await session._start()
+            await session._start(credentials)
         except _Broken as e:
             session.abort()
             raise SessionFailed("4.4.2", str(e)) from None
@@ -167,21 +225,27 @@ class Session:
             raise
         return session
 
-    async def _start(self) -> None:
+    async def _start(self, credentials: tuple[str, str] | None) -> None:
         greeting = await self._read("receiving the initial server greeting", self.settings.helo_timeout)
         if greeting.code != 220:
             raise SessionFailed(greeting.status, f"host {self._name()} refused to talk to me: {greeting.own()}",
                                 greeting.code)
         await self._hello()
+        if await self._want_starttls():
+            await self._hello()
+        if credentials is not None and "AUTH" in self.features:
+            await self._authenticate(*credentials)
+
+    async def _want_starttls(self) -> bool:
+        """True once STARTTLS made TLS run (EHLO is due again)."""
         level = self.settings.tls_level
-        if level == "none":
-            return
+        if level == "none" or self.tls:
+            return False
         if "STARTTLS" not in self.features:
             if level == "may":
-                return
+                return False
             raise SessionFailed("4.7.4", f"TLS is required, but was not offered by host {self._name()}")
-        if await self._starttls():
-            await self._hello()
+        return await self._starttls()
 
     async def _hello(self) -> None:
         timeout = self.settings.helo_timeout
@@ -193,6 +257,10 @@ class Session:
             reply = await self._command(f"HELO {self.settings.helo_name}", command, timeout)
         if not reply.ok:
             raise self._failed(reply, command)
+        peer = reply.lines[0].split(" ", 1)[0].strip().lower().rstrip(".")
+        if self.settings.myhostname and peer == self.settings.myhostname:
+            self.usable = False
+            raise Looping(f"host {self._name()} replied to {command} with my own hostname {peer}")
         if command == "EHLO":
             for line in reply.lines[1:]:
                 keyword, _, value = line.strip().partition(" ")
@@ -217,13 +285,72 @@ class Session:
                                    self.settings.helo_timeout)
         except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError, ValueError) as e:   # ValueError: a bad name
             self.usable = False
-            reason = getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e) or type(e).__name__
-            raise SessionFailed("4.7.5", f"Cannot start TLS with {self._name()}: handshake failed: {reason}") from None
+            raise SessionFailed("4.7.5", f"Cannot start TLS with {self._name()}: handshake failed: "
+                                         f"{_tls_reason(e)}") from None
+        self._tls_started(verify)
+        return True
+
+    def _tls_started(self, verify: bool) -> None:
         obj = self.writer.get_extra_info("ssl_object")
         self.tls = True
         self.log.debug(f"{self.host.relay}: TLS {obj.version()} {obj.cipher()[0]}"
                        f"{' (certificate verified)' if verify else ''}")
-        return True
+
+    # ------------------------------------------------------------------ SMTP AUTH
+    async def _authenticate(self, user: str, password: str) -> None:
+        """AUTH with the first of AUTH_MECHANISMS the server offers; SessionFailed when it
+        cannot be done (no TLS to a host that is not loopback, no common mechanism) or the
+        server refuses it (535: 4.7.8)."""
+        if not self.tls and not _loopback(self.host.address):
+            raise SessionFailed("4.7.0", f"not sending a password to host {self._name()} without TLS "
+                                         f"(it offers AUTH, and TLS was not used)")
+        offered = self.features["AUTH"].upper().split()
+        mechanism = next((m for m in AUTH_MECHANISMS if m in offered), None)
+        if mechanism is None:
+            raise SessionFailed("4.7.0", f"SASL authentication failed; cannot authenticate to server "
+                                         f"{self._name()}: no mechanism in common (it offers "
+                                         f"{' '.join(offered)[:100] or 'none'})")
+        try:
+            reply = await _SASL[mechanism](self, user, password)
+        except _Broken as e:
+            raise SessionFailed("4.4.2", str(e)) from None
+        if reply.code != 235:
+            self.usable = False
+            raise SessionFailed("4.7.8" if reply.code == 535 else reply.status,
+                                f"SASL authentication failed; server {self._name()} said: {reply.own()}", reply.code)
+        self.log.debug(f"{self.host.relay}: authenticated as {user} with {mechanism}")
+
+    async def _auth_step(self, line: str) -> Reply:
+        return await self._command(line, "AUTH", self.settings.helo_timeout)
+
+    async def _plain(self, user: str, password: str) -> Reply:
+        return await self._auth_step("AUTH PLAIN " + _b64(f"\0{user}\0{password}"))
+
+    async def _login(self, user: str, password: str) -> Reply:
+        reply = await self._auth_step("AUTH LOGIN")
+        for answer in (user, password):
+            if reply.code != 334:
+                return reply
+            reply = await self._auth_step(_b64(answer))
+        return reply
+
+    async def _scram(self, user: str, password: str) -> Reply:
+        client = scramp.ScramClient(["SCRAM-SHA-256"], user, password)
+        reply = await self._auth_step("AUTH SCRAM-SHA-256 " + _b64(client.get_client_first()))
+        try:
+            if reply.code != 334:
+                return reply
+            client.set_server_first(_unb64(reply))
+            reply = await self._auth_step(_b64(client.get_client_final()))
+            if reply.code != 334:
+                return reply
+            client.set_server_final(_unb64(reply))      # the server proves it knows the password
+        except (scramp.ScramException, ValueError) as e:
+            await self._settle(self._auth_step("*"))    # cancel the exchange (RFC 4954)
+            self.usable = False
+            raise SessionFailed("4.7.0", f"SASL authentication failed; server {self._name()} "
+                                         f"gave a bad SCRAM answer: {str(e)[:100]}") from None
+        return await self._auth_step("")
 
     # ------------------------------------------------------------------ transactions
     async def send(self, request: Request, message: MessageSource) -> list[Result]:
@@ -450,3 +577,6 @@ class Session:
         except _Broken:
             self.usable = False
             raise
+
+
+_SASL = {"SCRAM-SHA-256": Session._scram, "PLAIN": Session._plain, "LOGIN": Session._login}

@@ -1,7 +1,11 @@
 """One delivery request from nexthop to results: hosts, connection reuse, concurrency.
 
-Deliverer(settings, resolver, dns_timeout, cache_time, concurrency, log):
+Deliverer(settings, resolver, dns_timeout, cache_time, concurrency, log, passwords=None):
 `await deliverer.deliver(request, message) -> list[Result]` (one per recipient, in order)
+  0. with passwords (workers/smtp/passwords.py PasswordMap: smtp_sasl_auth_enable with a
+     smtp_sasl_password_maps), looks up the nexthop's user and password, given to each new
+     connection (client.py authenticates when the host offers AUTH); a password file that
+     cannot be used defers every recipient (4.3.5, the reason; logged by the map);
   1. waits for one of the nexthop's `concurrency` slots (smtp_destination_concurrency_limit:
      deliveries to one nexthop at once; the others wait their turn);
   2. takes a connection to the nexthop that an earlier delivery left open, when there is one
@@ -10,7 +14,9 @@ Deliverer(settings, resolver, dns_timeout, cache_time, concurrency, log):
      outcome) and tries the hosts in order: a host that cannot be used (SessionFailed: no
      connection, a refusing greeting or EHLO, TLS that the level needs and cannot be had,
      a connection lost before DATA) is logged and the next one tried; when none is left,
-     every recipient is deferred with the last host's reason;
+     every recipient is deferred with the last host's reason. A host that is this system
+     (client.py Looping: it answers EHLO with myhostname) bounces them all (5.4.6 "mail for
+     DOMAIN loops back to myself"), as does an MX list led by myhostname (mx.py);
   4. after a transaction, a connection still usable is kept open for `cache_time` seconds
      (smtp_connection_cache_time_limit; 0: never) for the nexthop's next request, then
      closed with QUIT. Kept connections count in the nexthop's limit: never more than
@@ -23,16 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from workers.smtp.client import Session, SessionFailed, Settings
+from workers.smtp.client import Looping, Session, SessionFailed, Settings
 from workers.smtp.message import MessageSource
-from workers.smtp.mx import Host, Nexthop, Unroutable, resolve
+from workers.smtp.mx import Host, Nexthop, Unroutable, looping, resolve
+from workers.smtp.passwords import MapUnusable, PasswordMap
 from workers.smtp.request import Request, Result, results_for
 
 
 class Deliverer:
     def __init__(self, settings: Settings, resolver, dns_timeout: float, cache_time: float,
-                 concurrency: int, log):
+                 concurrency: int, log, passwords: PasswordMap | None = None):
         self.settings = settings
+        self.passwords = passwords
         self.resolver = resolver
         self.dns_timeout = dns_timeout
         self.cache_time = cache_time
@@ -56,6 +64,12 @@ class Deliverer:
                 del self._slots[nexthop]
 
     async def deliver(self, request: Request, message: MessageSource) -> list[Result]:
+        credentials = None
+        if self.passwords is not None:
+            try:
+                credentials = self.passwords.lookup(request.nexthop)
+            except MapUnusable as e:
+                return results_for(request, "deferred", "4.3.5", 0, str(e), "")
         async with self._slot(request.nexthop):
             session = await self._reuse(request.nexthop)
             if session is not None:
@@ -64,16 +78,21 @@ class Deliverer:
                 except SessionFailed as e:
                     self.log.info(f"reused connection failed: {e.text}")
             try:
-                hosts = await resolve(request.nexthop, self.resolver, self.dns_timeout)
+                hosts = await resolve(request.nexthop, self.resolver, self.dns_timeout, self.settings.myhostname)
             except Unroutable as e:
                 return results_for(request, e.outcome, e.status, 0, e.text, "")
-            return await self._try_hosts(request, message, hosts)
+            return await self._try_hosts(request, message, hosts, credentials)
 
-    async def _try_hosts(self, request: Request, message: MessageSource, hosts: list[Host]) -> list[Result]:
+    async def _try_hosts(self, request: Request, message: MessageSource, hosts: list[Host],
+                         credentials: tuple[str, str] | None = None) -> list[Result]:
         for host in hosts:
             try:
-                session = await Session.open(host, self.settings, self.log)
+                session = await Session.open(host, self.settings, self.log, credentials)
                 return await self._send(request.nexthop, session, request, message)
+            except Looping as e:
+                self.log.error(e.text)
+                loop = looping(request.nexthop.host)
+                return results_for(request, loop.outcome, loop.status, 0, loop.text, host.relay)
             except SessionFailed as e:
                 self.log.info(e.text)                       # every text names the host
                 failure = e

@@ -13,7 +13,11 @@ await resolve(nexthop, resolver, timeout) -> list[Host], the addresses to try in
       a name with no address records (all hosts)           bounced 5.4.4
       SERVFAIL, timeouts, no answer from the name servers  deferred 4.4.3
 The resolver is workers/smtpd/rbl.py make_resolver's (main.cf dns_resolver, else the system's).
-Not done: recognising an MX that points back at this host (Postfix's "mail loops back to myself").
+    Mail loops (myself: myhostname): an MX host, a `[host]` nexthop or a domain reached at its
+    own address that is named myhostname is this system; as the best MX (or the only host)
+    that is Unroutable bounced 5.4.6 "mail for DOMAIN loops back to myself"; as a worse MX
+    only the better MX hosts are tried (Postfix's backup MX). Addresses are not compared
+    (the smtp client also recognises a host answering EHLO with myhostname, client.py).
 """
 from __future__ import annotations
 
@@ -116,7 +120,11 @@ class _Lookup:
         return hosts
 
 
-async def resolve(nexthop: Nexthop, resolver, timeout: float) -> list[Host]:
+def looping(domain: str) -> Unroutable:
+    return Unroutable("bounced", "5.4.6", f"mail for {domain} loops back to myself")
+
+
+async def resolve(nexthop: Nexthop, resolver, timeout: float, myself: str = "") -> list[Host]:
     literal = _literal(nexthop.host)
     if literal is not None:
         return [Host(literal, literal, nexthop.port)]
@@ -129,7 +137,9 @@ async def resolve(nexthop: Nexthop, resolver, timeout: float) -> list[Host]:
             if lookup.temporary:
                 raise Unroutable("deferred", "4.4.3", lookup.temporary)
             raise Unroutable("bounced", "5.1.2", lookup.permanent)
-        names = _mx_order(nexthop.host, records)
+        names = _mx_order(nexthop.host, records, myself)
+    if myself and names == [myself]:                   # [myhostname], or myhostname's implicit MX
+        raise looping(nexthop.host)
     hosts: list[Host] = []
     for name in names:                                 # one after the other: few need more than one
         hosts += await lookup.addresses(name, nexthop.port)
@@ -144,8 +154,10 @@ async def resolve(nexthop: Nexthop, resolver, timeout: float) -> list[Host]:
     raise Unroutable("bounced", lookup.status, lookup.permanent)
 
 
-def _mx_order(domain: str, records: list) -> list[str]:
-    """The MX host names in the order to try; [domain] without MX records; Unroutable for a null MX."""
+def _mx_order(domain: str, records: list, myself: str = "") -> list[str]:
+    """The MX host names in the order to try; [domain] without MX records; Unroutable for a
+    null MX, or when myself (myhostname) is the best MX. When myself is a worse MX, only the
+    better ones are kept (we are a backup MX: mail goes to the primary)."""
     if not records:
         return [domain]
     if len(records) == 1 and records[0].exchange == dns.name.root:
@@ -158,6 +170,10 @@ def _mx_order(domain: str, records: list) -> list[str]:
     names: list[str] = []
     for preference in sorted(by_preference):
         group = by_preference[preference]
+        if myself and myself in group:
+            if not names:
+                raise looping(domain)
+            break
         random.shuffle(group)
         names += [name for name in group if name not in names]
     return names

@@ -43,7 +43,8 @@ Inside: workers/smtp/request.py (the request), deliver.py (hosts, connection reu
 per-nexthop limit), mx.py (DNS), client.py (the SMTP conversation), message.py (the queue
 file's bytes in DATA form).
 Diagnostics: the smtp log: bad requests (one line each, the start of the request), a host
-that could not be used (host and reason), TLS state at level high. The per-recipient lines
+that could not be used (host and reason), a password file that cannot be used (once per
+problem), TLS state and the AUTH user at level high. The per-recipient lines
 (to=, relay=, status=) are qmgr's.
 """
 from __future__ import annotations
@@ -59,6 +60,7 @@ from workers._server import Daemon, run_daemon
 from workers.smtp.client import Settings
 from workers.smtp.deliver import Deliverer
 from workers.smtp.message import MessageSource
+from workers.smtp.passwords import PasswordMap
 from workers.smtp.request import BadRequest, id_of, parse_request
 from workers.smtpd.rbl import make_resolver
 
@@ -104,8 +106,12 @@ class SMTPService:
 
 
 def deliverer_from_params(params, log) -> Deliverer:
+    passwords = None
+    if params.smtp_sasl_auth_enable and params.smtp_sasl_password_maps:
+        passwords = PasswordMap(params.smtp_sasl_password_maps, log)
     return Deliverer(Settings.from_params(params), make_resolver(params.dns_resolver), DNS_TIMEOUT,
-                     params.smtp_connection_cache_time_limit, params.smtp_destination_concurrency_limit, log)
+                     params.smtp_connection_cache_time_limit, params.smtp_destination_concurrency_limit, log,
+                     passwords)
 
 
 async def main(daemon: Daemon) -> None:

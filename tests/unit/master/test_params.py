@@ -50,7 +50,7 @@ max_idle = 2m
     assert params.queue_directory == str(tmp_path / "data" / "queue")
     assert params.message_size_limit == 20 * 1024**2
     assert params.max_idle == 120
-    assert (params.max_use, params.worker_client_limit, params.graceful_timeout) == (100, 100, 30)
+    assert (params.max_use, params.worker_client_limit, params.graceful_timeout) == (1000, 100, 30)
 
 
 def test_missing_main_cf_means_defaults(tmp_path):

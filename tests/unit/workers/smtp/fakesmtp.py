@@ -10,7 +10,10 @@
     server.connections   how many connections were accepted; server.most_at_once
 
 Behaviour knobs: greeting (the greeting line), ehlo_reply (a whole reply for EHLO instead of
-the extension list), replies[VERB] (a reply, or a function(argument) -> reply, for MAIL,
+the extension list), auth ({user: password}: AUTH offered with auth_mechanisms, each
+checked for real: PLAIN, LOGIN and SCRAM-SHA-256 with scramp's server; a wrong password
+gets 535; server.authenticated lists (user, mechanism) of each success), wrapper (TLS from
+the first byte with the tls certificate, port 465 style), replies[VERB] (a reply, or a function(argument) -> reply, for MAIL,
 RCPT, DATA, "." (end of data), RSET, STARTTLS), strict_pipelining (no reply to MAIL until
 DATA has arrived: a client that waits for each reply deadlocks), close_after_354 (the
 connection ends in the middle of the message), inject_after_starttls (bytes sent in the
@@ -21,8 +24,11 @@ without the final CRLF; "\n" separates the lines of a multi-line reply.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ssl
+
+import scramp
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -47,8 +53,14 @@ class FakeSMTP:
                  tls: tuple[str, str] | None = None, greeting: str = "220 fake.test ESMTP",
                  ehlo_reply: str | None = None, replies: dict | None = None,
                  strict_pipelining: bool = False, close_after_354: bool = False,
-                 inject_after_starttls: bytes = b"", hold_end_of_data: asyncio.Event | None = None):
+                 inject_after_starttls: bytes = b"", hold_end_of_data: asyncio.Event | None = None,
+                 auth: dict[str, str] | None = None, auth_mechanisms=("SCRAM-SHA-256", "PLAIN", "LOGIN"),
+                 wrapper: bool = False):
         self.extensions = list(extensions)
+        self.auth = auth
+        self.auth_mechanisms = list(auth_mechanisms)
+        self.wrapper = wrapper
+        self.authenticated: list[tuple[str, str]] = []
         self.tls = tls
         self.greeting = greeting
         self.ehlo_reply = ehlo_reply
@@ -69,7 +81,11 @@ class FakeSMTP:
         self._server: asyncio.AbstractServer | None = None
 
     async def __aenter__(self) -> FakeSMTP:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        context = None
+        if self.wrapper:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -91,6 +107,7 @@ class FakeSMTP:
         self.connections += 1
         self.open += 1
         self.most_at_once = max(self.most_at_once, self.open)
+        self.tls_used = self.tls_used or self.wrapper
         try:
             await self._session(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
@@ -117,7 +134,10 @@ class FakeSMTP:
                 if self.ehlo_reply is not None and (verb == "EHLO" or not self.ehlo_reply.startswith("250")):
                     reply = self.ehlo_reply if verb == "EHLO" else "250 fake.test"
                 else:
-                    offered = [e for e in self.extensions if e != "STARTTLS" or (self.tls and not self.tls_used)]
+                    offered = [e for e in self.extensions
+                               if e != "STARTTLS" or (self.tls and not self.tls_used and not self.wrapper)]
+                    if self.auth is not None:
+                        offered.append("AUTH " + " ".join(self.auth_mechanisms))
                     reply = "\n".join(["250 fake.test"] + [f"250 {e}" for e in offered]) if verb == "EHLO" \
                         else "250 fake.test"
                 writer.write(self._wire(reply))
@@ -131,6 +151,8 @@ class FakeSMTP:
                     await writer.start_tls(context)
                     self.tls_used = True
                 continue
+            elif verb == "AUTH" and self.auth is not None:
+                writer.write(self._wire(await self._authenticate(reader, writer, argument)))
             elif verb == "MAIL":
                 reply = self._reply_for("MAIL", argument, "250 2.1.0 Ok")
                 (held.append(reply) if self.strict_pipelining else writer.write(self._wire(reply)))
@@ -161,6 +183,44 @@ class FakeSMTP:
             await writer.drain()
             if any(r.startswith("421") for r in [self.replies.get(verb, "")] if isinstance(r, str)):
                 return
+
+    async def _challenge(self, reader, writer, data: str) -> str:
+        writer.write(f"334 {base64.b64encode(data.encode()).decode()}\r\n".encode())
+        await writer.drain()
+        line = (await reader.readline()).decode().strip()
+        self.commands.append(line)
+        return "*" if line == "*" else base64.b64decode(line).decode()
+
+    async def _authenticate(self, reader, writer, argument: str) -> str:
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in self.auth_mechanisms:
+            return "504 5.5.4 Unrecognized authentication type"
+        failed = "535 5.7.8 Error: authentication failed"
+        if mechanism == "PLAIN":
+            _zid, user, password = base64.b64decode(initial).decode().split("\0")
+        elif mechanism == "LOGIN":
+            user = await self._challenge(reader, writer, "Username:")
+            password = await self._challenge(reader, writer, "Password:")
+        else:
+            known = {u: scramp.ScramMechanism().make_auth_info(p) for u, p in self.auth.items()}
+            decoy = scramp.ScramMechanism().make_auth_info("not anyone's password")
+            asked: list[str] = []
+            server = scramp.ScramMechanism().make_server(lambda name: asked.append(name) or known.get(name, decoy))
+            try:
+                server.set_client_first(base64.b64decode(initial).decode())
+                user = asked[0]
+                server.set_client_final(await self._challenge(reader, writer, server.get_server_first()))
+            except scramp.ScramException:
+                return failed
+            if await self._challenge(reader, writer, server.get_server_final()) == "*":
+                return "501 5.7.0 Authentication cancelled"
+            self.authenticated.append((user, mechanism))
+            return "235 2.7.0 Authentication successful"
+        if self.auth.get(user) != password:
+            return failed
+        self.authenticated.append((user, mechanism))
+        return "235 2.7.0 Authentication successful"
 
     async def _data(self, reader, writer) -> None:
         raw, message = [], []

@@ -52,10 +52,11 @@ def request(fields: dict, recipients=("bob@example.test",), **changes):
     return parse_request(json.dumps(data).encode())
 
 
-async def deliver_to(server: FakeSMTP, directory: str, req, settings: Settings = SETTINGS, host="127.0.0.1"):
+async def deliver_to(server: FakeSMTP, directory: str, req, settings: Settings = SETTINGS, host="127.0.0.1",
+                     credentials=None):
     message = await MessageSource.open(directory, req.queue_id, req.offset, req.size)
     try:
-        session = await Session.open(Host(host, "127.0.0.1", server.port), settings, FakeLog())
+        session = await Session.open(Host(host, "127.0.0.1", server.port), settings, FakeLog(), credentials)
         results = await session.send(req, message)
         await session.quit()
         return results
@@ -63,10 +64,10 @@ async def deliver_to(server: FakeSMTP, directory: str, req, settings: Settings =
         message.close()
 
 
-def one(server, directory, req, settings=SETTINGS, host="127.0.0.1"):
+def one(server, directory, req, settings=SETTINGS, host="127.0.0.1", credentials=None):
     async def go():
         async with server:
-            return await deliver_to(server, directory, req, settings, host)
+            return await deliver_to(server, directory, req, settings, host, credentials)
     return run(go())
 
 
@@ -340,3 +341,94 @@ def test_a_queue_file_cut_short_ends_the_connection_without_the_final_dot(queue)
     results, messages, usable = run(go())
     assert (results[0].outcome, results[0].status) == ("deferred", "4.3.0") and "cannot read" in results[0].text
     assert messages == [] and not usable
+
+
+# ---------------------------------------------------------------- SMTP AUTH, wrapper mode, loops
+
+CAROL = ("carol", "carol:pw")
+
+
+@pytest.mark.parametrize("offered, chosen", [
+    (["LOGIN", "PLAIN", "SCRAM-SHA-256", "CRAM-MD5"], "SCRAM-SHA-256"),
+    (["CRAM-MD5", "LOGIN", "PLAIN"], "PLAIN"),
+    (["LOGIN"], "LOGIN"),
+])
+def test_auth_after_ehlo_with_the_best_mechanism_offered(queue, offered, chosen):
+    directory, write = queue
+    server = FakeSMTP(auth=dict([CAROL]), auth_mechanisms=offered)
+    results = one(server, directory, request(write()), credentials=CAROL)    # 127.0.0.1: no TLS needed
+    assert results[0].outcome == "sent" and server.authenticated == [("carol", chosen)]
+    assert server.commands[1].startswith(f"AUTH {chosen}") and server.commands[0] == "EHLO client.test"
+    assert not any("carol:pw" in c for c in server.commands)
+
+
+def test_no_auth_without_a_password_or_an_offer(queue):
+    directory, write = queue
+    server = FakeSMTP(auth=dict([CAROL]))
+    assert one(server, directory, request(write()))[0].outcome == "sent" and server.authenticated == []
+    server = FakeSMTP()
+    assert one(server, directory, request(write()), credentials=CAROL)[0].outcome == "sent"
+
+
+def test_a_refused_password_fails_the_host_with_4_7_8(queue):
+    directory, write = queue
+    for mechanism in ("SCRAM-SHA-256", "PLAIN", "LOGIN"):
+        with pytest.raises(SessionFailed, match=r"SASL authentication failed; server 127.0.0.1\[127.0.0.1\] "
+                                                r"said: 535 5.7.8") as failure:
+            one(FakeSMTP(auth={"carol": "other"}, auth_mechanisms=[mechanism]), directory, request(write()),
+                credentials=CAROL)
+        assert failure.value.status == "4.7.8" and failure.value.code == 535
+
+
+def test_no_password_in_clear_text_to_a_host_that_is_not_loopback(queue, tmp_path, monkeypatch):
+    directory, write = queue
+    monkeypatch.setattr("workers.smtp.client._loopback", lambda address: False)
+    server = FakeSMTP(auth=dict([CAROL]))
+    with pytest.raises(SessionFailed, match="not sending a password to host .* without TLS") as failure:
+        one(server, directory, request(write()), credentials=CAROL)
+    assert failure.value.status == "4.7.0" and not any(c.startswith("AUTH") for c in server.commands)
+    server = FakeSMTP(extensions=["STARTTLS"], tls=make_certificate(tmp_path), auth=dict([CAROL]))
+    results = one(server, directory, request(write()), dataclasses.replace(SETTINGS, tls_level="may"),
+                  credentials=CAROL)
+    assert results[0].outcome == "sent" and server.authenticated == [("carol", "SCRAM-SHA-256")]
+    assert server.commands[:4] == ["EHLO client.test", "STARTTLS", "EHLO client.test", server.commands[3]]
+    assert server.commands[3].startswith("AUTH SCRAM-SHA-256 ")
+    monkeypatch.undo()
+    with pytest.raises(SessionFailed, match="no mechanism in common"):
+        one(FakeSMTP(auth=dict([CAROL]), auth_mechanisms=["CRAM-MD5"]), directory, request(write()),
+            credentials=CAROL)
+
+
+def test_wrapper_mode_speaks_tls_from_the_first_byte(queue, tmp_path):
+    directory, write = queue
+    cert, key = make_certificate(tmp_path, "mx.example.test")
+    wrapper = dataclasses.replace(SETTINGS, tls_level="encrypt", wrappermode=True)
+    server = FakeSMTP(extensions=["STARTTLS", "PIPELINING"], tls=(cert, key), wrapper=True, auth=dict([CAROL]))
+    results = one(server, directory, request(write()), wrapper, credentials=CAROL)
+    assert results[0].outcome == "sent" and server.authenticated == [("carol", "SCRAM-SHA-256")]
+    assert "STARTTLS" not in server.commands
+    verify = dataclasses.replace(wrapper, tls_level="verify", ca_file=cert)
+    assert one(FakeSMTP(tls=(cert, key), wrapper=True), directory, request(write()), verify,
+               host="mx.example.test")[0].outcome == "sent"
+    with pytest.raises(SessionFailed, match="Cannot start TLS with other.example.test") as failure:
+        one(FakeSMTP(tls=(cert, key), wrapper=True), directory, request(write()), verify, host="other.example.test")
+    assert failure.value.status == "4.7.5"
+
+
+def test_a_host_answering_ehlo_with_my_own_name_bounces_the_mail_as_a_loop(queue):
+    directory, write = queue
+    req = request(write(), nexthop="example.test")
+
+    async def go():
+        async with FakeSMTP() as server:
+            message = await MessageSource.open(directory, req.queue_id, req.offset, req.size)
+            log = FakeLog()
+            d = Deliverer(dataclasses.replace(SETTINGS, myhostname="fake.test"), None, 5, 0, 20, log)
+            try:
+                return await d._try_hosts(req, message, [Host("mx.example.test", "127.0.0.1", server.port)]), log
+            finally:
+                message.close()
+    [result], log = run(go())
+    assert (result.outcome, result.status, result.text) == ("bounced", "5.4.6",
+                                                            "mail for example.test loops back to myself")
+    assert any("replied to EHLO with my own hostname fake.test" in line for line in log.lines)

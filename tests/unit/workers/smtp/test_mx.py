@@ -81,3 +81,21 @@ def test_unroutable_destinations(dns, nexthop, outcome, status, words):
         hosts(dns, nexthop, timeout=0.5)
     assert (failure.value.outcome, failure.value.status) == (outcome, status)
     assert words in failure.value.text
+
+
+def test_an_mx_named_myhostname_is_a_loop_or_cuts_the_backup_mxs(dns):
+    resolver = make_resolver(("127.0.0.1", dns.port))
+    dns.add("loop.test", mx=[(10, "mail.here.test"), (20, "mx3.example.test")])
+    dns.add("backup.test", mx=[(10, "mx1.example.test"), (20, "mail.here.test"), (30, "mx3.example.test")])
+    dns.add("mail.here.test", a="192.0.2.99")
+
+    def found(nexthop):
+        return asyncio.run(resolve(parse_nexthop(nexthop), resolver, 5.0, myself="mail.here.test"))
+    for nexthop, domain in (("loop.test", "loop.test"), ("[mail.here.test]:25", "mail.here.test"),
+                            ("mail.here.test", "mail.here.test")):     # the last: its implicit MX
+        with pytest.raises(Unroutable) as e:
+            found(nexthop)
+        assert (e.value.outcome, e.value.status, e.value.text) == \
+            ("bounced", "5.4.6", f"mail for {domain} loops back to myself")
+    assert {h.name for h in found("backup.test")} == {"mx1.example.test"}    # we are the backup MX
+    assert {h.name for h in hosts(dns, "loop.test")} == {"mail.here.test", "mx3.example.test"}   # not myself
