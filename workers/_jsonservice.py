@@ -14,6 +14,9 @@ is closed at once); a reply the client does not take within write_timeout second
 its connection.
 Drain: stop_reading() takes no more requests; `await finish()` returns once every request
 read has been answered and every connection is closed.
+read_request(line) -> (object, id): the JSON object of a request line and its id, or
+BadRequest (str: why; request_id: the id when it was read) — what every such service checks
+before its own fields.
 Diagnostics: `NAME: N connections open already` (error); lost connections at level high.
 """
 from __future__ import annotations
@@ -22,6 +25,30 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+
+ID_LIMIT = 2**31                   # request ids are integers in [0, ID_LIMIT)
+
+
+class BadRequest(Exception):
+    """A request line that is not a request; str() says why, request_id is its id if read."""
+
+    def __init__(self, reason: str, request_id: int | None = None):
+        super().__init__(reason)
+        self.request_id = request_id
+
+
+def read_request(line: bytes) -> tuple[dict, int]:
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        raise BadRequest("not JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("not a JSON object")
+    request_id = data.get("id")
+    if not (type(request_id) is int and 0 <= request_id < ID_LIMIT):
+        raise BadRequest("bad or missing id")
+    return data, request_id
 
 
 @dataclass(frozen=True)

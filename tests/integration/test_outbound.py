@@ -11,12 +11,12 @@ import os
 import random
 import smtplib
 import socket
-import time
 
 import pytest
 
 from tests.dnsserver import DNSServer
 from tests.integration.delivery_support import FAST_RETRIES, Inbox, parse, wait_queues_empty
+from tests.integration.echo_client import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the receiving side listens on port 25 (needs root)")
 
@@ -108,13 +108,7 @@ def smtp_log(system) -> str:
 
 
 def wait_for(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what)
 
 
 def body_of(raw: bytes) -> bytes:

@@ -43,7 +43,6 @@ connections at level high, `auth cache hit: user=NAME protocol=P` at level high.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 
@@ -51,7 +50,7 @@ from master import proto
 from store.users import UserDB
 from workers._authchecks import answer_to_wire, check_from_wire
 from workers._authpool import AuthUnavailable, LocalVerifier
-from workers._jsonservice import JSONLineService, Limits
+from workers._jsonservice import BadRequest, JSONLineService, Limits, read_request
 from workers._server import Daemon, run_daemon
 
 REQUEST_MAX = 64 * 1024
@@ -59,30 +58,13 @@ REQUEST_TIMEOUT = 10.0
 IN_FLIGHT_MAX = 256
 CONNECTIONS_MAX = 1024
 WRITE_TIMEOUT = 10.0
-ID_LIMIT = 2**31
 LOGIN_PROTOCOLS = ("smtp", "pop", "imap")
 LOGGED_REQUEST = 80            # characters of a bad request kept for the log
 
 
-class BadRequest(Exception):
-    """A request line that is not a request; str() says why, request_id is its id if read."""
-
-    def __init__(self, reason: str, request_id: int | None = None):
-        super().__init__(reason)
-        self.request_id = request_id
-
-
 def parse_request(line: bytes) -> tuple[int | None, str, object]:
     """(id, protocol, check) of a request line; BadRequest (with the id when it was read)."""
-    try:
-        data = json.loads(line)
-    except (ValueError, RecursionError):
-        raise BadRequest("not JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("not a JSON object")
-    request_id = data.get("id")
-    if not (type(request_id) is int and 0 <= request_id < ID_LIMIT):
-        raise BadRequest("bad or missing id")
+    data, request_id = read_request(line)
     protocol = data.get("protocol")
     try:
         if protocol not in LOGIN_PROTOCOLS:

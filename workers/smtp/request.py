@@ -9,14 +9,13 @@ one recipient's line of the reply; results_for(request, ...) gives every recipie
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 
 from store.queue import is_queue_id
+from workers._jsonservice import BadRequest, read_request
 from workers.smtp.mx import Nexthop, parse_nexthop
 
-ID_LIMIT = 2**31
 ADDRESS_MAX = 512
 TEXT_MAX = 1000                # ENVID and ORCPT (RFC 3461: 100 and 500 octets)
 RECIPIENTS_MAX = 1000
@@ -24,12 +23,6 @@ NOTIFY = ("SUCCESS", "FAILURE", "DELAY", "NEVER")
 _BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
 FIELDS = ("id", "queue_id", "offset", "size", "sender", "ret", "envid", "body", "smtputf8",
           "nexthop", "recipients")
-
-
-class BadRequest(Exception):
-    def __init__(self, reason: str, request_id: int | None = None):
-        super().__init__(reason)
-        self.request_id = request_id
 
 
 @dataclass(frozen=True)
@@ -113,15 +106,7 @@ def _recipient(data, request_id) -> Recipient:
 
 
 def parse_request(line: bytes) -> Request:
-    try:
-        data = json.loads(line)
-    except (ValueError, RecursionError):
-        raise BadRequest("not JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("not a JSON object")
-    request_id = data.get("id")
-    if not (type(request_id) is int and 0 <= request_id < ID_LIMIT):
-        raise BadRequest("bad or missing id")
+    data, request_id = read_request(line)
     unknown = set(data) - set(FIELDS)
     if unknown:
         raise BadRequest(f"unknown field {min(unknown)!r}", request_id)
