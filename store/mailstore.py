@@ -45,7 +45,7 @@ import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from store import fsio, notify
 from store.index import (
@@ -560,9 +560,11 @@ class MailStore:
         return tx.reserve_uids([(i.request.user, i.mailbox, i.request.delivery_id) for i in items], fresh)
 
     def copy(self, user: str, source: str, uid_ranges: Sequence[tuple[int, int]], target: str,
-             move: bool = False, target_user: str | None = None) -> list[tuple[int, int]]:
+             move: bool = False, target_user: str | None = None,
+             keep_flags: Callable[[tuple[str, ...]], tuple[str, ...]] | None = None) -> list[tuple[int, int]]:
         """IMAP COPY / MOVE: the messages of user's source in uid_ranges into target (which
-        must exist; target_user's, user's by default), with their flags and internal dates;
+        must exist; target_user's, user's by default), with their flags (those keep_flags
+        keeps, when given: the rights in the target) and internal dates;
         returns (source UID, target UID) pairs (UIDPLUS COPYUID). Files are hard-linked
         (copied where a link is impossible), so a copy costs no space on disk; quota usage
         counts each copy (the target owner's). MOVE then expunges the originals. A message
@@ -588,7 +590,8 @@ class MailStore:
                     if not _link_or_copy(original, target_dir, name):
                         continue
                     created.append(os.path.join(target_dir, name))
-                    added.append((uid, record.size, record.internal_date, record.flags))
+                    flags = record.flags if keep_flags is None else keep_flags(record.flags)
+                    added.append((uid, record.size, record.internal_date, flags))
                     pairs.append((record.uid, uid))
                 fsio.fsync_dir(target_dir)
                 self.index.append_many(target_user, target, added)

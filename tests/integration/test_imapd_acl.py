@@ -148,6 +148,29 @@ def test_flag_rights_in_a_read_write_shared_folder(system, session):
     assert lines == ['* ACL "shared/Tasks" "stranger" "lrxte"']
 
 
+def test_append_and_copy_keep_only_the_flags_the_rights_allow(system, session):
+    """RFC 4314 4: s sets \\Seen, t \\Deleted and w the other flags during APPEND and COPY
+    too; without them the flags are dropped and the message goes in all the same."""
+    admin = session(ADMIN)
+    admin.cmd("CREATE shared/Dropbox")
+    admin.cmd("SETACL shared/Dropbox stranger lis")
+    user = session(STRANGER)
+    done = user.cmd("APPEND shared/Dropbox (\\Seen \\Flagged \\Deleted $Work)", message("01-plain.eml"))[1]
+    assert done.startswith("OK [APPENDUID "), done
+    user.cmd("APPEND INBOX (\\Seen \\Answered \\Deleted)", message("04-alternative.eml"))
+    user.cmd("SELECT INBOX")
+    lines, done = user.cmd("COPY 1:* shared/Dropbox")
+    assert done.startswith("OK [COPYUID "), done
+    with system.store() as store:
+        assert [m.flags for m in store.open_mailbox("_shared", "Dropbox").messages()] == [("\\Seen",), ("\\Seen",)]
+        assert set(store.open_mailbox(STRANGER, "INBOX").messages()[-1].flags) == \
+            {"\\Answered", "\\Deleted", "\\Seen"}                 # the user's own: every flag kept
+    admin.cmd("SETACL shared/Dropbox stranger +wt")
+    user.cmd("APPEND shared/Dropbox (\\Flagged \\Deleted)", message("01-plain.eml"))
+    with system.store() as store:
+        assert set(store.open_mailbox("_shared", "Dropbox").messages()[-1].flags) == {"\\Deleted", "\\Flagged"}
+
+
 def test_user_shares_a_folder_with_a_colleague(system, session):
     owner = login(system.port(), OWNER, PASSWORD)
     try:

@@ -132,10 +132,21 @@ def read_write(have: str) -> bool:
     return any(r in have for r in "stwe")
 
 
+def _right_of(flag: str) -> str:
+    """The right that sets or clears flag: s for \\Seen, t for \\Deleted, w for the others."""
+    return "s" if flag == "\\Seen" else "t" if flag == "\\Deleted" else "w"
+
+
 def flag_rights(mode: str, flags) -> str:
     if mode == "=":
         return "stw"
-    return ordered({"s" if f == "\\Seen" else "t" if f == "\\Deleted" else "w" for f in flags})
+    return ordered({_right_of(f) for f in flags})
+
+
+def settable(have: str, flags) -> tuple[str, ...]:
+    """Of the flags APPEND or COPY/MOVE would give a message, those rights `have` let the
+    user set in the target (RFC 4314 4); the others are dropped without a word."""
+    return tuple(f for f in flags if _right_of(f) in have)
 
 
 def visible_others(session) -> list:

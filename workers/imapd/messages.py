@@ -51,6 +51,7 @@ from __future__ import annotations
 import binascii
 import calendar
 import re
+from dataclasses import replace
 
 from master.proto import is_low
 from store.fsio import StorageError
@@ -120,15 +121,15 @@ async def _check_quota(session, owner: str, adding: int) -> None:
         raise Bad("Quota exceeded", status="NO", code="OVERQUOTA")
 
 
-def _target(session, token) -> tuple[str, str, int]:
-    """A COPY/MOVE/APPEND target: its owner, name and UIDVALIDITY; NO [TRYCREATE] when
-    missing; another owner's needs the i right (workers/imapd/acl.py)."""
+def _target(session, token) -> tuple[str, str, int, str]:
+    """A COPY/MOVE/APPEND target: its owner, name, UIDVALIDITY and the user's rights there;
+    NO [TRYCREATE] when missing; another owner's needs the i right (workers/imapd/acl.py)."""
     owner, name = mailbox_ref(session, token)
     info = session.backend.mail.mailbox(owner, name)
     if info is None:
         raise Bad("No such mailbox", status="NO", code="TRYCREATE")
-    acl.require(session, owner, name, "i")
-    return owner, name, info.uidvalidity
+    have = acl.require(session, owner, name, "i")
+    return owner, name, info.uidvalidity, have
 
 
 # ---------------------------------------------------------------- STORE
@@ -261,15 +262,16 @@ async def copy(session, command) -> None:
         raise Bad(f"{command.name} takes a message set and a mailbox name")
     selected = session.selected
     seqs = selected.resolve(command.args[0], uid)
-    owner, target, uidvalidity = _target(session, command.args[1])
+    owner, target, uidvalidity, have = _target(session, command.args[1])
     if move:
         _require_writable(session, "te")
     snapshot = selected.view.view
     if not move or owner != selected.user:
         await _check_quota(session, owner, sum(snapshot.record(seq).size for seq in seqs))
     try:
-        pairs = await _write(session, session.backend.run(session.backend.mail.copy, selected.user, selected.name,
-                             snapshot.uid_ranges(seqs), target, move, owner))
+        pairs = await _write(session, session.backend.run(
+            session.backend.mail.copy, selected.user, selected.name, snapshot.uid_ranges(seqs), target, move, owner,
+            lambda flags: acl.settable(have, flags)))
     except NoSuchMailbox:
         raise Bad("No such mailbox", status="NO", code="TRYCREATE") from None
     verb = "MOVE" if move else "COPY"
@@ -373,8 +375,8 @@ async def append(session, command) -> None:
     args = list(command.args)
     if len(args) < 2:
         raise Bad("APPEND takes a mailbox name, optional flags and date-time, and a message literal")
-    messages = _messages(session, args[1:])
-    owner, target, uidvalidity = _target(session, args[0])
+    owner, target, uidvalidity, have = _target(session, args[0])
+    messages = [replace(m, flags=acl.settable(have, m.flags)) for m in _messages(session, args[1:])]
     await _check_quota(session, owner, sum(len(m.source) for m in messages))
     try:
         uids = await _write(session, session.backend.writer.append(session, owner, target, messages))
