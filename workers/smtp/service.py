@@ -39,6 +39,8 @@ connection; at most CONNECTIONS_MAX connections; a reply not taken within WRITE_
 seconds closes the connection.
 Drain (reload, recycling, stop): no new requests are read; the deliveries under way finish
 and are answered, the kept SMTP connections say QUIT, and the process exits.
+DNS answers (MX, A, AAAA) are kept for their TTL (at most DNS_CACHE_ENTRIES of them), as a
+caching resolver next to Postfix would keep them.
 Inside: workers/smtp/request.py (the request), deliver.py (hosts, connection reuse, the
 per-nexthop limit), mx.py (DNS), client.py (the SMTP conversation), message.py (the queue
 file's bytes in DATA form).
@@ -53,6 +55,8 @@ import asyncio
 import os
 import socket
 import traceback
+
+import dns.resolver
 
 from master import proto
 from workers._jsonservice import JSONLineService, Limits
@@ -70,6 +74,7 @@ IN_FLIGHT_MAX = 1024
 CONNECTIONS_MAX = 64
 WRITE_TIMEOUT = 30.0
 DNS_TIMEOUT = 20.0             # seconds for one DNS question (its retries included)
+DNS_CACHE_ENTRIES = 10_000     # MX and address answers kept for their TTL (dnspython's LRU cache)
 LOGGED_REQUEST = 80            # characters of a bad request kept for the log
 LIMITS = Limits(REQUEST_MAX, REQUEST_TIMEOUT, IN_FLIGHT_MAX, CONNECTIONS_MAX, WRITE_TIMEOUT)
 
@@ -109,7 +114,9 @@ def deliverer_from_params(params, log) -> Deliverer:
     passwords = None
     if params.smtp_sasl_auth_enable and params.smtp_sasl_password_maps:
         passwords = PasswordMap(params.smtp_sasl_password_maps, log)
-    return Deliverer(Settings.from_params(params), make_resolver(params.dns_resolver), DNS_TIMEOUT,
+    resolver = make_resolver(params.dns_resolver)
+    resolver.cache = dns.resolver.LRUCache(DNS_CACHE_ENTRIES)   # answers kept for their TTL
+    return Deliverer(Settings.from_params(params), resolver, DNS_TIMEOUT,
                      params.smtp_connection_cache_time_limit, params.smtp_destination_concurrency_limit, log,
                      passwords)
 
