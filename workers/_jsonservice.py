@@ -13,7 +13,9 @@ same); at most in_flight_max unanswered requests per connection (one more gets
 is closed at once); a reply the client does not take within write_timeout seconds closes
 its connection.
 Drain: stop_reading() takes no more requests; `await finish()` returns once every request
-read has been answered and every connection is closed.
+read has been answered and every connection is closed. `await service.run(daemon)` is the
+whole life of a master.cf socket service: it serves the listening socket the master handed
+over (proto.ENV_LISTEN_FD) until the daemon stops, then drains as above.
 read_request(line) -> (object, id): the JSON object of a request line and its id, or
 BadRequest (str: why; request_id: the id when it was read) — what every such service checks
 before its own fields.
@@ -23,8 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from master import proto
 
 
 ID_LIMIT = 2**31                   # request ids are integers in [0, ID_LIMIT)
@@ -69,6 +75,16 @@ class JSONLineService:
         self.log = log
         self.name = name
         self._readers: set[asyncio.Task] = set()      # one per connection: cancelled at drain
+
+    async def run(self, daemon) -> None:
+        """Serve the master's listening socket until daemon (workers._server.Daemon) stops; drain."""
+        listener = socket.socket(fileno=int(os.environ[proto.ENV_LISTEN_FD]))
+        server = await asyncio.start_unix_server(self.serve, sock=listener, limit=self.limits.request_max)
+        while not daemon.stopping:
+            await daemon.wait_wakeup()
+        server.close()                              # our copy only: the master keeps the socket bound
+        self.stop_reading()
+        await self.finish()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._readers) >= self.limits.connections_max:

@@ -42,11 +42,7 @@ connections at level high, `auth cache hit: user=NAME protocol=P` at level high.
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
 
-from master import proto
 from store.users import UserDB
 from workers._authchecks import answer_to_wire, check_from_wire
 from workers._authpool import AuthUnavailable, LocalVerifier
@@ -108,15 +104,8 @@ class AuthService(JSONLineService):
 
 
 async def main(daemon: Daemon) -> None:
-    listener = socket.socket(fileno=int(os.environ[proto.ENV_LISTEN_FD]))
     users = UserDB.from_params(daemon.params)
-    service = AuthService(LocalVerifier.from_params(daemon.params, users, daemon.log), daemon.log)
-    server = await asyncio.start_unix_server(service.serve, sock=listener, limit=REQUEST_MAX)
-    while not daemon.stopping:
-        await daemon.wait_wakeup()
-    server.close()                              # our copy only: the master keeps the socket bound
-    service.stop_reading()
-    await service.finish()
+    await AuthService(LocalVerifier.from_params(daemon.params, users, daemon.log), daemon.log).run(daemon)
     users.close()
 
 

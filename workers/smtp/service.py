@@ -51,14 +51,10 @@ problem), TLS state and the AUTH user at level high. The per-recipient lines
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
 import traceback
 
 import dns.resolver
 
-from master import proto
 from workers._jsonservice import JSONLineService, Limits
 from workers._server import Daemon, run_daemon
 from workers.smtp.client import Settings
@@ -122,16 +118,9 @@ def deliverer_from_params(params, log) -> Deliverer:
 
 
 async def main(daemon: Daemon) -> None:
-    listener = socket.socket(fileno=int(os.environ[proto.ENV_LISTEN_FD]))
     deliverer = deliverer_from_params(daemon.params, daemon.log)
     service = SMTPService(deliverer, daemon.params.queue_directory, daemon.log)
-    lines = JSONLineService(service.answer, id_of, LIMITS, daemon.log, "smtp service")
-    server = await asyncio.start_unix_server(lines.serve, sock=listener, limit=REQUEST_MAX)
-    while not daemon.stopping:
-        await daemon.wait_wakeup()
-    server.close()                              # our copy only: the master keeps the socket bound
-    lines.stop_reading()
-    await lines.finish()
+    await JSONLineService(service.answer, id_of, LIMITS, daemon.log, "smtp service").run(daemon)
     deliverer.close_idle()
     await deliverer.closed()
 
